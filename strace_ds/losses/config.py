@@ -1,0 +1,132 @@
+"""Typed configuration of the trace policy-loss family and its named presets.
+
+Every member of the family -- GRPO, GSPO, the 80/20 high-entropy mask, P-trace and
+S-trace -- is one :class:`TraceConfig`; the loss code has no per-algorithm branches.
+The presets and their semantics are this project's formalisation of "Beyond Uniform Credit
+Assignment: Selective Eligibility Traces for RLVR" (Mou et al., 2026), whose abstract is the
+only public text: see ``ALGORITHMS.md`` in the design folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+WINDOWS = ("causal", "sequence")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+LOG_RATIO_CLAMP = 20.0
+"""Default bound on the trace log-ratio ``ell`` before ``exp``: ``r = exp(clamp(ell, -20, 20))``.
+
+``exp(20) ~ 4.9e8`` is far outside any trust region (the clipped objective has no gradient
+there anyway), while ``exp(ell)`` with an unclamped ``ell`` of a few hundred would overflow to
+``inf`` in float32 and turn the whole loss into NaN. Outside the bound the ratio has zero
+gradient, exactly as a clipped token has."""
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """One member of the trace policy-loss family (see ``policy_loss`` for the formulas)."""
+
+    lam: float = 0.0
+    """Trace decay lambda in [0, 1]: 0 keeps only the current token's ratio (PPO/GRPO),
+    1 averages every selected token so far uniformly. Unused by ``window="sequence"``."""
+    window: str = "causal"
+    """``"causal"``: the eligibility trace over tokens up to t (P-trace, S-trace, GRPO);
+    ``"sequence"``: one ratio per answer, the mean log-ratio over the whole answer (GSPO)."""
+    clip_low: float = 0.2
+    """Lower trust-region width: ratios below ``1 - clip_low`` are clipped (for A < 0)."""
+    clip_high: float = 0.2
+    """Upper trust-region width: ratios above ``1 + clip_high`` are clipped (for A > 0)."""
+    entropy_top_quantile: float | None = None
+    """S-trace selection: keep the top ``q`` fraction of valid tokens by entropy, q in (0, 1].
+    ``None`` selects every valid token (no sparsity)."""
+    loss_on_selected_only: bool = False
+    """Take loss terms only on selected tokens (the 80/20 rule) rather than on every valid one."""
+    loss_agg: str = "token_mean"
+    """How token losses become a scalar: one of ``LOSS_AGGREGATIONS``."""
+    log_ratio_clamp: float = LOG_RATIO_CLAMP
+    """Bound on ``|ell|`` before ``exp`` so no token can produce inf/NaN."""
+
+    def __post_init__(self) -> None:
+        _check_number("lam", self.lam, "a float in [0, 1]")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"TraceConfig.lam must be in [0, 1], got {self.lam}")
+        if self.window not in WINDOWS:
+            raise ValueError(
+                f"TraceConfig.window must be one of {', '.join(WINDOWS)}; got {self.window!r}"
+            )
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(
+                f"TraceConfig.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}; "
+                f"got {self.loss_agg!r}"
+            )
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            _check_number(name, value, "a float >= 0")
+            if value < 0:
+                raise ValueError(f"TraceConfig.{name} must be >= 0, got {value}")
+        if self.clip_low >= 1.0:
+            raise ValueError(
+                f"TraceConfig.clip_low must be < 1 (the lower bound 1 - clip_low must stay "
+                f"positive), got {self.clip_low}"
+            )
+        q = self.entropy_top_quantile
+        if q is not None:
+            _check_number("entropy_top_quantile", q, "None or a float in (0, 1]")
+            if not 0.0 < q <= 1.0:
+                raise ValueError(
+                    f"TraceConfig.entropy_top_quantile must be None or in (0, 1], got {q}"
+                )
+        _check_number("log_ratio_clamp", self.log_ratio_clamp, "a positive float")
+        if not self.log_ratio_clamp > 0:
+            raise ValueError(
+                f"TraceConfig.log_ratio_clamp must be > 0, got {self.log_ratio_clamp}"
+            )
+
+    @property
+    def uses_entropy(self) -> bool:
+        """True when the loss needs token entropies (a selection is configured)."""
+        return self.entropy_top_quantile is not None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TraceConfig:
+        """The named preset (see ``PRESETS``), optionally with some fields replaced."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown loss preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _check_number(name: str, value: Any, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"TraceConfig.{name} must be {expected}, got {value!r}")
+
+
+PRESETS: dict[str, TraceConfig] = {
+    # PPO-clip on token ratios with group-relative advantages (Shao et al., 2024), DAPO's
+    # token-mean aggregation.
+    "grpo": TraceConfig(lam=0.0, window="causal", clip_low=0.2, clip_high=0.2),
+    # Group Sequence Policy Optimization (Zheng et al., 2025): one length-normalised ratio per
+    # answer, the paper's clip range and sequence-mean aggregation. lam is unused.
+    "gspo": TraceConfig(
+        lam=1.0, window="sequence", clip_low=3e-4, clip_high=4e-4, loss_agg="seq_mean_token_mean"
+    ),
+    # "Beyond the 80/20 rule" (Wang et al., 2025): GRPO restricted to the top-20% entropy tokens.
+    "highent_grpo": TraceConfig(
+        lam=0.0, clip_low=0.2, clip_high=0.2, entropy_top_quantile=0.2, loss_on_selected_only=True
+    ),
+    # P-trace: a decaying causal trace of token log-ratios, clipped per token.
+    "p_trace": TraceConfig(lam=0.95, window="causal", clip_low=0.2, clip_high=0.28),
+    # S-trace: the P-trace that only ticks on the top-20% entropy tokens.
+    "s_trace": TraceConfig(
+        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, entropy_top_quantile=0.2
+    ),
+}

@@ -1,0 +1,272 @@
+"""The clipped trace objective, its aggregation and its metrics: ``policy_loss``.
+
+One implementation serves every preset (``PRESETS``): GRPO, GSPO, the 80/20 high-entropy
+mask, P-trace and S-trace differ only in their :class:`TraceConfig`. The formulas are this
+project's formalisation of the paper's abstract (``ALGORITHMS.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from strace_ds.losses.config import TraceConfig
+from strace_ds.losses.trace import select_tokens, trace_log_ratio
+
+METRIC_NAMES = (
+    "policy/clip_frac_low",
+    "policy/clip_frac_high",
+    "trace/ratio_mean",
+    "trace/ratio_min",
+    "trace/ratio_max",
+    "trace/abs_log_ratio_mean",
+    "select/frac",
+    "select/entropy_threshold",
+    "policy/entropy_mean",
+    "policy/approx_kl",
+)
+"""Keys of ``PolicyLossOutput.metrics``. NaN marks a figure that does not apply (no entropy
+given, no selection) or has no tokens to average."""
+
+
+@dataclass
+class PolicyLossOutput:
+    """What one call of :func:`policy_loss` returns."""
+
+    loss: torch.Tensor
+    """Scalar, differentiable w.r.t. ``logprobs``."""
+    metrics: dict[str, float]
+    """Figures named in ``METRIC_NAMES``."""
+    token_loss: torch.Tensor
+    """``[B, T]`` per-token loss ``L_t`` (before masking and aggregation)."""
+    loss_mask: torch.Tensor
+    """``[B, T]`` bool, the tokens ``M`` whose loss terms enter the aggregate."""
+    selected: torch.Tensor
+    """``[B, T]`` bool, the selection ``m`` that drives the trace."""
+    trace_ratio: torch.Tensor
+    """``[B, T]`` detached trace ratio ``r_t = exp(clamp(ell_t))``."""
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> torch.Tensor:
+    """PPO's pessimistic clipped objective as a loss: ``L = -min(r A, clip(r, 1-lo, 1+hi) A)``.
+
+    Shapes broadcast; returns ``[B, T]``.
+    """
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(-ratio * advantages, -clipped * advantages)
+
+
+def aggregate_loss(
+    token_loss: torch.Tensor,
+    loss_mask: torch.Tensor,
+    loss_agg: str,
+    max_len: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce ``[B, T]`` token losses over the mask ``M`` to a scalar.
+
+    * ``token_mean``: ``sum(L*M) / sum(M)`` (DAPO);
+    * ``seq_mean_token_mean``: ``mean_i [ sum_t(L*M) / max(sum_t M, 1) ]`` (GRPO, GSPO papers);
+    * ``seq_mean_token_sum_norm``: ``sum(L*M) / (B * max_len)`` (Dr. GRPO; ``max_len``
+      defaults to T).
+
+    ``normalizer`` replaces the local denominator (``sum(M)``, ``B`` and ``B * max_len``
+    respectively) so that micro-batches of a gradient-accumulation step can share one global
+    normaliser and their summed gradients equal the full batch's.
+    """
+    mask = loss_mask.to(token_loss.dtype)
+    masked = token_loss * mask
+    B, T = token_loss.shape
+    if loss_agg == "token_mean":
+        total = masked.sum()
+        denom = mask.sum().clamp_min(1.0) if normalizer is None else normalizer
+    elif loss_agg == "seq_mean_token_mean":
+        total = (masked.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)).sum()
+        denom = B if normalizer is None else normalizer
+    elif loss_agg == "seq_mean_token_sum_norm":
+        total = masked.sum()
+        denom = B * (T if max_len is None else max_len) if normalizer is None else normalizer
+    else:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}")
+    return total / denom
+
+
+def approx_kl_k3(delta: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of ``KL(pi_old || pi_theta)`` per token, from old samples.
+
+    With ``r = pi_theta / pi_old = exp(delta)``: ``k3 = (r - 1) - log r = exp(delta) - 1 - delta``
+    (unbiased, always >= 0).
+    """
+    return torch.expm1(delta) - delta
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor | None = None,
+    config: TraceConfig | None = None,
+    max_len: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
+) -> PolicyLossOutput:
+    """The trace policy loss for a batch of answers.
+
+    With ``delta = logprobs - old_logprobs``, the selection ``m`` (:func:`select_tokens`) and
+    the trace log-ratio ``ell`` (:func:`trace_log_ratio`)::
+
+        r_t = exp(clamp(ell_t, -c, c))                       (c = config.log_ratio_clamp)
+        L_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)
+        loss = aggregate over M = (m if loss_on_selected_only else response_mask)
+
+    Why a trace: the exact off-policy gradient of token t carries the historical weight
+    ``W_t = prod_{k<t} rho_k``; PPO/GRPO drop it (``lam = 0``), the full product is unbiased
+    but its variance explodes with length, and the trace ratio ``exp(ell_t)`` is a normalised
+    geometric average of recent ratios that interpolates between the two. The trust region is
+    kept per token on the trace ratio, so only the tokens whose trace leaves it are cut
+    (P-trace), instead of a whole answer (GSPO, ``window="sequence"``).
+
+    Args:
+        logprobs: ``[B, T]`` log-probs of the sampled tokens under the current policy.
+        old_logprobs: ``[B, T]`` log-probs under the sampling (old) policy; detached inside.
+        advantages: ``[B]`` per answer or ``[B, T]`` per token.
+        response_mask: ``[B, T]`` bool or 0/1, the valid answer tokens.
+        entropy: ``[B, T]`` token entropies of the current policy; required when
+            ``config.entropy_top_quantile`` is set, else only reported.
+        config: the family member; defaults to ``TraceConfig.preset("s_trace")``... only when
+            entropy is given; without entropy the default is ``p_trace``.
+        max_len: the ``max_len`` of ``seq_mean_token_sum_norm`` (defaults to T).
+        normalizer: global denominator for gradient accumulation (see ``aggregate_loss``).
+
+    Computation runs in float32 for half-precision inputs (float64 stays float64); the
+    returned loss has that dtype.
+    """
+    if config is None:
+        config = TraceConfig.preset("s_trace" if entropy is not None else "p_trace")
+    _check_inputs(logprobs, old_logprobs, advantages, response_mask, entropy)
+    work = torch.float64 if logprobs.dtype == torch.float64 else torch.float32
+    logp = logprobs.to(work)
+    old = old_logprobs.detach().to(work)
+    adv = advantages.detach().to(work)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
+    valid = response_mask.bool()
+
+    selected, tau = select_tokens(valid, entropy, config.entropy_top_quantile)
+    # Padding may hold garbage log-probs: zero their delta so they cannot poison the trace.
+    delta = torch.where(valid, logp - old, torch.zeros_like(logp))  # [B, T]
+    ell = trace_log_ratio(delta, selected, config.lam, config.window)  # [B, T]
+    ell = ell.clamp(-config.log_ratio_clamp, config.log_ratio_clamp)
+    ratio = torch.exp(ell)  # [B, T]
+    token_loss = clipped_surrogate(ratio, adv, config.clip_low, config.clip_high)
+    loss_mask = selected if config.loss_on_selected_only else valid
+    loss = aggregate_loss(token_loss, loss_mask, config.loss_agg, max_len, normalizer)
+
+    metrics = _loss_metrics(
+        ratio.detach(), ell.detach(), adv, delta.detach(), valid, selected, loss_mask,
+        entropy, tau, config,
+    )
+    return PolicyLossOutput(
+        loss=loss,
+        metrics=metrics,
+        token_loss=token_loss.detach(),
+        loss_mask=loss_mask,
+        selected=selected,
+        trace_ratio=ratio.detach(),
+    )
+
+
+def token_credit(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor | None = None,
+    config: TraceConfig | None = None,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Credit each token receives: ``-d loss / d logprobs``, ``[B, T]``.
+
+    A gradient-ascent step moves ``logp(y_t)`` up by this amount (times the learning rate),
+    so positive credit reinforces the token. GRPO gives every token of an answer the same
+    credit ``A / N``; traces redistribute it along the answer.
+    """
+    logp = logprobs.detach().clone().requires_grad_(True)
+    out = policy_loss(logp, old_logprobs, advantages, response_mask, entropy, config, max_len)
+    (grad,) = torch.autograd.grad(out.loss, logp)
+    return -grad
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    count = int(mask.sum())
+    return float((x * mask).sum() / count) if count else math.nan
+
+
+def _loss_metrics(
+    ratio: torch.Tensor,
+    ell: torch.Tensor,
+    adv: torch.Tensor,
+    delta: torch.Tensor,
+    valid: torch.Tensor,
+    selected: torch.Tensor,
+    loss_mask: torch.Tensor,
+    entropy: torch.Tensor | None,
+    tau: float,
+    config: TraceConfig,
+) -> dict[str, float]:
+    """The figures of ``METRIC_NAMES``; averages over the loss tokens ``M`` unless noted."""
+    M = loss_mask
+    Mf = M.to(ratio.dtype)
+    adv_full = adv.expand_as(ratio)
+    clipped_high = (adv_full > 0) & (ratio > 1.0 + config.clip_high) & M
+    clipped_low = (adv_full < 0) & (ratio < 1.0 - config.clip_low) & M
+    has_loss_tokens = bool(M.any())
+    valid_f = valid.to(delta.dtype)
+    n_valid = int(valid.sum())
+    return {
+        "policy/clip_frac_low": _masked_mean(clipped_low.to(ratio.dtype), Mf),
+        "policy/clip_frac_high": _masked_mean(clipped_high.to(ratio.dtype), Mf),
+        "trace/ratio_mean": _masked_mean(ratio, Mf),
+        "trace/ratio_min": float(ratio[M].min()) if has_loss_tokens else math.nan,
+        "trace/ratio_max": float(ratio[M].max()) if has_loss_tokens else math.nan,
+        "trace/abs_log_ratio_mean": _masked_mean(ell.abs(), Mf),
+        # over valid tokens: which fraction the selection keeps
+        "select/frac": float(selected.sum()) / n_valid if n_valid else math.nan,
+        "select/entropy_threshold": tau,
+        "policy/entropy_mean": (
+            _masked_mean(entropy.detach().to(delta.dtype), valid_f)
+            if entropy is not None
+            else math.nan
+        ),
+        # over valid tokens, token ratio (not the trace): distance between the two policies
+        "policy/approx_kl": _masked_mean(approx_kl_k3(delta), valid_f),
+    }
+
+
+def _check_inputs(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor | None,
+) -> None:
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
+    shape = tuple(logprobs.shape)
+    for name, t in (("old_logprobs", old_logprobs), ("response_mask", response_mask)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have the shape of logprobs {shape}, got {tuple(t.shape)}")
+    if entropy is not None and tuple(entropy.shape) != shape:
+        raise ValueError(
+            f"entropy must have the shape of logprobs {shape}, got {tuple(entropy.shape)}"
+        )
+    if tuple(advantages.shape) not in ((shape[0],), shape):
+        raise ValueError(
+            f"advantages must be [B] = ({shape[0]},) or [B, T] = {shape}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    if not logprobs.is_floating_point():
+        raise ValueError(f"logprobs must be a floating tensor, got {logprobs.dtype}")

@@ -1,0 +1,477 @@
+"""The embedded default policy: a tiny Qwen3 model and tokenizer built locally, SFT-warm-started.
+
+:func:`build_tiny_policy` makes, from a seed and in a few minutes on two CPU cores, a model
+directory that ``AutoModelForCausalLM`` / ``AutoTokenizer`` (and an SGLang server) load
+like any Hugging Face checkpoint:
+
+1. a byte-level BPE tokenizer trained with ``tokenizers`` on the synthetic arithmetic task
+   (:mod:`strace_ds.data.synthetic`), Qwen's pre-tokenizer (every digit its own token), the
+   ChatML special tokens ``<|endoftext|>`` (pad), ``<|im_start|>``, ``<|im_end|>`` (EOS)
+   and a Qwen-style chat template;
+2. a small ``Qwen3ForCausalLM`` (standard config: nothing SGLang would not serve);
+3. a short supervised warm start on the reference solutions (loss on answer tokens only),
+   deliberately stopped early so that sampled accuracy at temperature 1 sits around 20-60%:
+   RL then has both signal (some groups contain a right answer) and room to improve.
+
+The directory is cached under ``$STRACE_DS_CACHE`` (default ``~/.cache/strace_ds``) in
+``tiny-qwen3-<hash of the build config>`` and written atomically (temporary directory, then
+``os.rename``), so a killed build never leaves a half cache and concurrent ranks agree.
+``BUILD_INFO.json`` in it records the config, sizes, build time and measured accuracies.
+
+CLI: ``python -m strace_ds.tiny --out DIR [--seed S] [--sft-steps N] [--force]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from strace_ds.data.synthetic import ArithmeticConfig, arithmetic_dataset
+from strace_ds.data.types import PromptExample
+
+BUILD_VERSION = 1
+"""Bumped whenever the build recipe changes, so old caches are not reused."""
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+"""Qwen's ChatML layout without tools/thinking: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``."""
+# Qwen2/Qwen3's split pattern: words with their leading space, one token per digit.
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+BUILD_INFO = "BUILD_INFO.json"
+_BOXED = re.compile(r"\\boxed\{")
+
+
+@dataclass(frozen=True)
+class TinyBuildConfig:
+    """Everything that determines the built directory (its hash names the cache entry)."""
+
+    seed: int = 0
+    """Seeds tokenizer corpus, weight init, SFT data order and the accuracy measurement."""
+    sft_steps: int = 300
+    """Optimizer steps of the warm start; picked so sampled accuracy lands in 20-60%."""
+    sft_batch_size: int = 64
+    """Sequences per SFT step (each problem is seen once)."""
+    sft_lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    vocab_size: int = 512
+    """Upper bound for the BPE vocabulary (256 byte tokens + merges + 3 special tokens)."""
+    hidden_size: int = 128
+    """Model width."""
+    num_hidden_layers: int = 2
+    """Transformer blocks."""
+    num_attention_heads: int = 4
+    """Query heads (``head_dim * heads == hidden_size``)."""
+    num_key_value_heads: int = 2
+    """Key/value heads (grouped-query attention as in Qwen3)."""
+    intermediate_size: int = 384
+    """SwiGLU hidden width."""
+    task: dict[str, Any] = field(default_factory=lambda: ArithmeticConfig().to_dict())
+    """The :class:`ArithmeticConfig` of the task, as a dict."""
+    eval_n: int = 200
+    """Held-out problems sampled for ``BUILD_INFO.json``."""
+
+    def __post_init__(self) -> None:
+        for name in ("sft_steps", "sft_batch_size", "vocab_size", "hidden_size",
+                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TinyBuildConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("TinyBuildConfig.hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                "TinyBuildConfig.num_attention_heads must be divisible by num_key_value_heads"
+            )
+
+    def digest(self) -> str:
+        """Short stable hash of the config and the recipe version."""
+        blob = json.dumps({"v": BUILD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cache_root() -> Path:
+    """``$STRACE_DS_CACHE`` if set, else ``~/.cache/strace_ds``."""
+    return Path(os.environ.get("STRACE_DS_CACHE") or Path.home() / ".cache" / "strace_ds")
+
+
+# --------------------------------------------------------------------------- tokenizer
+def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` and wrap it with ChatML specials and template.
+
+    Byte-level, so any string round-trips exactly (unseen characters cost more tokens,
+    they never become ``<unk>``); Qwen's split pattern, so every digit is its own token.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerFast, user_message: str) -> str:
+    """The rendered ChatML prompt for one user message, ending ``<|im_start|>assistant\\n``."""
+    messages = [{"role": "user", "content": user_message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _tokenizer_corpus(examples: list[PromptExample]) -> list[str]:
+    """Training text for the BPE: role names plus every prompt and solution."""
+    return ["user\n", "assistant\n"] * 50 + [
+        t for ex in examples for t in (ex.prompt, ex.meta["solution"])
+    ]
+
+
+# --------------------------------------------------------------------------- model + SFT
+def build_model(cfg: TinyBuildConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
+    """A freshly initialised Qwen3 causal LM sized by ``cfg`` (float32, tied embeddings)."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.hidden_size // cfg.num_attention_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen3ForCausalLM(config).float()
+
+
+def encode_sft_example(
+    tokenizer: PreTrainedTokenizerFast, ex: PromptExample
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)``: chat prompt + solution + ``<|im_end|>``; prompt labels -100."""
+    prompt_ids = tokenizer(chat_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids
+    answer_ids = tokenizer(ex.meta["solution"] + IM_END, add_special_tokens=False).input_ids
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: ``input_ids``, ``attention_mask``, ``labels``, each ``[B, T]``."""
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = (
+            torch.tensor(x), torch.tensor(y), 1
+        )
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def run_sft(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    examples: list[PromptExample],
+    cfg: TinyBuildConfig,
+) -> list[float]:
+    """Supervised warm start, one pass over ``examples`` in batches; returns per-step losses.
+
+    Loss is the mean token cross-entropy over answer tokens (``<|im_end|>`` included).
+    """
+    rows = [encode_sft_example(tokenizer, ex) for ex in examples]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+    warmup = max(1, cfg.sft_steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.sft_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.sft_steps), desc="tiny SFT", unit="step")
+    for step in bar:
+        batch = _collate(rows[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size],
+                         tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- grading
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, i = 1, starts[-1]
+    while i < len(text):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[starts[-1]:i].strip()
+        i += 1
+    return None
+
+
+@torch.no_grad()
+def sample_answers(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 48,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """Answer token ids (up to and including ``<|im_end|>``) for each user message.
+
+    ``temperature == 0`` means greedy; otherwise pure sampling (no top-k / top-p), the
+    distribution RL samples from.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
+        if temperature > 0 else dict(do_sample=False)
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        enc = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
+               for p in prompts[start:start + batch_size]]
+        T = max(len(x) for x in enc)
+        # Left padding so every row's answer starts at column T.  # [B, T]
+        ids = torch.tensor([[tokenizer.pad_token_id] * (T - len(x)) + x for x in enc])
+        mask = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in enc])
+        gen = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        for row in gen[:, T:].tolist():
+            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None
+            out.append(row[:end])
+    return out
+
+
+def accuracy_report(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    examples: list[PromptExample],
+    temperature: float,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``accuracy`` (last boxed answer == gold) and ``mean_answer_tokens`` over ``examples``."""
+    answers = sample_answers(model, tokenizer, [ex.prompt for ex in examples], temperature, seed)
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    correct = [extract_boxed(t) == ex.answer for t, ex in zip(texts, examples)]
+    return {
+        "accuracy": sum(correct) / len(examples),
+        "mean_answer_tokens": sum(len(a) for a in answers) / len(answers),
+    }
+
+
+def measure_sampled_accuracy(
+    model_dir: str | Path, n: int = 200, temperature: float = 1.0, seed: int = 0
+) -> float:
+    """Accuracy on ``n`` held-out problems sampled at ``temperature`` (0 = greedy).
+
+    Loads ``model_dir`` with the Auto classes; the task difficulty is read from its
+    ``BUILD_INFO.json`` when present (else the default :class:`ArithmeticConfig`).
+    """
+    if n < 1:
+        raise ValueError(f"measure_sampled_accuracy: n must be >= 1, got {n}")
+    model_dir = Path(model_dir)
+    info_path = model_dir / BUILD_INFO
+    task = ArithmeticConfig()
+    if info_path.exists():
+        task = ArithmeticConfig.from_dict(json.loads(info_path.read_text())["config"]["task"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = arithmetic_dataset("test", size=n, seed=seed, config=task).examples
+    return accuracy_report(model, tokenizer, examples, temperature, seed)["accuracy"]
+
+
+# --------------------------------------------------------------------------- build + cache
+def _is_build(path: Path) -> bool:
+    return (path / BUILD_INFO).is_file() and (path / "config.json").is_file()
+
+
+def _build_into(tmp: Path, cfg: TinyBuildConfig) -> dict[str, Any]:
+    """Build tokenizer, model and warm start into ``tmp``; return the BUILD_INFO dict."""
+    t0 = time.perf_counter()
+    task = ArithmeticConfig.from_dict(cfg.task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        n_sft = cfg.sft_steps * cfg.sft_batch_size
+        train = arithmetic_dataset("train", size=n_sft, seed=cfg.seed, config=task).examples
+        corpus = arithmetic_dataset("train", size=4000, seed=cfg.seed, config=task).examples
+        tokenizer = build_tokenizer(_tokenizer_corpus(corpus), cfg.vocab_size)
+        model = build_model(cfg, tokenizer)
+        random.Random(cfg.seed).shuffle(train)
+        t_sft = time.perf_counter()
+        losses = run_sft(model, tokenizer, train, cfg)
+        sft_s = time.perf_counter() - t_sft
+        test = arithmetic_dataset("test", size=cfg.eval_n, seed=cfg.seed, config=task).examples
+        sampled = accuracy_report(model, tokenizer, test, temperature=1.0, seed=cfg.seed)
+        greedy = accuracy_report(model, tokenizer, test, temperature=0.0, seed=cfg.seed)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _add_torch_dtype(tmp / "config.json")
+    info = {
+        "build_version": BUILD_VERSION,
+        "digest": cfg.digest(),
+        "config": asdict(cfg),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "sft_seconds": round(sft_s, 2),
+        "sft_final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "sampled_accuracy_t1": sampled["accuracy"],
+        "greedy_accuracy": greedy["accuracy"],
+        "mean_answer_tokens_t1": round(sampled["mean_answer_tokens"], 2),
+        "mean_answer_tokens_greedy": round(greedy["mean_answer_tokens"], 2),
+        "eval_n": cfg.eval_n,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    info["build_seconds"] = round(time.perf_counter() - t0, 2)
+    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _add_torch_dtype(config_path: Path) -> None:
+    """Write ``torch_dtype`` next to transformers 5's ``dtype`` for older readers (SGLang, 4.x)."""
+    cfg = json.loads(config_path.read_text())
+    cfg["torch_dtype"] = cfg.setdefault("dtype", "float32")
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_policy(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    sft_steps: int | None = None,
+) -> Path:
+    """Build (or reuse from cache) the tiny warm-started Qwen3 policy; return its directory.
+
+    ``out_dir`` defaults to ``cache_root() / "tiny-qwen3-<config hash>"``. An existing
+    complete build of the same config is reused unless ``force``; one of a different
+    config raises, as does a non-empty directory that is not a build. ``sft_steps``
+    overrides :attr:`TinyBuildConfig.sft_steps` (tests use a handful).
+    """
+    if sft_steps is not None and sft_steps < 1:
+        raise ValueError(f"build_tiny_policy: sft_steps must be >= 1 (or None), got {sft_steps}")
+    cfg = TinyBuildConfig(seed=seed, **({} if sft_steps is None else {"sft_steps": sft_steps}))
+    out = Path(out_dir) if out_dir is not None else cache_root() / f"tiny-qwen3-{cfg.digest()}"
+    if out.exists() and not force:
+        if _is_build(out):
+            digest = json.loads((out / BUILD_INFO).read_text()).get("digest")
+            if digest == cfg.digest():
+                return out
+            raise ValueError(
+                f"build_tiny_policy: {out} holds a build of another config ({digest}, wanted "
+                f"{cfg.digest()}); pass force=True to replace it or choose another out_dir"
+            )
+        if any(out.iterdir()):
+            raise ValueError(
+                f"build_tiny_policy: out_dir {out} exists and is not a tiny-policy build; "
+                "choose an empty or new directory"
+            )
+    if force and out.exists() and any(out.iterdir()) and not _is_build(out):
+        raise ValueError(
+            f"build_tiny_policy: refusing to replace {out}: it is not a tiny-policy build"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _build_into(tmp, cfg)
+        _publish(tmp, out, replace=force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _publish(tmp: Path, out: Path, replace: bool) -> None:
+    """Move a finished build to ``out`` atomically; a concurrent winner's copy is kept."""
+    if replace and out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, trash / "old")
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, out)  # atomic; fails on a non-empty target
+    except OSError:
+        if not _is_build(out):
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: build into ``--out`` and print the BUILD_INFO."""
+    p = argparse.ArgumentParser(prog="python -m strace_ds.tiny", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="model directory (default: the cache entry)")
+    p.add_argument("--seed", type=int, default=0, help="build seed")
+    p.add_argument("--sft-steps", type=int, default=None, help="override the warm-start steps")
+    p.add_argument("--force", action="store_true", help="rebuild even if a build exists")
+    args = p.parse_args(argv)
+    out = build_tiny_policy(args.out, seed=args.seed, force=args.force, sft_steps=args.sft_steps)
+    print(out)
+    print((out / BUILD_INFO).read_text(), end="")
+
+
+if __name__ == "__main__":
+    main()

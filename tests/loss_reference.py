@@ -1,0 +1,187 @@
+"""Slow, obviously-correct references for the trace loss family (float64, tests only).
+
+Written from the papers' formulas and `/work/shared/design/ALGORITHMS.md` without reading
+`strace_ds.losses`, so the tests compare two independent implementations:
+
+* `ref_grpo_loss`   -- PPO/GRPO clipped surrogate on token ratios (Schulman et al. 2017;
+  Shao et al. 2024), aggregated DAPO-style (`token_mean`), per sequence
+  (`seq_mean_token_mean`) or Dr. GRPO-style (`seq_mean_token_sum_norm`).
+* `ref_gspo_loss`   -- GSPO (Zheng et al. 2025): sequence ratio = geometric mean of the token
+  ratios, clipped at the sequence level with (1 - eps_low, 1 + eps_high), mean over sequences.
+* `ref_causal_trace` -- the causal trace recursion (z, n, ell) as a plain double loop.
+* `ref_causal_trace_long` -- the same recursion looped over t but batched over rows (and
+  several lam values at once), for T = 32k.
+* `ref_trace_loss`  -- trace log-ratio -> clipped objective -> aggregation, composed from the
+  pieces above (the whole contract, loop-based).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def harmonic(T: int) -> float:
+    """H_T = 1 + 1/2 + ... + 1/T."""
+    return sum(1.0 / k for k in range(1, T + 1))
+
+
+def ref_causal_trace(delta: torch.Tensor, m: torch.Tensor, lam: float) -> torch.Tensor:
+    """ALGORITHMS.md recursion, one row and one token at a time (differentiable).
+
+    z_t = lam**m_t z_{t-1} + m_t delta_t ; n_t = lam**m_t n_{t-1} + m_t ; ell_t = z_t / n_t.
+    delta, m: [B, T]; returns ell [B, T].
+    """
+    B, T = delta.shape
+    zero = delta.new_zeros(())
+    rows = []
+    for i in range(B):
+        z, n, row = zero, 0.0, []
+        for t in range(T):
+            if bool(m[i, t]):  # the trace ticks: decay, then add this token
+                z = lam * z + delta[i, t]
+                n = lam * n + 1.0
+            # unselected: lam**0 = 1, z and n carry over unchanged
+            row.append(z / n if n > 0 else zero)
+        rows.append(torch.stack(row) if row else delta.new_zeros(0))
+    return torch.stack(rows) if rows else delta.new_zeros(0, T)
+
+
+def ref_causal_trace_long(delta: torch.Tensor, m: torch.Tensor, lams: list[float]) -> torch.Tensor:
+    """Same recursion, a Python loop over t, batched over rows and lam values.
+
+    delta, m: [B, T]; returns ell [L, B, T] for L = len(lams). Forward only.
+    """
+    B, T = delta.shape
+    lam = torch.tensor(lams, dtype=torch.float64)[:, None]  # [L, 1]
+    z = torch.zeros(len(lams), B, dtype=torch.float64)  # [L, B]
+    n = torch.zeros(len(lams), B, dtype=torch.float64)
+    out = torch.empty(len(lams), B, T, dtype=torch.float64)
+    one = torch.ones((), dtype=torch.float64)
+    m_t = m.bool().T.contiguous()  # [T, B]
+    dm_t = (delta.double() * m.double()).T.contiguous()
+    mf_t = m.double().T.contiguous()
+    for t in range(T):
+        decay = torch.where(m_t[t], lam, one)  # lam**m_t
+        z = decay * z + dm_t[t]
+        n = decay * n + mf_t[t]
+        out[:, :, t] = torch.where(n > 0, z / n.clamp_min(1e-300), 0.0)
+    return out
+
+
+def ref_sequence_trace(delta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """window='sequence': ell_t = sum_k m_k delta_k / sum_k m_k for every t (0 if no m)."""
+    B, T = delta.shape
+    rows = []
+    for i in range(B):
+        sel = [delta[i, k] for k in range(T) if bool(m[i, k])]
+        val = torch.stack(sel).sum() / len(sel) if sel else delta.new_zeros(())
+        rows.append(val.expand(T))
+    return torch.stack(rows)
+
+
+def clipped_token_loss(r, A, clip_low, clip_high):
+    """L = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)   (PPO clipped surrogate)."""
+    return -torch.minimum(r * A, torch.clamp(r, 1.0 - clip_low, 1.0 + clip_high) * A)
+
+
+def ref_aggregate(L, M, agg, max_len=None, normalizer=None):
+    """Aggregate per-token losses L [B, T] over loss tokens M [B, T] (bool)."""
+    M = M.bool()
+    LM = torch.where(M, L, torch.zeros_like(L))  # padding never enters, even if L is odd there
+    B, T = L.shape
+    if agg == "token_mean":
+        denom = M.sum() if normalizer is None else normalizer
+        return LM.sum() / denom
+    if agg == "seq_mean_token_mean":
+        per_seq = LM.sum(-1) / M.sum(-1).clamp_min(1)  # [B]
+        denom = B if normalizer is None else normalizer
+        return per_seq.sum() / denom
+    if agg == "seq_mean_token_sum_norm":
+        denom = B * (T if max_len is None else max_len) if normalizer is None else normalizer
+        return LM.sum() / denom
+    raise AssertionError(agg)
+
+
+def _adv_bt(A, shape):
+    A = A.double()
+    return A[:, None].expand(shape) if A.dim() == 1 else A
+
+
+def ref_grpo_loss(logp, old, A, mask, clip_low, clip_high, agg, max_len=None):
+    """PPO/GRPO clip on token ratios r_t = exp(logp_t - old_t)."""
+    r = torch.exp(logp - old)
+    L = clipped_token_loss(r, _adv_bt(A, logp.shape), clip_low, clip_high)
+    return ref_aggregate(L, mask, agg, max_len=max_len)
+
+
+def ref_gspo_loss(logp, old, A, mask, clip_low, clip_high):
+    """GSPO: s_i = exp(mean_{t valid} delta_t), L_i = -min(s_i A_i, clip(s_i) A_i), mean_i.
+
+    A: [B] (one advantage per sequence, as in the paper). Rows without tokens contribute 0
+    but still count in the mean over B (ALGORITHMS.md: mean over sequences).
+    """
+    B, T = logp.shape
+    terms = []
+    for i in range(B):
+        idx = [t for t in range(T) if bool(mask[i, t])]
+        if not idx:
+            terms.append(logp.new_zeros(()))
+            continue
+        log_s = sum(logp[i, t] - old[i, t] for t in idx) / len(idx)
+        s = torch.exp(log_s)
+        terms.append(-torch.minimum(s * A[i], torch.clamp(s, 1 - clip_low, 1 + clip_high) * A[i]))
+    return torch.stack(terms).sum() / B
+
+
+def ref_select(mask, entropy, q):
+    """tau = quantile(H[valid], 1 - q); m = (H >= tau) & valid."""
+    mask = mask.bool()
+    if q is None:
+        return mask, math.nan
+    tau = torch.quantile(entropy[mask].double(), 1.0 - q)
+    return (entropy >= tau) & mask, float(tau)
+
+
+def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normalizer=None):
+    """Whole contract from the loops: select -> trace -> clipped loss -> aggregate."""
+    mask = mask.bool()
+    m, _ = ref_select(mask, entropy, cfg.entropy_top_quantile)
+    delta = logp - old
+    if cfg.window == "causal":
+        ell = ref_causal_trace(delta, m, cfg.lam)
+    else:
+        ell = ref_sequence_trace(delta, m)
+    r = torch.exp(ell)  # the tests keep |ell| far below any clamp bound
+    L = clipped_token_loss(r, _adv_bt(A, logp.shape), cfg.clip_low, cfg.clip_high)
+    M = m if cfg.loss_on_selected_only else mask
+    return ref_aggregate(L, M, cfg.loss_agg, max_len=max_len, normalizer=normalizer)
+
+
+def make_batch(B, T, seed, scale=0.3, holes=False, adv_per_token=False, min_len=1):
+    """A random float64 batch with right padding (and optional holes).
+
+    Returns dict(logp [B, T] leaf requiring grad, old [B, T], A [B] or [B, T],
+    mask bool [B, T], entropy [B, T]). Padded positions hold garbage (large deltas and
+    entropies) so any leak of padding into the loss, the trace or the metrics shows up.
+    """
+    g = torch.Generator().manual_seed(seed)
+    old = -3.0 * torch.rand(B, T, generator=g, dtype=torch.float64)
+    delta = scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    lengths = torch.randint(min(min_len, T), T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    if holes:
+        mask &= torch.rand(B, T, generator=g) > 0.25
+    entropy = 2.0 * torch.rand(B, T, generator=g, dtype=torch.float64)
+    # garbage at padding: must never matter
+    delta = torch.where(mask, delta, torch.full_like(delta, 4.0))
+    entropy = torch.where(mask, entropy, torch.full_like(entropy, 50.0))
+    if adv_per_token:
+        A = torch.randn(B, T, generator=g, dtype=torch.float64)
+    else:
+        A = torch.randn(B, generator=g, dtype=torch.float64)
+    logp = (old + delta).detach().requires_grad_(True)
+    return dict(logp=logp, old=old, A=A, mask=mask, entropy=entropy)
