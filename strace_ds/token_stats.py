@@ -14,16 +14,19 @@ Gradients (``d/dx = (1/tau) d/dz``):
 
 With ``V = 151,936`` (Qwen) one float32 ``[N, V]`` tensor is 2.5 GB at ``N = 4096`` tokens,
 and the plain ``log_softmax -> gather`` graph keeps several of them. Here the ``N`` tokens
-(all leading dimensions flattened) are processed ``chunk_size`` at a time, so at most two
-``[chunk_size, V]`` buffers in the compute dtype exist at once. The backward pass does not
-keep the forward's chunks: a custom :class:`torch.autograd.Function` saves only ``lse`` and
-``H`` (``[N]``) and recomputes each chunk's probabilities from ``lse``. From hidden states
-the chunk logits ``hidden_chunk @ weight.T`` are recomputed too (one extra matmul, the price
-of never holding ``[N, V]``); the weight gradient is accumulated over chunks in float32.
+(all leading dimensions flattened) are processed in tiles of at most ``chunk_size * V``
+elements, two or three scratch buffers of that size reused by every tile. The backward pass
+does not keep the forward's tiles: a custom :class:`torch.autograd.Function` saves only
+``lse`` and ``H`` (``[N]``) and recomputes the probabilities ``p = exp(z - lse)`` tile by
+tile. From hidden states the logits ``hidden @ weight.T`` are recomputed too (one extra
+matmul, the price of never holding ``[N, V]``). Since ``lse`` is known in the backward pass,
+its tiles can cut the vocabulary as well as the tokens: each ``weight`` row block then gets
+its gradient from one matmul over all tokens, with no ``[V, H]`` float32 accumulator.
 
-The compute dtype is ``promote(input dtype, float32)``: bf16/fp16 inputs are upcast chunk
-by chunk, float64 stays float64 (the tests compare to a float64 reference). Both outputs
-carry gradients (the entropy is differentiable as well; detach it for selection).
+The compute dtype is ``promote(input dtype, float32)``: bf16/fp16 inputs are upcast tile
+by tile, float64 stays float64 (the tests compare to a float64 reference). Matmuls run in
+the input dtype, as an lm_head would. Both outputs carry gradients (the entropy is
+differentiable as well; detach it for selection).
 """
 
 from __future__ import annotations
@@ -35,37 +38,65 @@ from torch import Tensor
 
 __all__ = ["token_logprobs_and_entropy", "token_logprobs_and_entropy_from_hidden"]
 
+_MIN_VOCAB_TILE = 1024
+"""Narrowest vocabulary slice of a backward tile from hidden states: thinner slices make the
+``[tokens, H] @ [H, slice]`` matmuls inefficient; the token dimension is cut instead."""
 
-# ----------------------------------------------------------------------------- chunk maths
+
+# ----------------------------------------------------------------------------- tile maths
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types and float32, float64 for float64."""
     return torch.promote_types(dtype, torch.float32)
 
 
-def _scaled(x: Tensor, cdtype: torch.dtype, temperature: float, owned: bool) -> Tensor:
-    """``z = x / tau`` in ``cdtype`` as a buffer this module may overwrite.
+class _Scratch:
+    """Named scratch buffers allocated once and reused by every tile.
 
-    ``owned`` says ``x`` is a temporary of ours (a chunk of recomputed logits), so it is
-    reused in place when it already has the compute dtype; a caller's logits are copied.
+    Reuse matters on CPU as well as for memory: a fresh multi-hundred-MB allocation is
+    returned to the OS when freed and page-faulted in again by the next tile.
     """
-    z = x if (owned and x.dtype == cdtype) else x.to(cdtype, copy=True)  # [C, V]
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+        """A ``[rows, cols]`` contiguous view of buffer ``name`` (grown if needed)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
+            self._buffers.pop(name, None)  # free the old one before allocating
+            buf = torch.empty(rows * cols, dtype=dtype, device=self.device)
+            self._buffers[name] = buf
+        return buf[: rows * cols].view(rows, cols)
+
+
+def _scaled_logits(x: Tensor, temperature: float, scratch: _Scratch, owned: bool) -> Tensor:
+    """``z = x / tau`` in the compute dtype, in the scratch buffer ``"z"``.
+
+    ``owned`` says ``x`` already is that buffer (logits we computed), so no copy is made.
+    """
+    cdtype = _compute_dtype(x.dtype)
+    if owned and x.dtype == cdtype:
+        z = x
+    else:
+        z = scratch.take("z", x.shape[0], x.shape[1], cdtype).copy_(x)  # [C, Vt]
     if temperature != 1.0:
         z.div_(temperature)
     return z
 
 
-def _chunk_forward(
-    x: Tensor, tok: Tensor, temperature: float, with_entropy: bool, owned: bool
+def _tile_forward(
+    x: Tensor, tok: Tensor, temperature: float, with_entropy: bool, scratch: _Scratch, owned: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``logp(y)``, ``lse`` and ``H`` (or None) of one chunk; ``x [C, V]``, ``tok [C]``.
+    """``logp(y)``, ``lse`` and ``H`` (or None) of a tile of whole rows; ``x [C, V]``, ``tok [C]``.
 
-    Peak memory: two ``[C, V]`` buffers (the shifted logits, turned into ``log p`` in place,
-    and ``exp`` of them, turned into ``p`` in place).
+    Uses two ``[C, V]`` buffers: the shifted logits, turned into ``log p`` in place, and
+    their ``exp``, turned into ``p`` in place.
     """
-    logp = _scaled(x, _compute_dtype(x.dtype), temperature, owned)  # [C, V] holds z
+    logp = _scaled_logits(x, temperature, scratch, owned)  # [C, V] holds z
     zmax = logp.amax(dim=-1, keepdim=True)  # [C, 1]
     logp.sub_(zmax)  # z - max z
-    p = torch.exp(logp)  # [C, V] unnormalised
+    p = torch.exp(logp, out=scratch.take("p", *logp.shape, logp.dtype))  # [C, V] unnormalised
     sumexp = p.sum(dim=-1, keepdim=True)  # [C, 1]
     log_sumexp = sumexp.log()  # [C, 1]
     logp.sub_(log_sumexp)  # log p
@@ -79,7 +110,7 @@ def _chunk_forward(
     return token_logp, lse, entropy
 
 
-def _chunk_grad_z(
+def _tile_grad(
     x: Tensor,
     tok: Tensor,
     lse: Tensor,
@@ -87,16 +118,19 @@ def _chunk_grad_z(
     g_logp: Tensor | None,
     g_entropy: Tensor | None,
     temperature: float,
+    scratch: _Scratch,
     owned: bool,
+    v0: int = 0,
 ) -> Tensor:
-    """Gradient w.r.t. the chunk's logits ``x [C, V]``, in the compute dtype.
+    """Gradient w.r.t. a tile of logits ``x [C, Vt]`` (vocabulary ids ``v0 .. v0+Vt-1``).
 
     ``grad_x_v = (1/tau) * ( g_logp * ([v == y] - p_v) - g_H * p_v (log p_v + H) )``
-    ``         = -(p_v / tau) * (g_logp + g_H (log p_v + H)) + [v == y] g_logp / tau``.
+    ``         = -(p_v / tau) * (g_logp + g_H (log p_v + H)) + [v == y] g_logp / tau``,
+    with ``p_v = exp(z_v - lse)`` recomputed from the saved ``lse [C]`` (and ``H [C]``).
+    Returned in the compute dtype, in a scratch buffer.
     """
-    cdtype = _compute_dtype(x.dtype)
-    logp = _scaled(x, cdtype, temperature, owned).sub_(lse[:, None])  # [C, V] log p
-    C = x.shape[0]
+    logp = _scaled_logits(x, temperature, scratch, owned).sub_(lse[:, None])  # [C, Vt]
+    C, cdtype = x.shape[0], logp.dtype
     g_logp = torch.zeros(C, dtype=cdtype, device=x.device) if g_logp is None else g_logp
     g_logp = g_logp.to(cdtype) / temperature  # [C]
     if g_entropy is None:
@@ -104,11 +138,13 @@ def _chunk_grad_z(
     else:
         assert entropy is not None
         g_entropy = g_entropy.to(cdtype) / temperature  # [C]
-        p = torch.exp(logp)  # [C, V]
+        p = torch.exp(logp, out=scratch.take("p", *logp.shape, cdtype))  # [C, Vt]
         weight = logp.add_(entropy[:, None]).mul_(g_entropy[:, None]).add_(g_logp[:, None])
         grad = p.mul_(weight).neg_()
-        del weight, logp
-    grad.scatter_add_(-1, tok[:, None], g_logp[:, None])
+    # + g / tau at the sampled token, for the rows whose token lies in this vocabulary tile.
+    local = tok - v0  # [C]
+    rows = ((local >= 0) & (local < x.shape[1])).nonzero().squeeze(-1)  # [C']
+    grad.index_put_((rows, local[rows]), g_logp[rows], accumulate=True)
     return grad
 
 
@@ -139,6 +175,10 @@ def _rows(x3: Tensor, flat: Tensor | None, n0: int, n1: int) -> Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
+def _optional_slice(x: Tensor | None, n0: int, n1: int) -> Tensor | None:
+    return None if x is None else x[n0:n1]
+
+
 class _LogprobEntropyFromLogits(torch.autograd.Function):
     """Chunked ``logp(y)`` and ``H`` from logits ``[B, T, V]`` (see the module docstring)."""
 
@@ -151,10 +191,11 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
         token_logp = torch.empty(N, dtype=cdtype, device=logits3.device)  # [N]
         lse = torch.empty_like(token_logp)  # [N]
         entropy = torch.empty_like(token_logp) if with_entropy else None  # [N]
+        scratch = _Scratch(logits3.device)
         for n0 in range(0, N, chunk_size):
             n1 = min(N, n0 + chunk_size)
             x = _rows(logits3, flat, n0, n1)  # [C, V]
-            lp, ls, ent = _chunk_forward(x, tokens[n0:n1], temperature, with_entropy, False)
+            lp, ls, ent = _tile_forward(x, tokens[n0:n1], temperature, with_entropy, scratch, False)
             token_logp[n0:n1], lse[n0:n1] = lp, ls
             if entropy is not None:
                 entropy[n0:n1] = ent
@@ -170,38 +211,56 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
         flat = _flat_view(logits3)
         B, T, V = logits3.shape
         grad = torch.empty(B * T, V, dtype=logits3.dtype, device=logits3.device)  # [N, V]
+        scratch = _Scratch(logits3.device)
         for n0 in range(0, B * T, ctx.chunk_size):
             n1 = min(B * T, n0 + ctx.chunk_size)
-            grad[n0:n1] = _chunk_grad_z(
+            grad[n0:n1] = _tile_grad(
                 _rows(logits3, flat, n0, n1),
                 tokens[n0:n1],
                 lse[n0:n1],
-                None if entropy is None else entropy[n0:n1],
-                None if g_logp is None else g_logp[n0:n1],
-                None if g_entropy is None else g_entropy[n0:n1],
+                _optional_slice(entropy, n0, n1),
+                _optional_slice(g_logp, n0, n1),
+                _optional_slice(g_entropy, n0, n1),
                 ctx.temperature,
+                scratch,
                 owned=False,
             )
         return grad.view(B, T, V), None, None, None, None
 
 
 # ------------------------------------------------------------------------- hidden path
+def _backward_tiles(N: int, V: int, chunk_size: int) -> tuple[int, int]:
+    """``(token_tile, vocab_tile)`` of the hidden-path backward, ``<= chunk_size * V`` elements.
+
+    All tokens at once and a slice of the vocabulary when that slice is at least
+    ``_MIN_VOCAB_TILE`` wide (each weight row block then gets its gradient from one matmul);
+    otherwise slices of ``_MIN_VOCAB_TILE`` and as many tokens as fit.
+    """
+    budget = chunk_size * V
+    vocab_tile = min(V, max(budget // max(N, 1), _MIN_VOCAB_TILE))
+    token_tile = max(1, min(N, budget // vocab_tile))
+    return token_tile, vocab_tile
+
+
 class _LogprobEntropyFromHidden(torch.autograd.Function):
     """Chunked ``logp(y)`` and ``H`` of ``logits = hidden @ weight.T`` without ``[N, V]``."""
 
     @staticmethod
     def forward(ctx, hidden2, weight, tokens, temperature, chunk_size, with_entropy):
         ctx.set_materialize_grads(False)
-        N = tokens.shape[0]
+        N, V = tokens.shape[0], weight.shape[0]
         cdtype = _compute_dtype(hidden2.dtype)
         token_logp = torch.empty(N, dtype=cdtype, device=hidden2.device)  # [N]
         lse = torch.empty_like(token_logp)  # [N]
         entropy = torch.empty_like(token_logp) if with_entropy else None  # [N]
+        scratch = _Scratch(hidden2.device)
+        # Logits land directly in the compute buffer "z" when no upcast is needed.
+        name = "z" if hidden2.dtype == cdtype else "x"
         for n0 in range(0, N, chunk_size):
             n1 = min(N, n0 + chunk_size)
-            x = hidden2[n0:n1] @ weight.T  # [C, V] in the input dtype, like an lm_head
-            lp, ls, ent = _chunk_forward(x, tokens[n0:n1], temperature, with_entropy, True)
-            del x
+            x = scratch.take(name, n1 - n0, V, hidden2.dtype)  # [C, V]
+            torch.mm(hidden2[n0:n1], weight.T, out=x)
+            lp, ls, ent = _tile_forward(x, tokens[n0:n1], temperature, with_entropy, scratch, True)
             token_logp[n0:n1], lse[n0:n1] = lp, ls
             if entropy is not None:
                 entropy[n0:n1] = ent
@@ -215,31 +274,49 @@ class _LogprobEntropyFromHidden(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_h or need_w) or (g_logp is None and g_entropy is None):
             return None, None, None, None, None, None
-        cdtype = _compute_dtype(hidden2.dtype)
-        N = tokens.shape[0]
-        grad_h = torch.empty_like(hidden2) if need_h else None  # [N, H]
-        # float32 (or float64) accumulator over chunks: bf16 partial sums would lose bits.
-        grad_w = torch.zeros(weight.shape, dtype=cdtype, device=weight.device) if need_w else None
-        for n0 in range(0, N, ctx.chunk_size):
-            n1 = min(N, n0 + ctx.chunk_size)
-            h = hidden2[n0:n1]  # [C, H]
-            gz = _chunk_grad_z(
-                h @ weight.T,  # recomputed chunk logits [C, V]
-                tokens[n0:n1],
-                lse[n0:n1],
-                None if entropy is None else entropy[n0:n1],
-                None if g_logp is None else g_logp[n0:n1],
-                None if g_entropy is None else g_entropy[n0:n1],
-                ctx.temperature,
-                owned=True,
-            )  # [C, V] in cdtype
-            if grad_h is not None:
-                grad_h[n0:n1] = gz.to(weight.dtype) @ weight  # [C, H]
-            if grad_w is not None:
-                grad_w.addmm_(gz.T, h.to(cdtype))  # [V, H] += [V, C] @ [C, H]
-            del gz
-        if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype)
+        (N, Hd), V, dtype = hidden2.shape, weight.shape[0], hidden2.dtype
+        cdtype = _compute_dtype(dtype)
+        token_tile, vocab_tile = _backward_tiles(N, V, ctx.chunk_size)
+        scratch = _Scratch(hidden2.device)
+        name = "z" if dtype == cdtype else "x"
+        # grad_h sums over vocabulary tiles: a float32 (float64) accumulator, only [N, H].
+        grad_h = torch.zeros(N, Hd, dtype=cdtype, device=hidden2.device) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None  # [V, H]
+        for v0 in range(0, V, vocab_tile):
+            v1 = min(V, v0 + vocab_tile)
+            w = weight[v0:v1]  # [Vt, H]
+            # Several token tiles add into this weight block: accumulate them in cdtype.
+            w_acc = None
+            if need_w and token_tile < N:
+                w_acc = scratch.take("w_acc", v1 - v0, Hd, cdtype).zero_()
+            for n0 in range(0, N, token_tile):
+                n1 = min(N, n0 + token_tile)
+                h = hidden2[n0:n1]  # [C, H]
+                x = torch.mm(h, w.T, out=scratch.take(name, n1 - n0, v1 - v0, dtype))  # [C, Vt]
+                gz = _tile_grad(
+                    x,
+                    tokens[n0:n1],
+                    lse[n0:n1],
+                    _optional_slice(entropy, n0, n1),
+                    _optional_slice(g_logp, n0, n1),
+                    _optional_slice(g_entropy, n0, n1),
+                    ctx.temperature,
+                    scratch,
+                    owned=True,
+                    v0=v0,
+                )  # [C, Vt] in cdtype
+                if dtype != cdtype:  # matmuls in the input dtype, like the lm_head's backward
+                    gz = scratch.take("x", *gz.shape, dtype).copy_(gz)
+                if grad_h is not None:
+                    grad_h[n0:n1] += gz @ w  # [C, H]
+                if w_acc is not None:
+                    w_acc += gz.T @ h  # [Vt, H]
+                elif grad_w is not None:
+                    torch.mm(gz.T, h, out=grad_w[v0:v1])  # [Vt, H], one matmul over all N
+            if w_acc is not None:
+                grad_w[v0:v1] = w_acc
+        if grad_h is not None:
+            grad_h = grad_h.to(dtype)
         return grad_h, grad_w, None, None, None, None
 
 

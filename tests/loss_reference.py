@@ -36,9 +36,9 @@ def ref_causal_trace(delta: torch.Tensor, m: torch.Tensor, lam: float) -> torch.
     delta, m: [B, T]; returns ell [B, T].
     """
     B, T = delta.shape
-    zero = delta.new_zeros(())
     rows = []
     for i in range(B):
+        zero = delta[i].sum() * 0.0  # attached to the graph (zero gradient)
         z, n, row = zero, 0.0, []
         for t in range(T):
             if bool(m[i, t]):  # the trace ticks: decay, then add this token
@@ -78,7 +78,7 @@ def ref_sequence_trace(delta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     rows = []
     for i in range(B):
         sel = [delta[i, k] for k in range(T) if bool(m[i, k])]
-        val = torch.stack(sel).sum() / len(sel) if sel else delta.new_zeros(())
+        val = torch.stack(sel).sum() / len(sel) if sel else delta[i].sum() * 0.0
         rows.append(val.expand(T))
     return torch.stack(rows)
 
@@ -128,8 +128,8 @@ def ref_gspo_loss(logp, old, A, mask, clip_low, clip_high):
     terms = []
     for i in range(B):
         idx = [t for t in range(T) if bool(mask[i, t])]
-        if not idx:
-            terms.append(logp.new_zeros(()))
+        if not idx:  # zero, but still attached to the graph like the implementation's loss
+            terms.append(logp[i].sum() * 0.0)
             continue
         log_s = sum(logp[i, t] - old[i, t] for t in idx) / len(idx)
         s = torch.exp(log_s)

@@ -37,6 +37,15 @@ def tiny_model(seed: int = 0, tie: bool = True) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core box: one thread is ~10x faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model() -> Qwen3ForCausalLM:
     return tiny_model()

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from strace_ds.token_stats import (
+    _backward_tiles,
     token_logprobs_and_entropy,
     token_logprobs_and_entropy_from_hidden,
 )
@@ -83,10 +84,16 @@ def test_entropy_hand_computed() -> None:
     )
     lp, ent = token_logprobs_and_entropy(logits, torch.tensor([2, 1]))
     torch.testing.assert_close(
-        ent, torch.tensor([1.3862943611198906, 0.5623351446188083]).double(), rtol=0, atol=TOL
+        ent,
+        torch.tensor([1.3862943611198906, 0.5623351446188083], dtype=torch.float64),
+        rtol=0,
+        atol=TOL,
     )
     torch.testing.assert_close(
-        lp, torch.tensor([-1.3862943611198906, -0.2876820724517809]).double(), rtol=0, atol=TOL
+        lp,
+        torch.tensor([-1.3862943611198906, -0.2876820724517809], dtype=torch.float64),
+        rtol=0,
+        atol=TOL,
     )
 
 
@@ -117,6 +124,31 @@ def test_hidden_path_values_and_gradients_match_naive(chunk_size, temperature) -
         ref_grads = torch.autograd.grad(ref, (hidden, weight), retain_graph=True)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "tiles"),
+    [
+        (1, (2, 1024)),  # budget 3000 elements: vocabulary slices of 1024, 2 tokens at a time
+        (5, (14, 1071)),  # budget 15000: all 14 tokens, vocabulary slices of 1071
+        (300, (14, 3000)),  # one tile
+    ],
+)
+def test_hidden_path_backward_tiles_over_the_vocabulary(chunk_size, tiles) -> None:
+    # V = 3000 > _MIN_VOCAB_TILE, so the backward cuts the vocabulary (and, for chunk_size=1,
+    # the tokens too); the sampled tokens fall in different vocabulary slices.
+    hidden, weight, tokens, g_logp, g_ent = _hidden_inputs((2, 7), V=3000, H=8, seed=4)
+    assert _backward_tiles(14, 3000, chunk_size) == tiles
+    lp, ent = token_logprobs_and_entropy_from_hidden(
+        hidden, weight, tokens, 0.9, chunk_size=chunk_size
+    )
+    ref_lp, ref_ent = naive_logprobs_and_entropy(hidden @ weight.T, tokens, 0.9)
+    out = (lp * g_logp).sum() + (ent * g_ent).sum()
+    ref = (ref_lp * g_logp).sum() + (ref_ent * g_ent).sum()
+    grads = torch.autograd.grad(out, (hidden, weight))
+    ref_grads = torch.autograd.grad(ref, (hidden, weight))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=TOL)
 
 
 def test_hidden_path_gradient_for_one_input_only() -> None:
@@ -193,6 +225,12 @@ def test_empty_sequence() -> None:
     logits = torch.zeros(2, 0, 5, requires_grad=True)
     lp, ent = token_logprobs_and_entropy(logits, torch.zeros(2, 0, dtype=torch.long))
     assert lp.shape == ent.shape == (2, 0)
+    hidden = torch.zeros(2, 0, 4, requires_grad=True)
+    lp, _ = token_logprobs_and_entropy_from_hidden(
+        hidden, torch.zeros(5, 4), torch.zeros(2, 0, dtype=torch.long)
+    )
+    (grad,) = torch.autograd.grad(lp.sum(), hidden, allow_unused=True)
+    assert grad is None or grad.shape == (2, 0, 4)
 
 
 @pytest.mark.parametrize(

@@ -121,9 +121,11 @@ def trace_log_ratio(
         return _sequence_log_ratio(delta, m)
     if window != "causal":
         raise ValueError(f"window must be 'causal' or 'sequence', got {window!r}")
-    if lam == 0.0:
-        return _last_selected_log_ratio(delta, m)
     work = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    if lam == 0.0 or -math.log(lam) > _MAX_LOG_RANGE[work]:
+        # lam < exp(-R): older tokens weigh below the dtype's precision, so the trace is the
+        # lam = 0 one to working accuracy (and lam**-1 would overflow in the scan).
+        return _last_selected_log_ratio(delta, m)
     mf = m.to(work)
     count = mf.cumsum(dim=-1)  # c_t, selected tokens up to t   [B, T]
     numerator = _decayed_cumsum(delta.to(work) * mf, count, lam)  # z_t   [B, T]

@@ -1,0 +1,41 @@
+"""Train a policy with the trace loss family on DeepSpeed.
+
+    deepspeed scripts/train.py --ds_config ds_configs/zero3.json            # embedded default
+    deepspeed --num_gpus 2 scripts/train.py --ds_config ds_configs/zero3.json --loss grpo
+    python scripts/train.py --config run.yaml --steps 100                   # one process
+
+Every flag is a field of strace_ds.config.TrainConfig (``--help`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from strace_ds.config import TrainConfig
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0,
+                        help="set by the deepspeed launcher")
+    TrainConfig.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return TrainConfig.from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    from strace_ds.trainer import run
+
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

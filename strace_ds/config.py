@@ -1,0 +1,307 @@
+"""One typed configuration for a training run, validated at start-up.
+
+The CLI (``scripts/train.py``), YAML/JSON files (``--config run.yaml``) and notebooks all build
+the same :class:`TrainConfig`. Every field carries a one-line ``help`` that is also the
+CLI's help text; validation names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from strace_ds.losses import LOSS_AGGREGATIONS, PRESETS, TraceConfig
+
+ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
+OVERLONG_MODES = ("none", "mask", "soft")
+ROLLOUTS = ("hf", "sglang")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults train the embedded tiny policy on the synthetic task."""
+
+    # --- policy and data -------------------------------------------------------------------
+    model: str | None = _f(None, "HF model id or local dir; empty = the embedded tiny Qwen3 policy")
+    dataset: str = _f("synthetic", "'synthetic' or a HF dataset id / local json, jsonl, parquet")
+    dataset_split: str = _f("train", "split of --dataset to train on")
+    dataset_subset: str | None = _f(None, "dataset config name (HF 'subset'), if any")
+    prompt_column: str = _f("problem", "column holding the question")
+    answer_column: str = _f("answer", "column holding the gold answer (or a \\boxed{} solution)")
+    dataset_size: int = _f(4000, "synthetic task: number of training problems")
+    instruction: str | None = _f(None, "text appended to each question; empty = the dataset's default")
+    eval_dataset: str | None = _f(None, "held-out set: 'synthetic' (default with the tiny policy), "
+                                  "a benchmark name (math500, aime24, ...) or a dataset path")
+    eval_size: int = _f(200, "number of held-out problems evaluated")
+    eval_every: int = _f(0, "evaluate every N steps (0 = only at start and end; -1 = never)")
+    eval_k: int = _f(1, "samples per held-out problem (avg@k, pass@k)")
+    eval_temperature: float = _f(0.0, "sampling temperature for evaluation (0 = greedy)")
+    # --- rollouts --------------------------------------------------------------------------
+    rollout: str = _f("hf", "rollout engine: 'hf' (in-process transformers) or 'sglang'")
+    sglang_url: str | None = _f(None, "comma-separated SGLang server URLs (with --rollout sglang)")
+    sglang_launch: str | None = _f(None, "python of an SGLang env: start a local server with it")
+    prompts_per_step: int = _f(32, "prompts sampled per step (across all ranks)")
+    group_size: int = _f(8, "answers sampled per prompt (G)")
+    max_new_tokens: int = _f(40, "answer length cap in tokens")
+    temperature: float = _f(1.0, "rollout sampling temperature")
+    top_p: float = _f(1.0, "rollout nucleus sampling mass")
+    rollout_batch_size: int = _f(256, "rows per generate call of the in-process engine")
+    # --- objective -------------------------------------------------------------------------
+    loss: str = _f("s_trace", "loss preset: " + ", ".join(PRESETS))
+    lam: float | None = _f(None, "override the preset's trace decay lambda")
+    clip_low: float | None = _f(None, "override the preset's lower clip width")
+    clip_high: float | None = _f(None, "override the preset's upper clip width")
+    entropy_top_quantile: float | None = _f(None, "override the preset's entropy selection q")
+    loss_agg: str | None = _f(None, "override the preset's aggregation: " + ", ".join(LOSS_AGGREGATIONS))
+    advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
+    filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
+    overlong: str = _f("none", "truncated answers: " + ", ".join(OVERLONG_MODES))
+    overlong_buffer: int = _f(8, "DAPO soft-overlong buffer in tokens")
+    # --- optimisation ----------------------------------------------------------------------
+    steps: int = _f(30, "training steps (rollout + updates + weight sync)")
+    mini_batches: int = _f(2, "policy updates per step, each on 1/mini_batches of the rollouts")
+    micro_batch_size: int = _f(64, "rows per forward/backward on each rank")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int = _f(0, "linear learning-rate warm-up, in optimizer updates")
+    grad_clip: float = _f(1.0, "gradient norm clip")
+    logprob_chunk_size: int = _f(1024, "tokens per chunk of the log-prob/entropy computation")
+    # --- rewards ---------------------------------------------------------------------------
+    reward_workers: int = _f(2, "grading worker processes per rank")
+    reward_timeout_s: float = _f(10.0, "hard per-answer grading timeout (killed, scored 0)")
+    # --- infrastructure --------------------------------------------------------------------
+    ds_config: str = _f("ds_configs/zero3.json", "DeepSpeed config file")
+    seed: int = _f(0, "seed of data order, sampling and initialisation")
+    run_name: str | None = _f(None, "name of the run (default: <loss>-seed<seed>)")
+    output_dir: str = _f("outputs", "checkpoints and the exported policy go to <output_dir>/<run_name>")
+    log_dir: str = _f("runs", "TensorBoard logs go to <log_dir>/<run_name>")
+    save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
+    keep_last: int = _f(2, "checkpoints kept")
+    resume: str | None = _f(None, "'auto' (latest in the run's dir) or a checkpoint path")
+    image_every: int = _f(10, "log a per-token credit picture every N steps (0 = never)")
+    sample_every: int = _f(5, "log sample answers every N steps (0 = never)")
+    export: bool = _f(True, "export the final policy in Hugging Face format")
+    stop_after: int | None = _f(None, "stop (after checkpointing) once this step is done; "
+                                "for preemption tests")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.loss}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def trace_config(self) -> TraceConfig:
+        """The loss preset with this run's overrides applied."""
+        overrides = {
+            k: getattr(self, k)
+            for k in ("lam", "clip_low", "clip_high", "entropy_top_quantile", "loss_agg")
+            if getattr(self, k) is not None
+        }
+        return TraceConfig.preset(self.loss, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # --- validation -------------------------------------------------------------------------
+    def validate(self, world_size: int | None = None) -> None:
+        """Raise ``ValueError`` naming the first bad field; ``world_size`` adds divisibility."""
+        _choice("loss", self.loss, tuple(PRESETS))
+        _choice("advantage", self.advantage, ADVANTAGE_METHODS)
+        _choice("overlong", self.overlong, OVERLONG_MODES)
+        _choice("rollout", self.rollout, ROLLOUTS)
+        if self.loss_agg is not None:
+            _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches",
+                     "micro_batch_size", "reward_workers", "eval_size", "eval_k",
+                     "rollout_batch_size", "keep_last", "logprob_chunk_size", "dataset_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "warmup_steps", "image_every", "sample_every",
+                     "overlong_buffer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.group_size < 2 and self.advantage in ("grpo", "rloo"):
+            raise ValueError(
+                f"group_size must be >= 2 for advantage={self.advantage!r} (a group needs a "
+                f"baseline), got {self.group_size}"
+            )
+        for name in ("lr", "reward_timeout_s", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for RL rollouts, got {self.temperature}")
+        if self.eval_temperature < 0:
+            raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.rollout == "sglang" and not (self.sglang_url or self.sglang_launch):
+            raise ValueError(
+                "rollout='sglang' needs --sglang-url URL[,URL...] (running servers) or "
+                "--sglang-launch PATH/TO/sglang-env/bin/python (start one)"
+            )
+        if self.rollout == "hf" and (self.sglang_url or self.sglang_launch):
+            raise ValueError("sglang_url/sglang_launch are set but rollout='hf'; add --rollout sglang")
+        if self.overlong == "soft" and self.overlong_buffer >= self.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer ({self.overlong_buffer}) must be < max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+        self.trace_config()  # a bad override names its field
+        if world_size is not None:
+            self._validate_sizes(world_size)
+
+    def _validate_sizes(self, world_size: int) -> None:
+        if self.prompts_per_step % world_size:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be divisible by the number of "
+                f"ranks ({world_size})"
+            )
+        rows = self.prompts_per_step // world_size * self.group_size
+        if rows % self.mini_batches:
+            raise ValueError(
+                f"mini_batches ({self.mini_batches}) must divide the rows per rank per step "
+                f"(prompts_per_step / ranks * group_size = {rows})"
+            )
+        mini = rows // self.mini_batches
+        if mini % min(self.micro_batch_size, mini):
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide the rows per mini-batch "
+                f"on each rank ({mini}); try {_divisors_hint(mini)}"
+            )
+
+    def micro_batches_per_update(self, world_size: int) -> tuple[int, int]:
+        """``(rows per micro-batch, micro-batches per optimizer update)`` on each rank."""
+        mini = self.prompts_per_step // world_size * self.group_size // self.mini_batches
+        micro = min(self.micro_batch_size, mini)
+        return micro, mini // micro
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML or JSON file (keys = field names), then apply ``overrides``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of field: value")
+        return cls.from_dict({**data, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+            )
+        return cls(**{k: _coerce(k, v) for k, v in data.items()})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--flag`` per field (``--field_name`` and ``--field-name`` both accepted)."""
+        for f in fields(cls):
+            flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            base = _base_type(f.type)
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            help_text = f"{f.metadata.get('help', '')} (default: {default})"
+            if base is bool:
+                parser.add_argument(*flags, dest=f.name, type=_parse_bool, default=argparse.SUPPRESS,
+                                    metavar="true|false", help=help_text)
+            else:
+                parser.add_argument(*flags, dest=f.name, type=_cli_caster(f.name, base),
+                                    default=argparse.SUPPRESS, help=help_text)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """Build from parsed CLI args: ``--config FILE`` first, then the flags given."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        if getattr(args, "config", None):
+            return cls.from_file(args.config, **given)
+        return cls.from_dict(given)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _divisors_hint(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _base_type(annotation: Any) -> type:
+    hint = _field_hints()[annotation] if isinstance(annotation, str) else annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    """Resolved annotations of TrainConfig, keyed by their source text."""
+    resolved = typing.get_type_hints(TrainConfig)
+    return {f.type: resolved[f.name] for f in fields(TrainConfig) if isinstance(f.type, str)}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _cli_caster(name: str, base: type) -> Any:
+    def cast(text: str) -> Any:
+        if text.lower() in ("none", "null", ""):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--{name} expects {base.__name__}, got {text!r}"
+            ) from None
+
+    return cast
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Type-check a file/dict value against the field's annotation, naming the field."""
+    base = _base_type(typing.get_type_hints(TrainConfig)[name])
+    if value is None:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if base is float and not isinstance(value, float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if base is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value

@@ -1,0 +1,102 @@
+"""Rollouts as padded tensors, and the policy forward that scores them.
+
+Layout of one batch of ``N`` rows: ``[left-padded prompt (P) | right-padded answer (R)]``, so
+every answer starts at column ``P`` and the log-prob of answer token ``j`` comes from the
+logits at column ``P + j - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from strace_ds.rollout.base import Generation
+from strace_ds.token_stats import token_logprobs_and_entropy
+
+
+@dataclass
+class RolloutBatch:
+    """Padded tensors of ``N`` prompt+answer rows."""
+
+    input_ids: torch.Tensor  # [N, P+R]
+    attention_mask: torch.Tensor  # [N, P+R] 0/1
+    position_ids: torch.Tensor  # [N, P+R] positions that skip the left padding
+    response_ids: torch.Tensor  # [N, R]
+    response_mask: torch.Tensor  # [N, R] bool, the valid answer tokens
+    rollout_logprobs: torch.Tensor  # [N, R] the rollout engine's log-probs (0 on padding)
+    prompt_len: int  # P
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index: slice | torch.Tensor) -> RolloutBatch:
+        """The sub-batch of the given rows (same padding)."""
+        values = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return RolloutBatch(prompt_len=self.prompt_len, **values)
+
+
+def collate_rollouts(
+    prompt_ids: list[list[int]], generation: Generation, pad_token_id: int
+) -> RolloutBatch:
+    """Pad the prompts (left) and answers (right) of ``generation`` into one batch."""
+    prompts = [prompt_ids[i] for i in generation.prompt_index]
+    P = max(len(p) for p in prompts)
+    R = max(1, max(len(a) for a in generation.token_ids))
+    N = len(prompts)
+    input_ids = torch.full((N, P + R), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((N, P + R), dtype=torch.long)
+    rollout_lp = torch.zeros((N, R), dtype=torch.float32)
+    for i, (prompt, answer, lps) in enumerate(
+        zip(prompts, generation.token_ids, generation.logprobs)
+    ):
+        input_ids[i, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
+        attention[i, P - len(prompt) : P] = 1
+        if answer:
+            input_ids[i, P : P + len(answer)] = torch.tensor(answer, dtype=torch.long)
+            attention[i, P : P + len(answer)] = 1
+            rollout_lp[i, : len(answer)] = torch.tensor(lps, dtype=torch.float32)
+    position_ids = (attention.cumsum(dim=-1) - 1).clamp_min(0)
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids,
+        response_ids=input_ids[:, P:].clone(),
+        response_mask=attention[:, P:].bool(),
+        rollout_logprobs=rollout_lp,
+        prompt_len=P,
+    )
+
+
+def answer_logprobs(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
+
+    Only the ``R + 1`` last positions' logits are computed (``logits_to_keep``), and the
+    log-softmax/entropy run in chunks (:mod:`strace_ds.token_stats`), so the float32 softmax
+    of the whole batch is never materialised. Entropies are detached.
+    """
+    device = next(model.parameters()).device
+    R = batch.response_ids.shape[1]
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+        logits_to_keep=R + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1]  # [N, R, V] predicts answer tokens 0..R-1
+    logp, entropy = token_logprobs_and_entropy(
+        logits, batch.response_ids.to(device), temperature=temperature,
+        chunk_size=chunk_size, with_entropy=with_entropy,
+    )
+    return logp, (entropy.detach() if entropy is not None else None)
