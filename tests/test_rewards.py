@@ -280,6 +280,10 @@ def test_apply_overlong_modes() -> None:
     torch.testing.assert_close(r, torch.tensor([1.0, -0.2, 0.0, 0.0]), rtol=0, atol=1e-7)
     assert keep.tolist() == [True] * 4
     assert rewards.tolist() == [1.0, 0.0, 1.0, 1.0]  # inputs untouched
+
+    # Plain lists work the same (the trainer builds `truncated` from finish reasons).
+    r, keep = apply_overlong([1.0, 0.0], [16, 25], [False, True], mode="mask", **args)
+    assert r.tolist() == [1.0, 0.0] and keep.tolist() == [True, False]
     assert OVERLONG_MODES == ("none", "mask", "soft")
 
 

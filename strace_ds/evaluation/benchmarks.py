@@ -97,63 +97,110 @@ def _synthetic(spec: BenchmarkSpec, limit: int | None) -> PromptDataset:
     return arithmetic_dataset(split=spec.split, size=limit or spec.size or 200, seed=0)
 
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec
-    for spec in (
-        BenchmarkSpec(
-            "math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", size=500,
-            notes="PRM800K's 500-problem MATH test subset. Columns: problem, solution, answer "
-            "(LaTeX string, the boxed answer of the solution), subject, level (int 1-5), "
-            "unique_id. Answers are used as they are: math-verify handles \\left(...\\right), "
-            "\\dfrac, \\text{} and intervals.",
-        ),
-        BenchmarkSpec(
-            "aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", size=30,
-            notes="AIME 2024 I and II. Columns: id (int), problem, solution, answer (string "
-            "integer 0-999), url, year. The dataset only has a train split.",
-        ),
-        BenchmarkSpec(
-            "aime25", "math-ai/aime25", "test", "problem", "answer", size=30,
-            notes="AIME 2025 I and II. Columns: id, problem, answer (string integer 0-999).",
-        ),
-        BenchmarkSpec(
-            "amc23", "math-ai/amc23", "test", "question", "answer", size=40,
-            normalize=integral_number,
-            notes="AMC 12 2023 problems with numeric answers (the choice letter replaced by "
-            "its value). Columns: id (int), question, answer (a number cell, e.g. 27.0), url. "
-            "Integral floats are written as integers ('27.0' -> '27').",
-        ),
-        BenchmarkSpec(
-            "minerva", "math-ai/minervamath", "test", "question", "answer", size=272,
-            notes="Minerva's OCWCourses set (MIT OCW science and engineering problems). "
-            "Columns: question, answer (string: numbers, scientific notation such as "
-            "'6 \\times 10^{14}', a few expressions). Units are not part of the answer; "
-            "math-verify compares numbers at its default relative precision.",
-        ),
-        BenchmarkSpec(
-            "olympiadbench", "math-ai/olympiadbench", "test", "question", "final_answer",
-            size=674, normalize=joined_answer_list,
-            notes="OlympiadBench's English, text-only, open-ended competition-maths subset "
-            "(OE_TO_maths_en_COMP; the original is Hothan/OlympiadBench with that subset). "
-            "Columns: id, question, solution (list), final_answer (list of strings like "
-            "'$2^{1009}$'), context, modality, difficulty, is_multiple_answer, unit, "
-            "answer_type, error, question_type, subfield, subject, language. final_answer "
-            "items are joined with ', ' after removing '$'.",
-        ),
-        BenchmarkSpec(
-            "beyondaime", "ByteDance-Seed/BeyondAIME", "test", "problem", "answer", size=100,
-            notes="ByteDance Seed's BeyondAIME: 100 harder-than-AIME problems with integer "
-            "answers (not limited to 0-999). Columns: problem, answer.",
-        ),
-        BenchmarkSpec(
-            "synthetic", None, "test", "prompt", "answer", size=200, instruction="",
-            loader=_synthetic,
-            notes="The project's arithmetic task, held-out split, seed 0 "
-            "(strace_ds.data.synthetic.arithmetic_dataset). Prompts already end with the "
-            "task's own boxed-answer instruction, so none is added.",
-        ),
-    )
-}
+def _registry(*specs: BenchmarkSpec) -> dict[str, BenchmarkSpec]:
+    """Name -> spec; a duplicated name is a bug, not an override."""
+    names = [s.name for s in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"BENCHMARKS: duplicated names {duplicated}")
+    return {s.name: s for s in specs}
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = _registry(
+    BenchmarkSpec(
+        name="math500",
+        hub_id="HuggingFaceH4/MATH-500",
+        split="test",
+        prompt_column="problem",
+        answer_column="answer",
+        size=500,
+        notes="PRM800K's 500-problem MATH test subset. Columns: problem, solution, answer "
+        "(LaTeX string, the boxed answer of the solution), subject, level (int 1-5), "
+        "unique_id. Answers are used as they are: math-verify handles \\left(...\\right), "
+        "\\dfrac, \\text{} and intervals.",
+    ),
+    BenchmarkSpec(
+        name="aime24",
+        hub_id="HuggingFaceH4/aime_2024",
+        split="train",
+        prompt_column="problem",
+        answer_column="answer",
+        size=30,
+        notes="AIME 2024 I and II. Columns: id (int), problem, solution, answer (string "
+        "integer 0-999), url, year. The dataset only has a train split.",
+    ),
+    BenchmarkSpec(
+        name="aime25",
+        hub_id="math-ai/aime25",
+        split="test",
+        prompt_column="problem",
+        answer_column="answer",
+        size=30,
+        notes="AIME 2025 I and II. Columns: id, problem, answer (string integer 0-999).",
+    ),
+    BenchmarkSpec(
+        name="amc23",
+        hub_id="math-ai/amc23",
+        split="test",
+        prompt_column="question",
+        answer_column="answer",
+        size=40,
+        normalize=integral_number,
+        notes="AMC 12 2023 problems with numeric answers (the choice letter replaced by "
+        "its value). Columns: id (int), question, answer (a number cell, e.g. 27.0), url. "
+        "Integral floats are written as integers ('27.0' -> '27').",
+    ),
+    BenchmarkSpec(
+        name="minerva",
+        hub_id="math-ai/minervamath",
+        split="test",
+        prompt_column="question",
+        answer_column="answer",
+        size=272,
+        notes="Minerva's OCWCourses set (MIT OCW science and engineering problems). "
+        "Columns: question, answer (string: numbers, scientific notation such as "
+        "'6 \\times 10^{14}', a few expressions). Units are not part of the answer; "
+        "math-verify compares numbers at its default relative precision.",
+    ),
+    BenchmarkSpec(
+        name="olympiadbench",
+        hub_id="math-ai/olympiadbench",
+        split="test",
+        prompt_column="question",
+        answer_column="final_answer",
+        size=674,
+        normalize=joined_answer_list,
+        notes="OlympiadBench's English, text-only, open-ended competition-maths subset "
+        "(OE_TO_maths_en_COMP; the original is Hothan/OlympiadBench with that subset). "
+        "Columns: id, question, solution (list), final_answer (list of strings like "
+        "'$2^{1009}$'), context, modality, difficulty, is_multiple_answer, unit, "
+        "answer_type, error, question_type, subfield, subject, language. final_answer "
+        "items are joined with ', ' after removing '$'.",
+    ),
+    BenchmarkSpec(
+        name="beyondaime",
+        hub_id="ByteDance-Seed/BeyondAIME",
+        split="test",
+        prompt_column="problem",
+        answer_column="answer",
+        size=100,
+        notes="ByteDance Seed's BeyondAIME: 100 harder-than-AIME problems with integer "
+        "answers (not limited to 0-999). Columns: problem, answer.",
+    ),
+    BenchmarkSpec(
+        name="synthetic",
+        hub_id=None,
+        split="test",
+        prompt_column="prompt",
+        answer_column="answer",
+        size=200,
+        instruction="",
+        loader=_synthetic,
+        notes="The project's arithmetic task, held-out split, seed 0 "
+        "(strace_ds.data.synthetic.arithmetic_dataset). Prompts already end with the "
+        "task's own boxed-answer instruction, so none is added.",
+    ),
+)
 """Benchmark name -> :class:`BenchmarkSpec`."""
 
 
@@ -161,9 +208,7 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     """The spec registered as ``name``; ValueError listing the valid names otherwise."""
     spec = BENCHMARKS.get(name)
     if spec is None:
-        raise ValueError(
-            f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}"
-        )
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     return spec
 
 

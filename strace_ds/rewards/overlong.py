@@ -58,10 +58,14 @@ def overlong_penalty(
     return torch.where(length > max_new_tokens, torch.full_like(length, -1.0), penalty)
 
 
+def _is_seq(x: object) -> bool:
+    return isinstance(x, (list, tuple))
+
+
 def apply_overlong(
-    rewards: Tensor,
-    lengths: Tensor,
-    truncated: Tensor,
+    rewards: Tensor | list[float],
+    lengths: Tensor | list[int],
+    truncated: Tensor | list[bool],
     max_new_tokens: int,
     mode: str,
     buffer: int,
@@ -78,6 +82,7 @@ def apply_overlong(
         rewards: ``[N]`` float task rewards.
         lengths: ``[N]`` generated token counts.
         truncated: ``[N]`` bool, True where generation stopped at the length limit.
+            Any of the three may also be a plain list.
         max_new_tokens: the generation limit ``L_max``.
         mode: ``"none"``, ``"mask"`` or ``"soft"``.
         buffer: the soft ramp width ``L_cache`` (used by ``"soft"`` only).
@@ -89,6 +94,10 @@ def apply_overlong(
         raise ValueError(
             f"apply_overlong: unknown mode {mode!r}; choose one of {', '.join(OVERLONG_MODES)}"
         )
+    # Plain lists are accepted too (e.g. truncated built from finish reasons).
+    rewards = torch.as_tensor(rewards, dtype=torch.float32) if _is_seq(rewards) else rewards
+    lengths = torch.as_tensor(lengths) if _is_seq(lengths) else lengths
+    truncated = torch.as_tensor(truncated, dtype=torch.bool) if _is_seq(truncated) else truncated
     n = rewards.shape[0] if rewards.dim() == 1 else -1
     if rewards.dim() != 1 or lengths.shape != (n,) or truncated.shape != (n,):
         raise ValueError(

@@ -1,0 +1,354 @@
+"""Speed and memory of the trace losses and of the chunked log-prob/entropy kernels.
+
+    python benchmarks/bench_losses.py [--quick]
+
+Prints one table (every row from this run, median over repeats) and writes it to
+``benchmarks/results_losses.md``:
+
+(a) forward+backward time of every ``PRESETS`` loss at ``B x T`` tokens, as a ratio to
+    ``grpo`` (target: every other preset <= 1.5x);
+(b) the vectorised causal ``trace_log_ratio`` against the recursion of ``ALGORITHMS.md``
+    written as a Python loop over T (forward+backward), with their largest difference;
+(c) peak extra memory and time of ``token_logprobs_and_entropy(_from_hidden)`` against the
+    plain ``log_softmax -> gather`` computation at Qwen's vocabulary, forward+backward of the
+    log-probs (targets: peak extra memory <= 1/8 of plain, time <= 1.25x of plain).
+
+Memory in (c) is measured honestly for torch's CPU allocations, which ``tracemalloc`` does
+not see: every variant runs in a fresh subprocess; before each repeat it resets the kernel's
+resident-set high-water mark (``echo 5 > /proc/self/clear_refs``), and reports
+``VmHWM - VmRSS(before)`` from ``/proc/self/status``: the peak resident memory the
+forward+backward added on top of its inputs. The gradients it returns count (they are part
+of the cost in both variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from strace_ds.losses import PRESETS, TraceConfig, policy_loss, trace_log_ratio
+from strace_ds.token_stats import (
+    token_logprobs_and_entropy,
+    token_logprobs_and_entropy_from_hidden,
+)
+
+RESULTS = Path(__file__).with_name("results_losses.md")
+PRESET_TARGET = 1.5  # every preset's fwd+bwd time <= 1.5x grpo
+MEMORY_TARGET = 1 / 8  # chunked peak extra memory <= 1/8 of the plain computation
+TIME_TARGET = 1.25  # chunked fwd+bwd time <= 1.25x the plain computation
+
+
+@dataclass
+class Sizes:
+    """Problem sizes of one benchmark run."""
+
+    loss_batch: int  # (a) B
+    loss_len: int  # (a) T
+    trace_rows: int  # (b) rows of the loop comparison
+    trace_len: int  # (b) T
+    tokens: int  # (c) N tokens
+    vocab: int  # (c) V
+    hidden: int  # (c) H
+    chunk_sizes: tuple[int, ...]  # (c) chunk sizes tried
+    repeats_loss: int
+    repeats_trace: int
+    repeats_tokens: int
+
+
+FULL = Sizes(64, 8192, 4, 4096, 4096, 151_936, 1024, (1024, 256), 7, 3, 3)
+QUICK = Sizes(8, 2048, 2, 1024, 512, 151_936, 1024, (128, 32), 3, 2, 2)
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    part: str
+    case: str
+    seconds: float
+    ratio: str = ""
+    memory: str = ""
+    memory_ratio: str = ""
+    target: str = ""
+    met: str = ""
+    check: str = ""
+
+
+def _median_time(fn: Callable[[], None], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+# ------------------------------------------------------------------ (a) loss presets
+def bench_presets(sizes: Sizes) -> list[Row]:
+    B, T = sizes.loss_batch, sizes.loss_len
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=gen)  # ragged answers
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # [B, T]
+    old = -3 * torch.rand(B, T, generator=gen)  # [B, T] log-probs of the sampler
+    logp = (old + 0.1 * torch.randn(B, T, generator=gen)).requires_grad_()  # [B, T]
+    adv = torch.randn(B, generator=gen)  # [B]
+    entropy = 3 * torch.rand(B, T, generator=gen)  # [B, T]
+
+    def run(cfg: TraceConfig) -> None:
+        logp.grad = None
+        ent = entropy if cfg.entropy_top_quantile is not None else None
+        out = policy_loss(logp, old, adv, mask, entropy=ent, config=cfg)
+        out.loss.backward()
+
+    for cfg in PRESETS.values():  # warm-up
+        run(cfg)
+    times: dict[str, list[float]] = {name: [] for name in PRESETS}
+    for _ in range(sizes.repeats_loss):  # round robin, so CPU contention hits all alike
+        for name, cfg in PRESETS.items():
+            times[name].append(_median_time(lambda cfg=cfg: run(cfg), 1))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    rows = []
+    for name, sec in medians.items():
+        ratio = sec / medians["grpo"]
+        is_base = name == "grpo"
+        rows.append(
+            Row(
+                part="(a) loss fwd+bwd",
+                case=f"`{name}` B={B} T={T}",
+                seconds=sec,
+                ratio=f"{ratio:.2f}x grpo",
+                target="baseline" if is_base else f"<= {PRESET_TARGET}x",
+                met="" if is_base else _yes(ratio <= PRESET_TARGET),
+            )
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ (b) trace scan vs loop
+def trace_log_ratio_loop(delta: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """The causal recursion of ``ALGORITHMS.md``, one Python step per token; ``[B, T]``.
+
+    ``z_t = lam**m_t z_{t-1} + m_t delta_t``, ``n_t = lam**m_t n_{t-1} + m_t``,
+    ``ell_t = z_t / n_t`` (0 while ``n_t = 0``).
+    """
+    B, T = delta.shape
+    m = mask.to(delta.dtype)
+    z = delta.new_zeros(B)
+    n = delta.new_zeros(B)
+    out = []
+    for t in range(T):
+        decay = torch.where(mask[:, t], lam, 1.0).to(delta.dtype)  # lam**m_t
+        z = decay * z + m[:, t] * delta[:, t]
+        n = decay * n + m[:, t]
+        out.append(torch.where(n > 0, z / n.clamp_min(1e-300), 0.0))
+    return torch.stack(out, dim=1)
+
+
+def bench_trace(sizes: Sizes) -> list[Row]:
+    B, T, lam = sizes.trace_rows, sizes.trace_len, 0.95
+    gen = torch.Generator().manual_seed(1)
+    delta = (0.1 * torch.randn(B, T, generator=gen, dtype=torch.float64)).requires_grad_()
+    mask = torch.rand(B, T, generator=gen) < 0.3  # an S-trace-like sparse selection
+    weight = torch.randn(B, T, generator=gen, dtype=torch.float64)
+
+    def fwd_bwd(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            delta.grad = None
+            (fn(delta, mask, lam) * weight).sum().backward()
+
+        return run
+
+    fast = _median_time(fwd_bwd(trace_log_ratio), sizes.repeats_trace * 3)
+    slow = _median_time(fwd_bwd(trace_log_ratio_loop), sizes.repeats_trace)
+    with torch.no_grad():
+        diff = (trace_log_ratio(delta, mask, lam) - trace_log_ratio_loop(delta, mask, lam)).abs()
+    label = f"B={B} T={T} lam={lam}, 30% selected, float64"
+    return [
+        Row("(b) trace fwd+bwd", f"Python loop over T, {label}", slow, "1.00x loop"),
+        Row(
+            "(b) trace fwd+bwd",
+            f"`trace_log_ratio` causal, {label}",
+            fast,
+            f"{fast / slow:.4f}x loop ({slow / fast:.0f}x faster)",
+            check=f"max abs diff {diff.max().item():.1e}",
+        ),
+    ]
+
+
+# ------------------------------------------------------------------ (c) token stats
+def naive_logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain computation: full float32 ``log_softmax``; entropy without a graph."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V] float32
+    token_logp = logp.gather(-1, tokens[:, None]).squeeze(-1)  # [N]
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)  # [N]
+    return token_logp, entropy
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def token_stats_worker(variant: str, chunk: int, N: int, V: int, H: int, repeats: int) -> dict:
+    """Runs one variant (in its own process) and returns its times, peaks and checksums."""
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, V, (N,), generator=gen)  # [N]
+    g_logp = torch.randn(N, generator=gen)  # upstream gradient of the log-probs [N]
+    bf16 = torch.bfloat16
+    if variant.endswith("hidden"):
+        hidden = torch.randn(N, H, generator=gen).to(bf16).requires_grad_()  # [N, H]
+        weight = torch.empty(V, H, dtype=bf16).normal_(0, 2 / math.sqrt(H), generator=gen)
+        leaves = [hidden, weight.requires_grad_()]  # weight [V, H]
+    else:
+        logits = torch.empty(N, V, dtype=bf16).normal_(0, 2, generator=gen)  # [N, V]
+        leaves = [logits.requires_grad_()]
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        if variant == "naive_hidden":
+            return naive_logprobs_and_entropy(hidden @ weight.T, tokens)
+        if variant == "chunked_hidden":
+            return token_logprobs_and_entropy_from_hidden(hidden, weight, tokens, chunk_size=chunk)
+        if variant == "naive_logits":
+            return naive_logprobs_and_entropy(logits, tokens)
+        return token_logprobs_and_entropy(logits, tokens, chunk_size=chunk)
+
+    times, peaks = [], []
+    for _ in range(repeats):
+        for leaf in leaves:
+            leaf.grad = None
+        gc.collect()
+        before = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        t0 = time.perf_counter()
+        token_logp, entropy = forward()
+        (token_logp * g_logp).sum().backward()
+        times.append(time.perf_counter() - t0)
+        peaks.append((_status_kb("VmHWM") - before) * 1024)
+        checks = {
+            "logp_sum": token_logp.double().sum().item(),
+            "entropy_sum": entropy.double().sum().item(),
+            "grad_norm": math.sqrt(sum(leaf.grad.double().square().sum().item() for leaf in leaves)),
+        }
+        del token_logp, entropy
+    return {"seconds": statistics.median(times), "peak_bytes": max(peaks), **checks}
+
+
+def _run_worker(variant: str, chunk: int, sizes: Sizes) -> dict:
+    args = [variant, chunk, sizes.tokens, sizes.vocab, sizes.hidden, sizes.repeats_tokens]
+    cmd = [sys.executable, __file__, "--worker", *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_token_stats(sizes: Sizes) -> list[Row]:
+    N, V, H = sizes.tokens, sizes.vocab, sizes.hidden
+    rows = []
+    for source in ("hidden", "logits"):
+        naive = _run_worker(f"naive_{source}", 0, sizes)
+        shape = f"N={N} H={H} V={V}" if source == "hidden" else f"N={N} V={V}"
+        rows.append(
+            Row(
+                part=f"(c) logp+entropy from {source}",
+                case=f"plain log_softmax, bf16 {shape}",
+                seconds=naive["seconds"],
+                ratio="1.00x plain",
+                memory=f"{naive['peak_bytes'] / 2**20:,.0f} MiB",
+                memory_ratio="1",
+                target="baseline",
+            )
+        )
+        for chunk in sizes.chunk_sizes:
+            res = _run_worker(f"chunked_{source}", chunk, sizes)
+            t_ratio = res["seconds"] / naive["seconds"]
+            m_ratio = res["peak_bytes"] / naive["peak_bytes"]
+            rel = max(
+                abs(res[k] - naive[k]) / max(abs(naive[k]), 1e-30)
+                for k in ("logp_sum", "entropy_sum", "grad_norm")
+            )
+            rows.append(
+                Row(
+                    part=f"(c) logp+entropy from {source}",
+                    case=f"chunked, chunk_size={chunk}",
+                    seconds=res["seconds"],
+                    ratio=f"{t_ratio:.2f}x plain",
+                    memory=f"{res['peak_bytes'] / 2**20:,.0f} MiB",
+                    memory_ratio=f"1/{1 / m_ratio:.1f}",
+                    target=f"time <= {TIME_TARGET}x, mem <= 1/{round(1 / MEMORY_TARGET)}",
+                    met=f"time {_yes(t_ratio <= TIME_TARGET)}, mem {_yes(m_ratio <= MEMORY_TARGET)}",
+                    check=f"max rel diff of checksums {rel:.1e}",
+                )
+            )
+    return rows
+
+
+# ------------------------------------------------------------------ report
+def format_table(rows: list[Row], sizes: Sizes, quick: bool, wall: float) -> str:
+    header = [
+        f"# Loss and token-stats benchmark ({'quick' if quick else 'full'} run)",
+        "",
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
+        f"CPU, shared machine. Wall time of the run: {wall / 60:.1f} min.",
+        f"Median of {sizes.repeats_loss} (a), {sizes.repeats_trace} (b, loop) and "
+        f"{sizes.repeats_tokens} (c) repeats. (c): bf16 inputs, float32 softmax, "
+        "forward+backward of the log-probs (entropy computed, not differentiated); peak extra "
+        "memory = VmHWM - VmRSS before the call, each variant in a fresh process, "
+        "high-water mark reset through /proc/self/clear_refs before each repeat; max over "
+        "repeats. The returned gradients (d logits or d hidden + d weight) are included.",
+        "",
+        "| part | case | time (median) | time ratio | peak extra memory | memory vs plain "
+        "| target | met | check |",
+        "|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    lines = [
+        f"| {r.part} | {r.case} | {r.seconds * 1e3:,.1f} ms | {r.ratio} | {r.memory} | "
+        f"{r.memory_ratio} | {r.target} | {r.met} | {r.check} |"
+        for r in rows
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
+    args = parser.parse_args()
+    if args.worker:
+        variant, *numbers = args.worker
+        print(json.dumps(token_stats_worker(variant, *map(int, numbers))))
+        return
+    sizes = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    rows = bench_presets(sizes) + bench_trace(sizes) + bench_token_stats(sizes)
+    table = format_table(rows, sizes, args.quick, time.perf_counter() - start)
+    print(table)
+    args.out.write_text(table)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
