@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     from strace_ds.rollout import SamplingParams, build_rollout_engine
     from strace_ds.tiny import build_tiny_policy
 
-    names = parse_benchmark_names(args.benchmarks)  # fail on a typo before loading anything
+    try:  # fail on a typo before loading anything
+        names = parse_benchmark_names(args.benchmarks)
+    except ValueError as exc:
+        raise SystemExit(f"--benchmarks: {exc}") from exc
     ks = [int(j) for j in args.ks.split(",")] if args.ks else None
     model = args.model or str(build_tiny_policy())
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -68,7 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
             max_batch_size=args.max_batch_size,
         )
     else:
-        engine = build_rollout_engine("sglang", url=args.sglang_url)
+        try:
+            engine = build_rollout_engine("sglang", url=args.sglang_url)
+        except ImportError as exc:
+            raise SystemExit(f"--rollout sglang: the SGLang client is unavailable ({exc})") from exc
     sampling = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

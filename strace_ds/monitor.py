@@ -70,7 +70,7 @@ def credit_figure(tokens: list[str], credit: list[float], title: str) -> Any:
     fig, ax = plt.subplots(figsize=(12, 0.55 * n_lines + 1.0))
     bound = max((abs(c) for c in credit), default=1.0) or 1.0
     norm = colors.Normalize(vmin=-bound, vmax=bound)
-    cmap = cm.get_cmap("RdBu")
+    cmap = matplotlib.colormaps["RdBu"]
     for k, (tok, c) in enumerate(zip(tokens, credit)):
         row, col = divmod(k, per_line)
         ax.add_patch(plt.Rectangle((col, -row - 1), 1, 1, color=cmap(norm(c))))

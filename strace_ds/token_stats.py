@@ -70,19 +70,17 @@ class _Scratch:
         return buf[: rows * cols].view(rows, cols)
 
 
-def _scaled_logits(x: Tensor, temperature: float, scratch: _Scratch, owned: bool) -> Tensor:
-    """``z = x / tau`` in the compute dtype, in the scratch buffer ``"z"``.
+def _upcast(x: Tensor, scratch: _Scratch, owned: bool) -> Tensor:
+    """``x`` in the compute dtype, as a buffer this module may overwrite.
 
-    ``owned`` says ``x`` already is that buffer (logits we computed), so no copy is made.
+    ``owned`` says ``x`` is our own logits buffer, reused when it has the compute dtype.
+    The conversion is an explicit ``copy_``: mixed-dtype ``out=`` ops on CPU would first
+    materialise a converted copy of their input (a hidden ``[C, V]`` temporary).
     """
     cdtype = _compute_dtype(x.dtype)
     if owned and x.dtype == cdtype:
-        z = x
-    else:
-        z = scratch.take("z", x.shape[0], x.shape[1], cdtype).copy_(x)  # [C, Vt]
-    if temperature != 1.0:
-        z.div_(temperature)
-    return z
+        return x
+    return scratch.take("z", *x.shape, cdtype).copy_(x)
 
 
 def _tile_forward(
@@ -90,23 +88,26 @@ def _tile_forward(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``logp(y)``, ``lse`` and ``H`` (or None) of a tile of whole rows; ``x [C, V]``, ``tok [C]``.
 
-    Uses two ``[C, V]`` buffers: the shifted logits, turned into ``log p`` in place, and
-    their ``exp``, turned into ``p`` in place.
+    With ``u = z - max z <= 0``, ``e = exp(u)`` and ``s = sum_v e_v``: ``lse = max z + log s``,
+    ``logp(y) = u_y - log s`` and ``H = log s - sum_v e_v u_v / s`` (two terms >= 0, so no
+    cancellation). Two ``[C, V]`` compute-dtype buffers: ``u`` (which may be ``x`` itself
+    when ``owned``, i.e. logits we computed in the compute dtype) and ``e``.
     """
-    logp = _scaled_logits(x, temperature, scratch, owned)  # [C, V] holds z
-    zmax = logp.amax(dim=-1, keepdim=True)  # [C, 1]
-    logp.sub_(zmax)  # z - max z
-    p = torch.exp(logp, out=scratch.take("p", *logp.shape, logp.dtype))  # [C, V] unnormalised
-    sumexp = p.sum(dim=-1, keepdim=True)  # [C, 1]
-    log_sumexp = sumexp.log()  # [C, 1]
-    logp.sub_(log_sumexp)  # log p
-    lse = (zmax + log_sumexp).squeeze(-1)  # [C]
-    token_logp = logp.gather(-1, tok[:, None]).squeeze(-1)  # [C]
+    cdtype = _compute_dtype(x.dtype)
+    xmax = x.amax(dim=-1, keepdim=True).to(cdtype)  # [C, 1]
+    u = _upcast(x, scratch, owned).sub_(xmax)  # x - max x   [C, V]
+    if temperature != 1.0:
+        u.div_(temperature)  # z - max z
+    zmax = xmax / temperature  # [C, 1]
+    e = torch.exp(u, out=scratch.take("p", *u.shape, cdtype))  # [C, V]
+    sumexp = e.sum(dim=-1)  # [C]
+    log_sumexp = sumexp.log()  # [C]
+    token_logp = u.gather(-1, tok[:, None]).squeeze(-1) - log_sumexp  # [C]
+    lse = zmax.squeeze(-1) + log_sumexp  # [C]
     entropy = None
     if with_entropy:
-        p.div_(sumexp)  # softmax
-        # H = -sum_v p_v log p_v as a batched dot product (no third [C, V] buffer).
-        entropy = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # [C]
+        dot = torch.bmm(e[:, None, :], u[:, :, None]).view(-1)  # sum_v e_v u_v   [C]
+        entropy = log_sumexp - dot / sumexp
     return token_logp, lse, entropy
 
 
@@ -118,34 +119,48 @@ def _tile_grad(
     g_logp: Tensor | None,
     g_entropy: Tensor | None,
     temperature: float,
-    scratch: _Scratch,
-    owned: bool,
+    logp_buffer: Tensor,
+    d_buffer: Tensor | None = None,
     v0: int = 0,
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None]:
     """Gradient w.r.t. a tile of logits ``x [C, Vt]`` (vocabulary ids ``v0 .. v0+Vt-1``).
 
     ``grad_x_v = (1/tau) * ( g_logp * ([v == y] - p_v) - g_H * p_v (log p_v + H) )``
-    ``         = -(p_v / tau) * (g_logp + g_H (log p_v + H)) + [v == y] g_logp / tau``,
-    with ``p_v = exp(z_v - lse)`` recomputed from the saved ``lse [C]`` (and ``H [C]``).
-    Returned in the compute dtype, in a scratch buffer.
+    with ``log p_v = x_v / tau - lse`` recomputed from the saved ``lse [C]`` (and ``H [C]``).
+
+    Returned as ``(D, row_scale)`` with ``grad_x = row_scale[:, None] * D``, or ``row_scale``
+    None when ``D`` is the gradient itself. Without an entropy gradient (the usual case)
+    ``D = p - onehot(y)`` and ``row_scale = -g_logp / tau``: the scaling then costs nothing
+    on ``[C, Vt]`` (it moves onto ``[C, H]`` operands of the matmuls), and ``p_y - 1`` is
+    taken as ``expm1(log p_y)`` before any rounding to bf16.
+
+    Args:
+        logp_buffer: ``[C, Vt]`` compute-dtype buffer for ``log p`` (may be ``x`` itself).
+        d_buffer: ``[C, Vt]`` buffer for ``D`` when it must have another dtype than the
+            compute dtype (bf16 for an lm_head's matmuls); None keeps the compute dtype.
     """
-    logp = _scaled_logits(x, temperature, scratch, owned).sub_(lse[:, None])  # [C, Vt]
-    C, cdtype = x.shape[0], logp.dtype
-    g_logp = torch.zeros(C, dtype=cdtype, device=x.device) if g_logp is None else g_logp
-    g_logp = g_logp.to(cdtype) / temperature  # [C]
-    if g_entropy is None:
-        grad = logp.exp_().mul_(-g_logp[:, None])  # -p g / tau, reusing the buffer
-    else:
-        assert entropy is not None
-        g_entropy = g_entropy.to(cdtype) / temperature  # [C]
-        p = torch.exp(logp, out=scratch.take("p", *logp.shape, cdtype))  # [C, Vt]
-        weight = logp.add_(entropy[:, None]).mul_(g_entropy[:, None]).add_(g_logp[:, None])
-        grad = p.mul_(weight).neg_()
-    # + g / tau at the sampled token, for the rows whose token lies in this vocabulary tile.
+    inv_tau = 1.0 / temperature
+    logp = logp_buffer if logp_buffer is x else logp_buffer.copy_(x)  # [C, Vt]
+    if temperature != 1.0:
+        logp.div_(temperature)
+    logp.sub_(lse[:, None])  # log p
+    cdtype = logp.dtype
     local = tok - v0  # [C]
-    rows = ((local >= 0) & (local < x.shape[1])).nonzero().squeeze(-1)  # [C']
-    grad.index_put_((rows, local[rows]), g_logp[rows], accumulate=True)
-    return grad
+    rows = ((local >= 0) & (local < x.shape[1])).nonzero().squeeze(-1)  # tokens in this tile
+    cols = local[rows]
+    if g_entropy is None:
+        logp_y = logp[rows, cols]  # [C']
+        d = logp.exp_() if d_buffer is None else d_buffer.copy_(logp.exp_())  # p
+        d[rows, cols] = torch.expm1(logp_y).to(d.dtype)  # p_y - 1
+        return d, -g_logp.to(cdtype) * inv_tau
+    assert entropy is not None
+    g_l = torch.zeros_like(lse) if g_logp is None else g_logp.to(cdtype) * inv_tau  # [C]
+    g_h = g_entropy.to(cdtype) * inv_tau  # [C]
+    p = torch.exp(logp)  # [C, Vt] (this rarely used path takes one more buffer)
+    weight = logp.add_(entropy[:, None]).mul_(g_h[:, None]).add_(g_l[:, None])
+    grad = p.mul_(weight).neg_()
+    grad.index_put_((rows, cols), g_l[rows], accumulate=True)
+    return (grad if d_buffer is None else d_buffer.copy_(grad)), None
 
 
 # ------------------------------------------------------------------------- logits path
@@ -211,10 +226,14 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
         flat = _flat_view(logits3)
         B, T, V = logits3.shape
         grad = torch.empty(B * T, V, dtype=logits3.dtype, device=logits3.device)  # [N, V]
+        cdtype = _compute_dtype(logits3.dtype)
         scratch = _Scratch(logits3.device)
         for n0 in range(0, B * T, ctx.chunk_size):
             n1 = min(B * T, n0 + ctx.chunk_size)
-            grad[n0:n1] = _tile_grad(
+            out = grad[n0:n1]  # [C, V]
+            # Work in the gradient's own rows when it has the compute dtype.
+            buffer = out if out.dtype == cdtype else scratch.take("z", n1 - n0, V, cdtype)
+            d, scale = _tile_grad(
                 _rows(logits3, flat, n0, n1),
                 tokens[n0:n1],
                 lse[n0:n1],
@@ -222,9 +241,12 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
                 _optional_slice(g_logp, n0, n1),
                 _optional_slice(g_entropy, n0, n1),
                 ctx.temperature,
-                scratch,
-                owned=False,
+                logp_buffer=buffer,
             )
+            if scale is not None:
+                d.mul_(scale[:, None])
+            if d is not out:
+                out.copy_(d)
         return grad.view(B, T, V), None, None, None, None
 
 
@@ -293,7 +315,8 @@ class _LogprobEntropyFromHidden(torch.autograd.Function):
                 n1 = min(N, n0 + token_tile)
                 h = hidden2[n0:n1]  # [C, H]
                 x = torch.mm(h, w.T, out=scratch.take(name, n1 - n0, v1 - v0, dtype))  # [C, Vt]
-                gz = _tile_grad(
+                same = dtype == cdtype  # else: log p in float32, D back in the bf16 buffer x
+                d, scale = _tile_grad(
                     x,
                     tokens[n0:n1],
                     lse[n0:n1],
@@ -301,18 +324,19 @@ class _LogprobEntropyFromHidden(torch.autograd.Function):
                     _optional_slice(g_logp, n0, n1),
                     _optional_slice(g_entropy, n0, n1),
                     ctx.temperature,
-                    scratch,
-                    owned=True,
+                    logp_buffer=x if same else scratch.take("z", *x.shape, cdtype),
+                    d_buffer=None if same else x,
                     v0=v0,
-                )  # [C, Vt] in cdtype
-                if dtype != cdtype:  # matmuls in the input dtype, like the lm_head's backward
-                    gz = scratch.take("x", *gz.shape, dtype).copy_(gz)
+                )  # grad_x = scale[:, None] * d, d [C, Vt] in the input dtype
                 if grad_h is not None:
-                    grad_h[n0:n1] += gz @ w  # [C, H]
-                if w_acc is not None:
-                    w_acc += gz.T @ h  # [Vt, H]
-                elif grad_w is not None:
-                    torch.mm(gz.T, h, out=grad_w[v0:v1])  # [Vt, H], one matmul over all N
+                    gh = (d @ w).to(cdtype)  # [C, H]
+                    grad_h[n0:n1] += gh if scale is None else gh * scale[:, None]
+                if grad_w is not None:
+                    hs = h if scale is None else (h.to(cdtype) * scale[:, None]).to(dtype)
+                    if w_acc is not None:
+                        w_acc += d.T @ hs  # [Vt, H]
+                    else:
+                        torch.mm(d.T, hs, out=grad_w[v0:v1])  # [Vt, H], one matmul over all N
             if w_acc is not None:
                 grad_w[v0:v1] = w_acc
         if grad_h is not None:

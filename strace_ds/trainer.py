@@ -23,6 +23,7 @@ import random
 import shutil
 import socket
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,9 @@ def init_distributed() -> None:
     """Start torch.distributed through DeepSpeed; a plain ``python`` run becomes one rank."""
     import deepspeed
 
+    # DeepSpeed still calls collectives that torch 2.13 renamed; the notice is not ours to fix.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
+                            category=FutureWarning)
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
@@ -140,10 +144,8 @@ class Trainer:
         if self.cfg.instruction is not None:
             return self.cfg.instruction
         if self.cfg.dataset == "synthetic":
-            from strace_ds.data.prompts import SHORT_INSTRUCTION
-
-            return SHORT_INSTRUCTION
-        return None
+            return ""  # the synthetic prompts already end with their instruction
+        return None  # build_prompt_ids' default: "Please reason step by step, ... \boxed{}."
 
     def _load_train_data(self) -> PromptDataset:
         cfg = self.cfg
@@ -386,7 +388,7 @@ class Trainer:
                 self.engine.step()
                 for k, v in out.metrics.items():
                     collected[k].append(v)
-                collected["policy/loss"].append(float(out.loss) / self.world)
+                collected["policy/loss"].append(out.loss.item() / self.world)
                 last = {"logp": logp.detach().cpu(), "entropy": entropy.cpu(), "rows": r,
                         "ratio": out.trace_ratio.cpu(), "loss_mask": out.loss_mask.cpu(),
                         "mask": mask.cpu()}
@@ -523,7 +525,7 @@ class Trainer:
             result = evaluate_benchmark(
                 self.rollout, self.tokenizer, self.eval_data, k=self.cfg.eval_k,
                 sampling=sampling, reward_pool=self.reward_pool, instruction=self.instruction,
-                name=self.eval_name,
+                name=self.eval_name, progress=False,
             )
             scalars = eval_scalars(result)
             scalars["eval/accuracy"] = result.avg_at_k

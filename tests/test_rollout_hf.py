@@ -3,6 +3,8 @@ weight sync, row layout and finish reasons, on a tiny random-weight Qwen3."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -282,3 +284,17 @@ def test_close_releases_model(model: Qwen3ForCausalLM) -> None:
     engine = HFRolloutEngine(model, eos_token_id=EOS, pad_token_id=PAD)
     engine.close()
     assert engine.model is None
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(PROMPTS, 1, SamplingParams())
+
+
+def test_default_stop_ids_join_tokenizer_and_model(model: Qwen3ForCausalLM) -> None:
+    """No explicit ids: the tokenizer's EOS (3) and the model's (1) both stop; pad from the
+    tokenizer; an explicit eos_token_id replaces them all."""
+    tokenizer = SimpleNamespace(eos_token_id=3, pad_token_id=2)
+    engine = HFRolloutEngine(model, tokenizer=tokenizer)
+    assert engine.eos_token_ids == [3, 1] and engine.pad_token_id == 2
+    explicit = HFRolloutEngine(model, tokenizer=tokenizer, eos_token_id=[7, 8])
+    assert explicit.eos_token_ids == [7, 8]
+    bare = HFRolloutEngine(model)  # no tokenizer: the model's EOS, and pad falls back to it
+    assert bare.eos_token_ids == [1] and bare.pad_token_id == 1

@@ -165,6 +165,44 @@ def _instruction_for(dataset: PromptDataset, instruction: str | None) -> str | N
     return instruction
 
 
+def _sample_and_grade(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    chunk: list[ProblemResult],
+    k: int,
+    sampling: SamplingParams,
+    reward_pool: Grader,
+    instruction: str | None,
+) -> int | None:
+    """One ``generate`` call for ``chunk`` (x k rows), graded; samples appended in place.
+
+    Returns the engine's weight version. Rows are attributed through ``prompt_index``, so an
+    engine that reorders rows is still scored correctly; a wrong row count is an error.
+    """
+    prompt_ids = [build_prompt_ids(tokenizer, p.prompt, instruction) for p in chunk]
+    gen = engine.generate(prompt_ids, k, sampling)
+    expected = sorted(i for i in range(len(chunk)) for _ in range(k))
+    if len(gen) != len(chunk) * k or sorted(gen.prompt_index) != expected:
+        raise RuntimeError(
+            f"evaluate_benchmark: the engine returned {len(gen)} rows with prompt_index "
+            f"{gen.prompt_index[:8]}...; expected {k} rows for each of {len(chunk)} prompts"
+        )
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.token_ids]
+    graded = reward_pool.score(texts, [chunk[i].gold for i in gen.prompt_index])
+    for row, i in enumerate(gen.prompt_index):
+        chunk[i].samples.append(
+            SampleResult(
+                text=texts[row],
+                reward=float(graded.rewards[row]),
+                finish_reason=gen.finish_reasons[row],
+                num_tokens=len(gen.token_ids[row]),
+                timed_out=bool(graded.timed_out[row]),
+                error=graded.errors[row],
+            )
+        )
+    return gen.weight_version
+
+
 def evaluate_benchmark(
     engine: RolloutEngine,
     tokenizer: Any,
@@ -215,31 +253,11 @@ def evaluate_benchmark(
     version = None
     starts = range(0, len(problems), prompts_per_call)
     for call, lo in enumerate(tqdm(starts, desc=f"eval/{name}", disable=not progress)):
-        chunk = problems[lo : lo + prompts_per_call]
-        prompt_ids = [build_prompt_ids(tokenizer, p.prompt, instruction) for p in chunk]
         seed = None if sampling.seed is None else sampling.seed + call
-        gen = engine.generate(prompt_ids, k, dataclasses.replace(sampling, seed=seed))
-        if len(gen) != len(chunk) * k or sorted(gen.prompt_index) != sorted(
-            i for i in range(len(chunk)) for _ in range(k)
-        ):
-            raise RuntimeError(
-                f"evaluate_benchmark: the engine returned {len(gen)} rows with prompt_index "
-                f"{gen.prompt_index[:8]}...; expected {k} rows for each of {len(chunk)} prompts"
-            )
-        version = gen.weight_version
-        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.token_ids]
-        graded = reward_pool.score(texts, [chunk[i].gold for i in gen.prompt_index])
-        for row, i in enumerate(gen.prompt_index):
-            chunk[i].samples.append(
-                SampleResult(
-                    text=texts[row],
-                    reward=float(graded.rewards[row]),
-                    finish_reason=gen.finish_reasons[row],
-                    num_tokens=len(gen.token_ids[row]),
-                    timed_out=bool(graded.timed_out[row]),
-                    error=graded.errors[row],
-                )
-            )
+        version = _sample_and_grade(
+            engine, tokenizer, problems[lo : lo + prompts_per_call], k,
+            dataclasses.replace(sampling, seed=seed), reward_pool, instruction,
+        )  # fmt: skip
     return BenchmarkResult(
         name=name,
         k=k,

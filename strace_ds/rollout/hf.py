@@ -88,7 +88,8 @@ class HFRolloutEngine:
         device: where the engine's copy lives and generates.
         dtype: dtype of the engine's copy (log-probs are always computed in float32).
         max_batch_size: rows (prompts x n) per ``generate`` call.
-        eos_token_id: id or ids that end an answer; default the tokenizer's, then the model's.
+        eos_token_id: id or ids that end an answer; default: the tokenizer's and the model's
+            (config and generation config) EOS ids together.
         pad_token_id: left-padding id; default the tokenizer's, then the first EOS id.
         weight_version: version stamped on answers until the first ``sync_weights``.
     """
@@ -133,20 +134,24 @@ class HFRolloutEngine:
         self.weight_version: int | None = weight_version
 
     def _resolve_eos(self, eos_token_id: int | list[int] | None, tokenizer: Any) -> list[int]:
-        candidates = [
-            eos_token_id,
-            getattr(tokenizer, "eos_token_id", None),
-            getattr(self.model.generation_config, "eos_token_id", None),
-            getattr(self.model.config, "eos_token_id", None),
-        ]
-        for candidate in candidates:
-            ids = _as_id_list(candidate)
-            if ids:
-                return ids
-        raise ValueError(
-            "HFRolloutEngine: no EOS token id found; pass eos_token_id=... or a tokenizer "
-            "with eos_token set"
-        )
+        """``eos_token_id`` if given, else the union of the tokenizer's, the checkpoint's
+        generation config's and the model config's EOS ids (Qwen3 instruct checkpoints list
+        both ``<|im_end|>`` and ``<|endoftext|>``; SGLang also stops on all of them)."""
+        if eos_token_id is not None:
+            ids = _as_id_list(eos_token_id)
+        else:
+            found = [
+                getattr(tokenizer, "eos_token_id", None),
+                getattr(self.model.generation_config, "eos_token_id", None),
+                getattr(self.model.config, "eos_token_id", None),
+            ]
+            ids = list(dict.fromkeys(i for value in found for i in _as_id_list(value)))
+        if not ids:
+            raise ValueError(
+                "HFRolloutEngine: no EOS token id found; pass eos_token_id=... or a tokenizer "
+                "with eos_token set"
+            )
+        return ids
 
     def _resolve_pad(self, pad_token_id: int | None, tokenizer: Any) -> int:
         for candidate in (pad_token_id, getattr(tokenizer, "pad_token_id", None)):
@@ -182,6 +187,8 @@ class HFRolloutEngine:
         state is restored afterwards; with ``seed=None`` sampling draws from (and advances) the
         global RNG, as transformers does.
         """
+        if self.model is None:
+            raise RuntimeError("HFRolloutEngine.generate: the engine is closed; build a new one")
         self._check(prompt_ids, n, sampling)
         rows = [list(map(int, p)) for p in prompt_ids for _ in range(n)]
         index = [i for i in range(len(prompt_ids)) for _ in range(n)]
@@ -224,19 +231,30 @@ class HFRolloutEngine:
             attention_mask[r, width - len(p) :] = 1
         greedy = sampling.temperature == 0
         recorder = _LogprobRecorder(1.0 if greedy else sampling.temperature, width)
+        # Sampling flags only when sampling: transformers warns about them under greedy.
+        warpers = (
+            {}
+            if greedy
+            else {
+                "temperature": sampling.temperature,
+                "top_k": 0 if sampling.top_k == -1 else sampling.top_k,  # 0 = off (None = 50)
+                "top_p": sampling.top_p,
+            }
+        )
         sequences = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
             logits_processor=[recorder],
             do_sample=not greedy,
-            temperature=1.0 if greedy else sampling.temperature,
-            top_k=0 if greedy or sampling.top_k == -1 else sampling.top_k,  # 0 = off
-            top_p=1.0 if greedy else sampling.top_p,
+            **warpers,
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=0,
             eos_token_id=stop_ids,
             pad_token_id=self.pad_token_id,
             use_cache=True,
+            # Each rank generates on its own copy: with ZeRO-3 configured transformers would
+            # otherwise turn on synced_gpus and wait for the other ranks inside generate.
+            synced_gpus=False,
         )
         logprobs = recorder.finish(sequences).cpu()  # [B, A]
         answers = sequences[:, width:].cpu()  # [B, A]
@@ -264,6 +282,8 @@ class HFRolloutEngine:
         and missing parameters are reported together in one ``ValueError``; on error the
         weights may be partially updated and ``weight_version`` is left unchanged.
         """
+        if self.model is None:
+            raise RuntimeError("HFRolloutEngine.sync_weights: the engine is closed")
         params = dict(self.model.named_parameters(remove_duplicate=False))
         targets: dict[str, torch.Tensor] = {**dict(self.model.named_buffers()), **params}
         covered: set[int] = set()

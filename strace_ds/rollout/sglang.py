@@ -1,0 +1,652 @@
+"""Rollouts from one or more SGLang servers over HTTP; weight sync by checkpoint or tensor handle.
+
+The trainer never imports SGLang (it lives in its own virtualenv, see
+``scripts/setup_sglang_env.sh``); :class:`SGLangRolloutEngine` only speaks SGLang 0.5.23's HTTP
+API (``/generate``, ``/update_weights_from_disk``, ``/update_weights_from_tensor``, ...).
+
+Generation. One ``/generate`` request per prompt (``input_ids`` + ``sampling_params`` with
+``n``), sent concurrently from a thread pool and spread round-robin over the servers (prompt i
+goes to ``urls[i % len(urls)]``); SGLang's scheduler batches concurrent requests itself. For a
+batch with ``n > 1`` SGLang 0.5.23 answers prompt-major (``TokenizerManager._handle_batch_request``
+loops ``for i in prompts: for _ in range(n)``), and per-prompt requests make the group layout
+(rows ``i*n .. i*n+n-1`` answer prompt i) independent of that anyway. With ``seed`` set, SGLang
+seeds each sample by ``(sampling_seed, position)``, so the ``n`` samples of one request would be
+identical: the engine then sends the prompt ``n`` times with ``n=1`` and a distinct seed per row,
+derived from ``(seed, row)`` so results do not depend on how rows are spread over servers.
+
+Log-probs. SGLang's ``output_token_logprobs`` are ``log softmax(logits / T)`` of each sampled
+token (the tempered, *untruncated* distribution; ``log_softmax(logits)`` when greedy): the same
+convention as :class:`~strace_ds.rollout.hf.HFRolloutEngine`, what the trainer recomputes. The
+engine returns them as they are; measuring the rollout/trainer mismatch (and any correction) is
+the trainer's job.
+
+Weight versions. Every answer carries SGLang's ``meta_info.weight_version``; the engine checks it
+against the version of its last :meth:`~SGLangRolloutEngine.sync_weights` and raises
+:class:`StaleWeightsError` on any difference: stale answers are never used silently.
+
+Weight sync (``sync_mode``):
+
+* ``"disk"`` (default, any deployment with a filesystem the servers can read): the tensors are
+  streamed into a Hugging Face checkpoint ``weights_dir/v<version>`` (``config.json`` and
+  tokenizer files copied from the base model directory, then ``model.safetensors`` or shards of
+  at most ``shard_bytes`` plus ``model.safetensors.index.json``), written in a temporary
+  directory and renamed into place (atomic), then every server gets ``POST
+  /update_weights_from_disk``. Old versions beyond ``keep_versions`` are deleted. With several
+  servers on several nodes, ``weights_dir`` must be on a filesystem they all see.
+* ``"tensor"`` (colocated: servers on the trainer's own host): buckets of tensors go as
+  ``torch.multiprocessing`` handles (CUDA IPC on GPUs, shared-memory files on CPU) in ``POST
+  /update_weights_from_tensor`` between ``/begin_weight_update`` and ``/end_weight_update``.
+  The engine sets ``torch.multiprocessing.set_sharing_strategy("file_system")`` for the whole
+  process (the default ``file_descriptor`` strategy makes SGLang's unpickler fail with
+  ``AuthenticationError: digest sent was rejected``).
+* NCCL broadcast (``/init_weights_update_group`` + ``/update_weights_from_distributed``, the
+  fastest path for separate GPU servers) is **not provided yet**.
+
+Errors. Every request has a timeout; connection failures, timeouts and HTTP 429/502/503/504 are
+retried ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``), so a dead
+server fails in bounded time with :class:`SGLangServerError` naming its URL. Other HTTP errors
+fail at once with the server's message. There is no fail-over between servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import torch
+
+from strace_ds.rollout.base import FINISH_REASONS, Generation, SamplingParams
+
+RETRY_STATUS = (429, 502, 503, 504)
+"""HTTP statuses worth retrying (overload, gateway); any other error status fails at once."""
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+"""Suffixes of weight files, never copied from the base model directory into a new version."""
+
+
+class SGLangError(RuntimeError):
+    """Base class of the engine's errors."""
+
+
+class SGLangServerError(SGLangError):
+    """A server is unreachable, timed out, or answered with an error."""
+
+
+class StaleWeightsError(SGLangError):
+    """A server answered with weights of another version than the engine last synced."""
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _Http:
+    """``requests`` with per-request timeouts and bounded retries; one session per thread."""
+
+    def __init__(self, timeout_s: float, max_retries: int, backoff_s: float) -> None:
+        self.timeout = (min(10.0, timeout_s), timeout_s)  # (connect, read)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def call(
+        self, method: str, url: str, path: str, payload: Any = None,
+        timeout_s: float | None = None, retries: int | None = None,
+    ) -> Any:
+        """Send one request, retrying transient failures; return the decoded JSON body (None
+        for an empty body)."""
+        timeout = self.timeout if timeout_s is None else (min(10.0, timeout_s), timeout_s)
+        retries = self.max_retries if retries is None else retries
+        start = time.monotonic()
+        last = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                r = self._session().request(method, url + path, json=payload, timeout=timeout)
+            except requests.RequestException as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                continue
+            if r.status_code >= 400:
+                raise SGLangServerError(
+                    f"SGLang server {url} answered {method} {path} with HTTP {r.status_code}: "
+                    f"{r.text[:1000]}"
+                )
+            if not r.content:
+                return None  # e.g. GET /health answers 200 with an empty body
+            try:
+                return r.json()
+            except ValueError as e:
+                raise SGLangServerError(
+                    f"SGLang server {url} answered {method} {path} with non-JSON: {r.text[:300]}"
+                ) from e
+        raise SGLangServerError(
+            f"SGLang server {url} failed {method} {path} {retries + 1} times in "
+            f"{time.monotonic() - start:.1f} s (last: {last}). Is the server at {url} running "
+            "and reachable? Start one with scripts/launch_sglang.py."
+        )
+
+    def close(self) -> None:
+        if hasattr(self._local, "session"):
+            self._local.session.close()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _Answer:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    weight_version: str
+
+
+def parse_generate_response(body: Any, n_rows: int, url: str = "?") -> list[_Answer]:
+    """Answers of one ``/generate`` response (a dict, or a list for batches / ``n > 1``).
+
+    Checks that there are ``n_rows`` answers, that every ``output_ids`` has one log-prob entry
+    ``[logprob, token_id, text]`` with the same token id, and maps ``finish_reason.type`` onto
+    :data:`~strace_ds.rollout.base.FINISH_REASONS`.
+    """
+    items = body if isinstance(body, list) else [body]
+    if len(items) != n_rows:
+        raise SGLangServerError(f"{url}/generate returned {len(items)} answers, expected {n_rows}")
+    answers = []
+    for k, item in enumerate(items):
+        try:
+            ids = [int(t) for t in item["output_ids"]]
+            meta = item["meta_info"]
+            entries = meta["output_token_logprobs"]
+            reason = (meta.get("finish_reason") or {}).get("type")
+            version = str(meta["weight_version"])
+        except (KeyError, TypeError) as e:
+            raise SGLangServerError(
+                f"{url}/generate answer {k} lacks {e} (was return_logprob sent?): "
+                f"{str(item)[:300]}"
+            ) from e
+        if [int(e[1]) for e in entries] != ids:
+            raise SGLangServerError(
+                f"{url}/generate answer {k}: output_token_logprobs token ids do not match "
+                f"output_ids ({len(entries)} vs {len(ids)} tokens)"
+            )
+        if reason not in FINISH_REASONS:
+            raise SGLangServerError(
+                f"{url}/generate answer {k}: unknown finish_reason {meta.get('finish_reason')!r}"
+            )
+        answers.append(_Answer(ids, [float(e[0]) for e in entries], reason, version))
+    return answers
+
+
+def check_request(prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> None:
+    """Raise ``ValueError`` naming the field for a request SGLang would reject or misread."""
+    if n < 1:
+        raise ValueError(f"generate: n must be >= 1, got {n}")
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("generate: prompt_ids must be a non-empty list of non-empty id lists")
+    if sampling.max_new_tokens < 1:
+        raise ValueError(
+            f"SamplingParams.max_new_tokens must be >= 1, got {sampling.max_new_tokens}"
+        )
+    if sampling.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0, got {sampling.temperature}")
+    if not 0.0 < sampling.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k != -1 and sampling.top_k < 1:
+        raise ValueError(f"SamplingParams.top_k must be -1 (off) or >= 1, got {sampling.top_k}")
+
+
+def row_seed(seed: int, row: int) -> int:
+    """Per-row ``sampling_seed`` for SGLang: a stable hash of ``(seed, row)`` in [0, 2**31)."""
+    digest = hashlib.sha256(f"strace_ds:{seed}:{row}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _prepare(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = tensor.detach()
+    if dtype is not None:
+        t = t.to(dtype)
+    return t.to("cpu").contiguous()
+
+
+def write_hf_checkpoint(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    out_dir: str | Path,
+    base_model_dir: str | Path | None = None,
+    shard_bytes: int = 1 << 30,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Stream ``(name, full tensor)`` pairs into a Hugging Face safetensors checkpoint.
+
+    Non-weight files of ``base_model_dir`` (``config.json``, tokenizer, ...) are copied first.
+    At most ``shard_bytes`` of tensors are held at once: a single shard is written as
+    ``model.safetensors``; several as ``model-0000k-of-0000N.safetensors`` with
+    ``model.safetensors.index.json``, as ``save_pretrained`` does. ``out_dir`` must be new or
+    empty; use :func:`publish_atomically` for an atomic replace. Returns ``out_dir``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise ValueError(f"write_hf_checkpoint: {out} is not empty")
+    if base_model_dir is not None:
+        for f in sorted(Path(base_model_dir).iterdir()):
+            if f.is_file() and not f.name.endswith(WEIGHT_FILES):
+                shutil.copy2(f, out / f.name)
+    shards: list[tuple[Path, list[str]]] = []
+    names_seen: set[str] = set()
+    total = 0
+    bucket: dict[str, torch.Tensor] = {}
+    bucket_bytes = 0
+
+    def flush() -> None:
+        nonlocal bucket, bucket_bytes
+        if bucket:
+            path = out / f".shard-{len(shards):05d}.safetensors"
+            save_file(bucket, str(path), metadata={"format": "pt"})
+            shards.append((path, list(bucket)))
+        bucket, bucket_bytes = {}, 0
+
+    for name, tensor in named_tensors:
+        if name in names_seen:
+            raise ValueError(f"write_hf_checkpoint: tensor {name!r} given twice")
+        names_seen.add(name)
+        t = _prepare(tensor, dtype)
+        if any(t.data_ptr() == u.data_ptr() for u in bucket.values()):
+            t = t.clone()  # safetensors refuses aliased tensors (e.g. tied lm_head/embedding)
+        nbytes = t.numel() * t.element_size()
+        if bucket and bucket_bytes + nbytes > shard_bytes:
+            flush()
+        bucket[name] = t
+        bucket_bytes += nbytes
+        total += nbytes
+    flush()
+    if not shards:
+        raise ValueError("write_hf_checkpoint: no tensors given")
+    if len(shards) == 1:
+        shards[0][0].rename(out / "model.safetensors")
+        return out
+    weight_map = {}
+    for k, (path, names) in enumerate(shards):
+        final = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        path.rename(out / final)
+        weight_map.update({name: final for name in names})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
+
+
+def publish_atomically(tmp_dir: Path, final_dir: Path) -> None:
+    """``rename(tmp_dir, final_dir)``, replacing an existing ``final_dir`` (same filesystem)."""
+    if final_dir.exists():
+        trash = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final_dir, trash)
+        os.rename(tmp_dir, final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp_dir, final_dir)
+
+
+# --------------------------------------------------------------------------- tensor handles
+
+
+def _device_uuid_reducer(tensor: torch.Tensor) -> Any:
+    """``reduce_tensor`` with the CUDA device index replaced by its UUID, as SGLang's own
+    ``monkey_patch_torch_reductions`` does, so a server with other visible devices maps it."""
+    from torch.multiprocessing import reductions
+
+    rebuild, args = reductions.reduce_tensor(tensor)
+    if tensor.is_cuda:
+        args = (*args[:6], str(torch.cuda.get_device_properties(args[6]).uuid), *args[7:])
+    return rebuild, args
+
+
+def serialize_named_tensors(named_tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """Base64 ``ForkingPickler`` bytes of ``[(name, tensor), ...]``: SGLang 0.5.23's
+    ``MultiprocessingSerializer.serialize(..., output_str=True)`` without importing SGLang.
+
+    Only handles are pickled (shared-memory file names on CPU, CUDA IPC handles on GPU): the
+    tensors must stay alive until the server has loaded them.
+    """
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reducers with ForkingPickler)
+
+    buf = io.BytesIO()
+    pickler = ForkingPickler(buf)
+    if any(t.is_cuda for _, t in named_tensors):
+        pickler.dispatch_table[torch.Tensor] = _device_uuid_reducer
+        pickler.dispatch_table[torch.nn.Parameter] = _device_uuid_reducer
+    pickler.dump(named_tensors)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _buckets(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in named_tensors:
+        t = tensor.detach()
+        # A CPU tensor's storage is moved into shared memory when pickled: work on a copy so
+        # the caller's tensor is never touched.
+        t = t.clone(memory_format=torch.contiguous_format) if not t.is_cuda else t.contiguous()
+        nbytes = t.numel() * t.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class SGLangRolloutEngine:
+    """``RolloutEngine`` over SGLang servers' HTTP API (see the module docstring).
+
+    Args:
+        urls: one server URL, a comma-separated list, or a list (``http://host:port``).
+        weights_dir: where ``sync_mode="disk"`` writes ``v<version>`` checkpoints; must be
+            readable by every server under the same path.
+        timeout_s: read timeout of one HTTP request (generation of a whole group included).
+        max_retries: retries of a failed request (connection error, timeout, 429/502/503/504).
+        backoff_s: first retry delay; it doubles each retry.
+        sync_mode: ``"disk"`` or ``"tensor"`` (colocated servers only).
+        keep_versions: checkpoint versions kept in ``weights_dir`` (the newest ones).
+        base_model_dir: directory whose ``config.json``/tokenizer files go into each checkpoint;
+            default the first server's ``model_path`` (``/model_info``) when it exists here.
+        weight_version: the version of the weights the servers hold now. A fresh server
+            reporting SGLang's ``"default"`` is re-labelled with it (``/update_weight_version``).
+        max_concurrency: concurrent requests per server.
+        shard_bytes: largest safetensors shard (and tensor bucket) held in memory during sync.
+        save_dtype: cast tensors to this dtype before writing/sending (None: as given).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        weights_dir: str | Path,
+        timeout_s: float = 600.0,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        sync_mode: str = "disk",
+        keep_versions: int = 2,
+        base_model_dir: str | Path | None = None,
+        weight_version: int = 0,
+        max_concurrency: int = 32,
+        shard_bytes: int = 1 << 30,
+        save_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.urls = [u.strip().rstrip("/") for u in (urls.split(",") if isinstance(urls, str)
+                                                      else urls) if u.strip()]
+        if not self.urls:
+            raise ValueError("SGLangRolloutEngine: urls must name at least one server")
+        if sync_mode not in ("disk", "tensor"):
+            raise ValueError(f"SGLangRolloutEngine: sync_mode must be 'disk' or 'tensor', "
+                             f"got {sync_mode!r}")
+        for name, value, low in (("timeout_s", timeout_s, 1e-3), ("max_retries", max_retries, 0),
+                                 ("backoff_s", backoff_s, 0), ("keep_versions", keep_versions, 1),
+                                 ("max_concurrency", max_concurrency, 1),
+                                 ("shard_bytes", shard_bytes, 1)):
+            if value < low:
+                raise ValueError(f"SGLangRolloutEngine: {name} must be >= {low}, got {value}")
+        self.weights_dir = Path(weights_dir)
+        self.sync_mode = sync_mode
+        self.keep_versions = keep_versions
+        self.shard_bytes = shard_bytes
+        self.save_dtype = save_dtype
+        self.weight_version: int | None = weight_version
+        self.last_sync_s: float | None = None
+        """Wall time of the last :meth:`sync_weights` (write + load), seconds."""
+        self.last_sync_breakdown: dict[str, float] = {}
+        """``{"write_s", "load_s"}`` of the last disk sync, ``{"send_s"}`` of a tensor sync."""
+        self._http = _Http(timeout_s, max_retries, backoff_s)
+        self._pool = cf.ThreadPoolExecutor(max_concurrency * len(self.urls),
+                                           thread_name_prefix="sglang-rollout")
+        self._owned: list[Any] = []  # SGLangServer objects to stop on close()
+        infos = self._check_servers()
+        self.tp_sizes = [int(i.get("tp_size", 1) or 1) for i in infos]
+        model_path = infos[0].get("model_path")
+        if base_model_dir is None and model_path and Path(model_path).is_dir():
+            base_model_dir = model_path
+        self.base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
+        if sync_mode == "tensor":
+            torch.multiprocessing.set_sharing_strategy("file_system")
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_servers(self) -> list[dict[str, Any]]:
+        """``/health`` then ``/server_info`` of every server; label fresh servers' version."""
+        down = []
+        for url in self.urls:
+            try:
+                self._http.call("GET", url, "/health", timeout_s=10.0, retries=1)
+            except SGLangServerError as e:
+                down.append(f"  {url}: {e}")
+        if down:
+            raise SGLangServerError(
+                "SGLangRolloutEngine: no healthy SGLang server at\n" + "\n".join(down) +
+                "\nStart one with `python scripts/launch_sglang.py --python .venv-sglang/bin/python"
+                " --model-path DIR` (or the trainer's --sglang-launch PYTHON) and pass its URL."
+            )
+        infos = []
+        for url in self.urls:
+            info = self._http.call("GET", url, "/server_info")
+            if str(info.get("weight_version")) == "default" and self.weight_version is not None:
+                self._http.call("POST", url, "/update_weight_version", {
+                    "new_version": str(self.weight_version), "abort_all_requests": False})
+            infos.append(info)
+        return infos
+
+    @classmethod
+    def launch(
+        cls, python: str | Path, model_path: str | Path, weights_dir: str | Path,
+        device: str = "cpu", extra_args: Sequence[str] = (), num_servers: int = 1,
+        **kwargs: Any,
+    ) -> SGLangRolloutEngine:
+        """Start ``num_servers`` local servers (:class:`~strace_ds.rollout.sglang_server.
+        SGLangServer`) from ``python``'s environment and an engine that stops them on close()."""
+        from strace_ds.rollout.sglang_server import SGLangServer
+
+        servers: list[SGLangServer] = []
+        try:
+            for _ in range(num_servers):
+                servers.append(SGLangServer(python, model_path, device=device,
+                                            extra_args=extra_args,
+                                            weight_version=kwargs.get("weight_version", 0)))
+                servers[-1].start()
+            for s in servers:
+                s.wait_healthy()
+            engine = cls([s.url for s in servers], weights_dir,
+                         base_model_dir=kwargs.pop("base_model_dir", model_path), **kwargs)
+        except BaseException:
+            for s in servers:
+                s.stop()
+            raise
+        engine._owned = servers
+        return engine
+
+    # ------------------------------------------------------------------ generation
+
+    @staticmethod
+    def _payload(prompt: list[int], first_row: int, n: int,
+                 sampling: SamplingParams) -> dict[str, Any]:
+        """The ``/generate`` body for one prompt's group of ``n`` answers."""
+        params: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "stop_token_ids": [int(t) for t in sampling.stop_token_ids],
+        }
+        body: dict[str, Any] = {"return_logprob": True}
+        if sampling.seed is None:
+            body.update(input_ids=[prompt], sampling_params={**params, "n": n})
+        else:  # distinct seeds per row: one request-batch of n copies, n=1 each
+            body.update(input_ids=[prompt] * n, sampling_params=[
+                {**params, "n": 1, "sampling_seed": row_seed(sampling.seed, first_row + j)}
+                for j in range(n)])
+        return body
+
+    def _generate_group(self, url: str, body: dict[str, Any], n: int) -> list[_Answer]:
+        answers = parse_generate_response(self._http.call("POST", url, "/generate", body), n, url)
+        expected = str(self.weight_version)
+        for a in answers:
+            if a.weight_version != expected:
+                raise StaleWeightsError(
+                    f"SGLang server {url} answered with weight_version {a.weight_version!r}, "
+                    f"expected {expected!r}: its weights are stale (a sync_weights that did not "
+                    "reach it, or another client updating it). Answers discarded."
+                )
+        return answers
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Generation:
+        """Sample ``n`` answers per prompt; rows ``i*n .. i*n+n-1`` answer prompt ``i``."""
+        check_request(prompt_ids, n, sampling)
+        futures = []
+        for i, prompt in enumerate(prompt_ids):
+            body = self._payload([int(t) for t in prompt], i * n, n, sampling)
+            url = self.urls[i % len(self.urls)]
+            futures.append(self._pool.submit(self._generate_group, url, body, n))
+        try:
+            groups = [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
+        answers = [a for g in groups for a in g]
+        return Generation(
+            prompt_index=[i for i in range(len(prompt_ids)) for _ in range(n)],
+            token_ids=[a.token_ids for a in answers],
+            logprobs=[a.logprobs for a in answers],
+            finish_reasons=[a.finish_reason for a in answers],
+            weight_version=self.weight_version,
+        )
+
+    # ------------------------------------------------------------------ weights
+
+    def _on_all(self, path: str, payload: dict[str, Any]) -> None:
+        """POST ``payload`` to every server concurrently; raise naming each failing URL."""
+        results = {u: self._pool.submit(self._http.call, "POST", u, path, payload)
+                   for u in self.urls}
+        errors = []
+        for url, fut in results.items():
+            try:
+                body = fut.result()
+            except SGLangServerError as e:
+                errors.append(str(e))
+                continue
+            if isinstance(body, dict) and body.get("success") is False:
+                errors.append(f"{url}{path}: success=false: {body.get('message')}")
+        if errors:
+            raise SGLangServerError(f"{path} failed: " + "; ".join(errors))
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load new policy weights (HF names, full tensors, consumed streaming) on every server.
+
+        On success ``weight_version`` becomes ``version`` and :attr:`last_sync_s` holds the time
+        taken. On failure ``weight_version`` becomes None (unknown): every answer is then
+        rejected as stale until a sync succeeds, whichever servers did load the new weights.
+        """
+        start = time.perf_counter()
+        self.weight_version = None  # mid-sync: no answer can match
+        if self.sync_mode == "disk":
+            self._sync_disk(named_tensors, version)
+        else:
+            self._sync_tensor(named_tensors, version)
+        self.weight_version = version
+        self.last_sync_s = time.perf_counter() - start
+
+    def _sync_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        t0 = time.perf_counter()
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        final = self.weights_dir / f"v{version}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.tmp-", dir=self.weights_dir))
+        try:
+            write_hf_checkpoint(named_tensors, tmp, self.base_model_dir,
+                                self.shard_bytes, self.save_dtype)
+            publish_atomically(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        t1 = time.perf_counter()
+        self._on_all("/update_weights_from_disk", {
+            "model_path": str(final.resolve()),
+            "weight_version": str(version),
+            "flush_cache": True,
+            "abort_all_requests": False,
+        })
+        self.last_sync_breakdown = {"write_s": t1 - t0, "load_s": time.perf_counter() - t1}
+        self._prune_versions(keep=final)
+
+    def _prune_versions(self, keep: Path) -> None:
+        """Delete ``v<k>`` directories beyond the newest ``keep_versions`` (never ``keep``)."""
+        versions = sorted(
+            (int(p.name[1:]), p) for p in self.weights_dir.iterdir()
+            if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit()
+        )
+        for _, path in versions[: max(0, len(versions) - self.keep_versions)]:
+            if path.resolve() != keep.resolve():
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _sync_tensor(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                     version: int) -> None:
+        t0 = time.perf_counter()
+        self._on_all("/begin_weight_update", {})
+        try:
+            for bucket in _buckets(named_tensors, self.shard_bytes):
+                if self.save_dtype is not None:
+                    bucket = [(n, t.to(self.save_dtype)) for n, t in bucket]
+                for url, tp in zip(self.urls, self.tp_sizes):
+                    # One payload per TP rank, each pickled separately (SGLang deserialises
+                    # only its own rank's copy). ``bucket`` stays referenced until loaded.
+                    payload = {
+                        "serialized_named_tensors": [serialize_named_tensors(bucket)
+                                                     for _ in range(tp)],
+                        "flush_cache": True,
+                        "abort_all_requests": False,
+                    }
+                    body = self._http.call("POST", url, "/update_weights_from_tensor", payload)
+                    if not body.get("success", False):
+                        raise SGLangServerError(
+                            f"{url}/update_weights_from_tensor: {body.get('message')}")
+        finally:
+            self._on_all("/end_weight_update", {})
+        self._on_all("/update_weight_version",
+                     {"new_version": str(version), "abort_all_requests": False})
+        self.last_sync_breakdown = {"send_s": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        """Stop the thread pool and any servers this engine launched; idempotent."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+        for server in self._owned:
+            server.stop()
+        self._owned = []

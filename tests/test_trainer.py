@@ -1,0 +1,138 @@
+"""End-to-end training through the real CLI: DeepSpeed ZeRO-3 on CPU, 1 and 2 ranks.
+
+Each run is a subprocess of ``scripts/train.py`` (or the ``deepspeed`` launcher) on a small
+warm-started tiny policy, so these tests exercise exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "scripts" / "train.py"
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "--steps", "3", "--prompts_per_step", "8", "--group_size", "4", "--max_new_tokens", "32",
+    "--mini_batches", "2", "--micro_batch_size", "8", "--eval_size", "16", "--reward_workers", "1",
+    "--ds_config", str(REPO / "ds_configs" / "zero3.json"), "--image_every", "1",
+    "--sample_every", "1",
+]
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> Path:
+    from strace_ds.tiny import build_tiny_policy
+
+    return build_tiny_policy(out_dir=tmp_path_factory.mktemp("policy") / "tiny", seed=0,
+                             sft_steps=10)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _train(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: int = 600):
+    cmd = (launcher or [sys.executable]) + [str(TRAIN), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _state(run_dir: Path) -> dict:
+    ckpt = run_dir / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    return json.loads((ckpt / tag / "trainer_state.json").read_text())
+
+
+def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    out["__images__"] = acc.Tags()["images"]
+    out["__histograms__"] = acc.Tags()["histograms"]
+    return out
+
+
+def _comparable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if not k.startswith("perf/")} for h in history]
+
+
+def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
+    _train(["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
+            "--run_name", "r1", "--loss", "s_trace", *SMALL], cwd=tmp_path)
+    scalars = _scalars(tmp_path / "runs" / "r1")
+    for tag in ("reward/mean", "reward/accuracy", "advantage/zero_variance_frac",
+                "response/length_mean", "response/length_max", "response/truncated_frac",
+                "policy/loss", "policy/clip_frac_low", "policy/clip_frac_high",
+                "trace/ratio_mean", "trace/ratio_max", "select/frac", "select/entropy_threshold",
+                "policy/entropy_mean", "policy/approx_kl", "policy/grad_norm", "policy/lr",
+                "perf/rollout_s", "perf/train_s", "perf/sync_s", "perf/rollout_tokens_per_s",
+                "rollout/logprob_diff_mean", "rollout/logprob_diff_max", "eval/accuracy"):
+        assert tag in scalars, f"TensorBoard lacks {tag}"
+    assert [s for s, _ in scalars["reward/mean"]] == [1, 2, 3]
+    # S-trace selects the top 20% entropy tokens of each micro-batch.
+    assert all(0.15 < v < 0.3 for _, v in scalars["select/frac"])
+    # Rollout and trainer score the same weights: log-probs agree to float32 noise.
+    assert all(v < 1e-3 for _, v in scalars["rollout/logprob_diff_max"])
+    assert "credit/tokens" in scalars["__images__"]
+    assert {"hist/advantages", "hist/entropy", "hist/trace_ratio"} <= set(scalars["__histograms__"])
+    eval_steps = [s for s, _ in scalars["eval/accuracy"]]
+    assert eval_steps == [0, 3]
+
+    # the exported policy reloads with the Auto classes and equals the final checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = tmp_path / "out" / "r1" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    AutoTokenizer.from_pretrained(final)
+    start = AutoModelForCausalLM.from_pretrained(policy_dir)
+    moved = [n for n, p in model.named_parameters()
+             if not torch.equal(p, dict(start.named_parameters())[n])]
+    assert moved, "training left every parameter unchanged"
+    state = _state(tmp_path / "out" / "r1")
+    assert state["step"] == 3 and len([h for h in state["history"] if "reward/mean" in h]) == 3
+
+
+def test_resume_is_exact(policy_dir, tmp_path):
+    common = ["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
+              "--loss", "p_trace", "--eval_every", "-1", "--export", "false", *SMALL]
+    common[common.index("--steps") + 1] = "4"
+    _train([*common, "--run_name", "straight"], cwd=tmp_path)
+    _train([*common, "--run_name", "split", "--stop_after", "2"], cwd=tmp_path)
+    assert _state(tmp_path / "out" / "split")["step"] == 2
+    _train([*common, "--run_name", "split", "--resume", "auto"], cwd=tmp_path)
+    straight = _comparable(_state(tmp_path / "out" / "straight")["history"])
+    split = _comparable(_state(tmp_path / "out" / "split")["history"])
+    assert len(straight) == 4
+    assert split == straight
+
+
+@pytest.mark.skipif(shutil.which("deepspeed") is None and not (Path(sys.executable).parent / "deepspeed").exists(),
+                    reason="the deepspeed launcher is not installed")
+def test_two_rank_launcher_run(policy_dir, tmp_path):
+    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_nodes", "1",
+                "--num_gpus", "2", "--master_port", "29533"]
+    _train(["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
+            "--run_name", "r2", "--loss", "grpo", *SMALL], cwd=tmp_path, launcher=launcher)
+    state = _state(tmp_path / "out" / "r2")
+    assert state["step"] == 3
+    scalars = _scalars(tmp_path / "runs" / "r2")
+    assert len(scalars["reward/mean"]) == 3
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "r2" / "final")
