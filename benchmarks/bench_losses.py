@@ -72,12 +72,20 @@ QUICK = Sizes(8, 2048, 2, 1024, 512, 151_936, 1024, (128, 32), 3, 2, 2)
 
 
 @dataclass
+class Timing:
+    """Median wall-clock and process CPU seconds of one case."""
+
+    wall: float
+    cpu: float
+
+
+@dataclass
 class Row:
     """One line of the result table."""
 
     part: str
     case: str
-    seconds: float
+    timing: Timing
     ratio: str = ""
     memory: str = ""
     memory_ratio: str = ""
@@ -86,13 +94,17 @@ class Row:
     check: str = ""
 
 
-def _median_time(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (all threads of this process) of one call."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall0, time.process_time() - cpu0
+
+
+def _median(samples: list[tuple[float, float]]) -> Timing:
+    return Timing(
+        wall=statistics.median(w for w, _ in samples), cpu=statistics.median(c for _, c in samples)
+    )
 
 
 def _yes(ok: bool) -> str:
@@ -118,20 +130,20 @@ def bench_presets(sizes: Sizes) -> list[Row]:
 
     for cfg in PRESETS.values():  # warm-up
         run(cfg)
-    times: dict[str, list[float]] = {name: [] for name in PRESETS}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in PRESETS}
     for _ in range(sizes.repeats_loss):  # round robin, so CPU contention hits all alike
         for name, cfg in PRESETS.items():
-            times[name].append(_median_time(lambda cfg=cfg: run(cfg), 1))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+            samples[name].append(_timed(lambda cfg=cfg: run(cfg)))
+    medians = {name: _median(s) for name, s in samples.items()}
     rows = []
-    for name, sec in medians.items():
-        ratio = sec / medians["grpo"]
+    for name, timing in medians.items():
+        ratio = timing.cpu / medians["grpo"].cpu
         is_base = name == "grpo"
         rows.append(
             Row(
                 part="(a) loss fwd+bwd",
                 case=f"`{name}` B={B} T={T}",
-                seconds=sec,
+                timing=timing,
                 ratio=f"{ratio:.2f}x grpo",
                 target="baseline" if is_base else f"<= {PRESET_TARGET}x",
                 met="" if is_base else _yes(ratio <= PRESET_TARGET),
@@ -149,11 +161,13 @@ def trace_log_ratio_loop(delta: torch.Tensor, mask: torch.Tensor, lam: float) ->
     """
     B, T = delta.shape
     m = mask.to(delta.dtype)
+    # lam**m_t as a tensor of delta's dtype (torch.where on Python floats gives float32).
+    decay_all = torch.where(mask, delta.new_tensor(lam), delta.new_tensor(1.0))  # [B, T]
     z = delta.new_zeros(B)
     n = delta.new_zeros(B)
     out = []
     for t in range(T):
-        decay = torch.where(mask[:, t], lam, 1.0).to(delta.dtype)  # lam**m_t
+        decay = decay_all[:, t]  # lam**m_t
         z = decay * z + m[:, t] * delta[:, t]
         n = decay * n + m[:, t]
         out.append(torch.where(n > 0, z / n.clamp_min(1e-300), 0.0))
@@ -174,8 +188,8 @@ def bench_trace(sizes: Sizes) -> list[Row]:
 
         return run
 
-    fast = _median_time(fwd_bwd(trace_log_ratio), sizes.repeats_trace * 3)
-    slow = _median_time(fwd_bwd(trace_log_ratio_loop), sizes.repeats_trace)
+    fast = _median([_timed(fwd_bwd(trace_log_ratio)) for _ in range(sizes.repeats_trace * 3)])
+    slow = _median([_timed(fwd_bwd(trace_log_ratio_loop)) for _ in range(sizes.repeats_trace)])
     with torch.no_grad():
         diff = (trace_log_ratio(delta, mask, lam) - trace_log_ratio_loop(delta, mask, lam)).abs()
     label = f"B={B} T={T} lam={lam}, 30% selected, float64"
@@ -185,7 +199,7 @@ def bench_trace(sizes: Sizes) -> list[Row]:
             "(b) trace fwd+bwd",
             f"`trace_log_ratio` causal, {label}",
             fast,
-            f"{fast / slow:.4f}x loop ({slow / fast:.0f}x faster)",
+            f"{fast.cpu / slow.cpu:.4f}x loop ({slow.cpu / fast.cpu:.0f}x faster)",
             check=f"max abs diff {diff.max().item():.1e}",
         ),
     ]
@@ -236,14 +250,15 @@ def token_stats_worker(variant: str, chunk: int, N: int, V: int, H: int) -> dict
     gc.collect()
     before = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     token_logp, entropy = forward()
     (token_logp * g_logp).sum().backward()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = (_status_kb("VmHWM") - before) * 1024
     grad_sq = sum(leaf.grad.double().square().sum().item() for leaf in leaves)
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_bytes": peak,
         "logp_sum": token_logp.double().sum().item(),
         "entropy_sum": entropy.double().sum().item(),
@@ -277,39 +292,45 @@ def bench_token_stats(sizes: Sizes) -> list[Row]:
                 runs[kind, chunk].append(_run_worker(f"{kind}_{source}", chunk, sizes))
         summary = {
             case: {
-                "seconds": statistics.median(r["seconds"] for r in results),
+                "timing": _median([(r["seconds"], r["cpu_seconds"]) for r in results]),
                 "peak_bytes": max(r["peak_bytes"] for r in results),
                 **{k: results[0][k] for k in ("logp_sum", "entropy_sum", "grad_norm")},
             }
             for case, results in runs.items()
         }
         naive = summary["naive", 0]
+        # The gradients handed back are [V, H] + [N, H] or [N, V] in bf16 in every variant:
+        # the floor under any implementation's peak.
+        grad_bytes = 2 * (V * H + N * H if source == "hidden" else N * V)
+        floor = f"returned grads alone {grad_bytes / 2**20:,.0f} MiB"
         shape = f"N={N} H={H} V={V}" if source == "hidden" else f"N={N} V={V}"
         part = f"(c) logp+entropy from {source}"
         rows.append(
             Row(
                 part=part,
                 case=f"plain log_softmax, bf16 {shape}",
-                seconds=naive["seconds"],
+                timing=naive["timing"],
                 ratio="1.00x plain",
                 memory=f"{naive['peak_bytes'] / 2**20:,.0f} MiB",
                 memory_ratio="1",
                 target="baseline",
+                check=floor,
             )
         )
         for chunk in sizes.chunk_sizes:
             res = summary["chunked", chunk]
-            t_ratio = res["seconds"] / naive["seconds"]
+            t_ratio = res["timing"].wall / naive["timing"].wall
+            cpu_ratio = res["timing"].cpu / naive["timing"].cpu
             m_ratio = res["peak_bytes"] / naive["peak_bytes"]
             met_time, met_mem = _yes(t_ratio <= TIME_TARGET), _yes(m_ratio <= MEMORY_TARGET)
             rows.append(
                 Row(
                     part=part,
                     case=f"chunked, chunk_size={chunk}",
-                    seconds=res["seconds"],
-                    ratio=f"{t_ratio:.2f}x plain",
+                    timing=res["timing"],
+                    ratio=f"{t_ratio:.2f}x plain (CPU {cpu_ratio:.2f}x)",
                     memory=f"{res['peak_bytes'] / 2**20:,.0f} MiB",
-                    memory_ratio=f"1/{1 / m_ratio:.1f}",
+                    memory_ratio=f"{m_ratio:.3f} (1/{1 / m_ratio:.1f})",
                     target=f"time <= {TIME_TARGET}x, mem <= 1/{round(1 / MEMORY_TARGET)}",
                     met=f"time {met_time}, mem {met_mem}",
                     check=f"checksums vs plain {_checksum_diff(res, naive):.0e} (bf16)",
@@ -324,8 +345,13 @@ def format_table(rows: list[Row], sizes: Sizes, quick: bool, wall: float) -> str
         f"# Loss and token-stats benchmark ({'quick' if quick else 'full'} run)",
         "",
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
+        f"Python {platform.python_version()}; "
         f"CPU, shared machine. Wall time of the run: {wall / 60:.1f} min.",
+        "Times: wall clock and process CPU time (all threads). The CPUs are shared with other "
+        "jobs, so wall times of multi-threaded ops swing widely; (a) and (b) therefore run on "
+        "1 thread and take their ratios from CPU time (the work done), (c) runs on "
+        f"{torch.get_num_threads()} threads (large matmuls) and takes its ratios from wall "
+        "time, CPU-time ratio in brackets. "
         f"Median of {sizes.repeats_loss} (a), {sizes.repeats_trace} (b, loop) and "
         f"{sizes.repeats_tokens} (c) repeats (max for memory). (c): bf16 inputs, float32 softmax, "
         "forward+backward of the log-probs (entropy computed, not differentiated); peak extra "
@@ -333,12 +359,13 @@ def format_table(rows: list[Row], sizes: Sizes, quick: bool, wall: float) -> str
         "process (round robin), high-water mark reset through /proc/self/clear_refs; the "
         "returned gradients (d logits, or d hidden + d weight) count in both variants.",
         "",
-        "| part | case | time (median) | time ratio | peak extra memory | memory vs plain "
-        "| target | met | check |",
-        "|---|---|---:|---:|---:|---:|---|---|---|",
+        "| part | case | wall (median) | CPU (median) | time ratio | peak extra memory "
+        "| memory vs plain | target | met | check |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     lines = [
-        f"| {r.part} | {r.case} | {r.seconds * 1e3:,.1f} ms | {r.ratio} | {r.memory} | "
+        f"| {r.part} | {r.case} | {r.timing.wall * 1e3:,.1f} ms | {r.timing.cpu * 1e3:,.1f} ms "
+        f"| {r.ratio} | {r.memory} | "
         f"{r.memory_ratio} | {r.target} | {r.met} | {r.check} |"
         for r in rows
     ]
@@ -357,7 +384,11 @@ def main() -> None:
         return
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
-    rows = bench_presets(sizes) + bench_trace(sizes) + bench_token_stats(sizes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (a), (b): see the note on CPU time in format_table
+    rows = bench_presets(sizes) + bench_trace(sizes)
+    torch.set_num_threads(threads)  # (c) workers are fresh processes with the default count
+    rows += bench_token_stats(sizes)
     table = format_table(rows, sizes, args.quick, time.perf_counter() - start)
     print(table)
     args.out.write_text(table)

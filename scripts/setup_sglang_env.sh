@@ -47,6 +47,12 @@ sglang_version="${SGLANG_VERSION:-0.5.23}"
 python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 stamp="$env_dir/.strace_ds_sglang_env"
 want_stamp="sglang==$sglang_version mode=$mode"
+if [[ $mode == cpu ]]; then
+  # A changed stub must be reinstalled: its content is part of what "already built" means.
+  stub_hash="$(cd "$repo_root/tests/sglang_cpu_stub" && find . -type f \( -name '*.py' -o -name '*.toml' \) \
+               -not -path './build/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)"
+  want_stamp="$want_stamp stub=$stub_hash"
+fi
 start_s=$SECONDS
 
 # What must import for the env to count as built. The CPU check also proves the stub is the
@@ -109,9 +115,13 @@ else
     python-multipart "pyzmq>=25.1.2" regex requests safetensors scipy "sentencepiece==0.2.1" \
     setproctitle "smg-grpc-servicer>=0.9.0" "soundfile==0.13.1" tiktoken "timm==1.0.25" tqdm \
     "uvicorn>=0.51" uvloop watchfiles "xgrammar==0.2.7" xxhash zstandard
-  # 4. The test-only sgl_kernel stub (see tests/sglang_cpu_stub/README.md). Copied, not
+  # 4. The test-only sgl_kernel stub (see tests/sglang_cpu_stub/README.md). Installed from a
+  #    temporary copy (setuptools would leave build/ and *.egg-info in the checkout), not
   #    editable, so the env does not depend on this checkout staying where it is.
-  "${pip[@]}" --no-deps "$repo_root/tests/sglang_cpu_stub"
+  stub_tmp="$(mktemp -d)"
+  cp -r "$repo_root/tests/sglang_cpu_stub/." "$stub_tmp/"
+  "${pip[@]}" --no-deps --force-reinstall "$stub_tmp"
+  rm -rf "$stub_tmp"
 fi
 
 echo "setup_sglang_env: checking imports"

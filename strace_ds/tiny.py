@@ -33,6 +33,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from transformers import (
 from strace_ds.data.synthetic import ArithmeticConfig, arithmetic_dataset
 from strace_ds.data.types import PromptExample
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bumped whenever the build recipe changes, so old caches are not reused."""
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -122,6 +124,23 @@ class TinyBuildConfig:
 def cache_root() -> Path:
     """``$STRACE_DS_CACHE`` if set, else ``~/.cache/strace_ds``."""
     return Path(os.environ.get("STRACE_DS_CACHE") or Path.home() / ".cache" / "strace_ds")
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block, then restore the caller's count.
+
+    Why: the build is then bit-identical on any machine (float reductions depend on the
+    thread count), and a 128-wide model gains nothing from a second thread; on the shared
+    2-core box, two OpenMP threads spin-waiting under contention made SFT steps 3-5x slower
+    and burnt 4x the CPU.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -342,7 +361,8 @@ def measure_sampled_accuracy(
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = arithmetic_dataset("test", size=n, seed=seed, config=task).examples
-    return accuracy_report(model, tokenizer, examples, temperature, seed)["accuracy"]
+    with torch.random.fork_rng(devices=[]), single_thread():
+        return accuracy_report(model, tokenizer, examples, temperature, seed)["accuracy"]
 
 
 # --------------------------------------------------------------------------- build + cache
@@ -352,9 +372,9 @@ def _is_build(path: Path) -> bool:
 
 def _build_into(tmp: Path, cfg: TinyBuildConfig) -> dict[str, Any]:
     """Build tokenizer, model and warm start into ``tmp``; return the BUILD_INFO dict."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     task = ArithmeticConfig.from_dict(cfg.task)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), single_thread():
         torch.manual_seed(cfg.seed)
         n_sft = cfg.sft_steps * cfg.sft_batch_size
         train = arithmetic_dataset("train", size=n_sft, seed=cfg.seed, config=task).examples
@@ -374,6 +394,7 @@ def _build_into(tmp: Path, cfg: TinyBuildConfig) -> dict[str, Any]:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     _add_torch_dtype(tmp / "config.json")
+    _compat_tokenizer_config(tmp / "tokenizer_config.json")
     info = {
         "build_version": BUILD_VERSION,
         "digest": cfg.digest(),
@@ -387,10 +408,10 @@ def _build_into(tmp: Path, cfg: TinyBuildConfig) -> dict[str, Any]:
         "mean_answer_tokens_t1": round(sampled["mean_answer_tokens"], 2),
         "mean_answer_tokens_greedy": round(greedy["mean_answer_tokens"], 2),
         "eval_n": cfg.eval_n,
-        "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
+    info["build_cpu_seconds"] = round(time.process_time() - cpu0, 2)
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -400,6 +421,20 @@ def _add_torch_dtype(config_path: Path) -> None:
     cfg = json.loads(config_path.read_text())
     cfg["torch_dtype"] = cfg.setdefault("dtype", "float32")
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _compat_tokenizer_config(path: Path) -> None:
+    """Use the class and key names transformers 4.x also reads (5.x reads both).
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` and ``extra_special_tokens``
+    as a list, which 4.x cannot load; the chat template is copied in as well as kept in
+    ``chat_template.jinja``.
+    """
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens", [IM_START, IM_END])
+    cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def build_tiny_policy(

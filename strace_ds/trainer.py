@@ -491,13 +491,11 @@ class Trainer:
         S-trace selection threshold is the one the update used."""
         rows = last["rows"]
         adv = sb.advantages[rows]
-        candidates = torch.nonzero(adv != 0).flatten()
-        if not len(candidates):
-            return
+        candidates = torch.nonzero(adv != 0).flatten()  # an answer that received credit
         credit = token_credit(last["logp"].double(), sb.old_logprobs[rows].double(),
                               adv.double(), last["mask"], entropy=last["entropy"].double(),
                               config=self.trace_cfg, max_len=self.cfg.max_new_tokens)
-        i = int(candidates[0])
+        i = int(candidates[0]) if len(candidates) else 0  # else all-zero credit, still shown
         n = int(last["mask"][i].sum())
         ids = sb.batch.response_ids[rows][i, :n].tolist()
         tokens = self.tokenizer.convert_ids_to_tokens(ids)

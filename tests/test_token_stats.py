@@ -182,40 +182,53 @@ def test_backward_saves_no_vocabulary_sized_tensor() -> None:
     assert sorted(saved) == sorted([N, N, N, logits.numel()])  # logits: the input itself
 
 
-def test_bf16_logits_close_to_float32_reference() -> None:
+@pytest.mark.parametrize("entropy_grad", [False, True])  # the two backward paths
+def test_bf16_logits_close_to_float32_reference(entropy_grad: bool) -> None:
     logits, tokens, g_logp, g_ent = _inputs((4, 33), V=257, seed=5, dtype=torch.float32)
     logits_bf16 = logits.detach().bfloat16().requires_grad_()
     lp, ent = token_logprobs_and_entropy(logits_bf16, tokens, 0.8, chunk_size=16)
     assert lp.dtype == ent.dtype == torch.float32
     # Reference in float32 on the same (bf16-rounded) logits: only the upcast differs.
-    ref_lp, ref_ent = naive_logprobs_and_entropy(logits_bf16.float(), tokens, 0.8)
-    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=2e-5)
-    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=2e-5)
-    (grad,) = torch.autograd.grad((lp * g_logp).sum() + (ent * g_ent).sum(), logits_bf16)
     ref_in = logits_bf16.detach().float().requires_grad_()
     ref_lp, ref_ent = naive_logprobs_and_entropy(ref_in, tokens, 0.8)
-    (ref_grad,) = torch.autograd.grad((ref_lp * g_logp).sum() + (ref_ent * g_ent).sum(), ref_in)
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=2e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=2e-5)
+    (grad,) = torch.autograd.grad(
+        (lp * g_logp).sum() + (ent * g_ent).sum() * entropy_grad, logits_bf16
+    )
+    ref_out = (ref_lp * g_logp).sum() + (ref_ent * g_ent).sum() * entropy_grad
+    (ref_grad,) = torch.autograd.grad(ref_out, ref_in)
     assert grad.dtype == torch.bfloat16
     # bf16 keeps 8 bits of mantissa: relative 2**-8 on each entry of the gradient.
     torch.testing.assert_close(grad.float(), ref_grad, rtol=2**-8, atol=1e-6)
 
 
-def test_bf16_hidden_close_to_float32_reference() -> None:
-    hidden, weight, tokens, g_logp, _ = _hidden_inputs(
-        (3, 20), V=301, H=32, seed=6, dtype=torch.float32
+@pytest.mark.parametrize("entropy_grad", [False, True])  # the two backward paths
+@pytest.mark.parametrize(
+    ("V", "chunk_size"),
+    [(301, 8), (2100, 40)],  # token tiles summed per weight block; two vocabulary tiles
+)
+def test_bf16_hidden_close_to_float32_reference(
+    V: int, chunk_size: int, entropy_grad: bool
+) -> None:
+    hidden, weight, tokens, g_logp, g_ent = _hidden_inputs(
+        (3, 20), V=V, H=32, seed=6, dtype=torch.float32
     )
     h16 = hidden.detach().bfloat16().requires_grad_()
     w16 = weight.detach().bfloat16().requires_grad_()
-    lp, ent = token_logprobs_and_entropy_from_hidden(h16, w16, tokens, chunk_size=8)
+    lp, ent = token_logprobs_and_entropy_from_hidden(h16, w16, tokens, chunk_size=chunk_size)
     h32 = h16.detach().float().requires_grad_()
     w32 = w16.detach().float().requires_grad_()
     ref_lp, ref_ent = naive_logprobs_and_entropy(h32 @ w32.T, tokens)
     # The chunk logits are a bf16 matmul (as an lm_head in bf16 would give): ~2**-8 relative.
     torch.testing.assert_close(lp, ref_lp, rtol=0, atol=0.05)
     torch.testing.assert_close(ent, ref_ent, rtol=0, atol=0.05)
-    gh, gw = torch.autograd.grad((lp * g_logp).sum(), (h16, w16))
-    rh, rw = torch.autograd.grad((ref_lp * g_logp).sum(), (h32, w32))
+    out = (lp * g_logp).sum() + (ent * g_ent).sum() * entropy_grad
+    ref_out = (ref_lp * g_logp).sum() + (ref_ent * g_ent).sum() * entropy_grad
+    gh, gw = torch.autograd.grad(out, (h16, w16))
+    rh, rw = torch.autograd.grad(ref_out, (h32, w32))
     assert gh.dtype == gw.dtype == torch.bfloat16
+    # Relative error of the whole gradient: bf16 rounding gives ~2**-8; a wrong term gives ~1.
     for g, r in [(gh, rh), (gw, rw)]:
         rel = (g.float() - r).norm() / r.norm()
         assert rel < 0.02, rel

@@ -29,11 +29,9 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory) -> Path:
-    from strace_ds.tiny import build_tiny_policy
-
-    return build_tiny_policy(out_dir=tmp_path_factory.mktemp("policy") / "tiny", seed=0,
-                             sft_steps=10)
+def policy_dir(tiny_policy) -> Path:
+    """The default warm-started policy: it earns some reward, so updates have signal."""
+    return tiny_policy
 
 
 def _env() -> dict[str, str]:

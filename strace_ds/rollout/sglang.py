@@ -13,6 +13,9 @@ loops ``for i in prompts: for _ in range(n)``), and per-prompt requests make the
 seeds each sample by ``(sampling_seed, position)``, so the ``n`` samples of one request would be
 identical: the engine then sends the prompt ``n`` times with ``n=1`` and a distinct seed per row,
 derived from ``(seed, row)`` so results do not depend on how rows are spread over servers.
+SGLang 0.5.23 honours ``sampling_seed`` only on servers started with
+``--enable-deterministic-inference``, which needs a CUDA attention backend (fa3, flashinfer,
+triton): elsewhere seeded calls are not reproducible and the engine warns once.
 
 Log-probs. SGLang's ``output_token_logprobs`` are ``log softmax(logits / T)`` of each sampled
 token (the tempered, *untruncated* distribution; ``log_softmax(logits)`` when greedy): the same
@@ -50,18 +53,14 @@ fail at once with the server's message. There is no fail-over between servers.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
 import hashlib
-import io
-import json
-import os
 import shutil
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +69,15 @@ import requests
 import torch
 
 from strace_ds.rollout.base import FINISH_REASONS, Generation, SamplingParams
+from strace_ds.rollout.sglang_weights import (
+    publish_atomically,
+    serialize_named_tensors,
+    tensor_buckets,
+    write_hf_checkpoint,
+)
 
 RETRY_STATUS = (429, 502, 503, 504)
 """HTTP statuses worth retrying (overload, gateway); any other error status fails at once."""
-WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
-"""Suffixes of weight files, never copied from the base model directory into a new version."""
-
-
 class SGLangError(RuntimeError):
     """Base class of the engine's errors."""
 
@@ -222,149 +223,6 @@ def row_seed(seed: int, row: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _prepare(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    t = tensor.detach()
-    if dtype is not None:
-        t = t.to(dtype)
-    return t.to("cpu").contiguous()
-
-
-def write_hf_checkpoint(
-    named_tensors: Iterable[tuple[str, torch.Tensor]],
-    out_dir: str | Path,
-    base_model_dir: str | Path | None = None,
-    shard_bytes: int = 1 << 30,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Stream ``(name, full tensor)`` pairs into a Hugging Face safetensors checkpoint.
-
-    Non-weight files of ``base_model_dir`` (``config.json``, tokenizer, ...) are copied first.
-    At most ``shard_bytes`` of tensors are held at once: a single shard is written as
-    ``model.safetensors``; several as ``model-0000k-of-0000N.safetensors`` with
-    ``model.safetensors.index.json``, as ``save_pretrained`` does. ``out_dir`` must be new or
-    empty; use :func:`publish_atomically` for an atomic replace. Returns ``out_dir``.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()):
-        raise ValueError(f"write_hf_checkpoint: {out} is not empty")
-    if base_model_dir is not None:
-        for f in sorted(Path(base_model_dir).iterdir()):
-            if f.is_file() and not f.name.endswith(WEIGHT_FILES):
-                shutil.copy2(f, out / f.name)
-    shards: list[tuple[Path, list[str]]] = []
-    names_seen: set[str] = set()
-    total = 0
-    bucket: dict[str, torch.Tensor] = {}
-    bucket_bytes = 0
-
-    def flush() -> None:
-        nonlocal bucket, bucket_bytes
-        if bucket:
-            path = out / f".shard-{len(shards):05d}.safetensors"
-            save_file(bucket, str(path), metadata={"format": "pt"})
-            shards.append((path, list(bucket)))
-        bucket, bucket_bytes = {}, 0
-
-    for name, tensor in named_tensors:
-        if name in names_seen:
-            raise ValueError(f"write_hf_checkpoint: tensor {name!r} given twice")
-        names_seen.add(name)
-        t = _prepare(tensor, dtype)
-        if any(t.data_ptr() == u.data_ptr() for u in bucket.values()):
-            t = t.clone()  # safetensors refuses aliased tensors (e.g. tied lm_head/embedding)
-        nbytes = t.numel() * t.element_size()
-        if bucket and bucket_bytes + nbytes > shard_bytes:
-            flush()
-        bucket[name] = t
-        bucket_bytes += nbytes
-        total += nbytes
-    flush()
-    if not shards:
-        raise ValueError("write_hf_checkpoint: no tensors given")
-    if len(shards) == 1:
-        shards[0][0].rename(out / "model.safetensors")
-        return out
-    weight_map = {}
-    for k, (path, names) in enumerate(shards):
-        final = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        path.rename(out / final)
-        weight_map.update({name: final for name in names})
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return out
-
-
-def publish_atomically(tmp_dir: Path, final_dir: Path) -> None:
-    """``rename(tmp_dir, final_dir)``, replacing an existing ``final_dir`` (same filesystem)."""
-    if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final_dir, trash)
-        os.rename(tmp_dir, final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp_dir, final_dir)
-
-
-# --------------------------------------------------------------------------- tensor handles
-
-
-def _device_uuid_reducer(tensor: torch.Tensor) -> Any:
-    """``reduce_tensor`` with the CUDA device index replaced by its UUID, as SGLang's own
-    ``monkey_patch_torch_reductions`` does, so a server with other visible devices maps it."""
-    from torch.multiprocessing import reductions
-
-    rebuild, args = reductions.reduce_tensor(tensor)
-    if tensor.is_cuda:
-        args = (*args[:6], str(torch.cuda.get_device_properties(args[6]).uuid), *args[7:])
-    return rebuild, args
-
-
-def serialize_named_tensors(named_tensors: list[tuple[str, torch.Tensor]]) -> str:
-    """Base64 ``ForkingPickler`` bytes of ``[(name, tensor), ...]``: SGLang 0.5.23's
-    ``MultiprocessingSerializer.serialize(..., output_str=True)`` without importing SGLang.
-
-    Only handles are pickled (shared-memory file names on CPU, CUDA IPC handles on GPU): the
-    tensors must stay alive until the server has loaded them.
-    """
-    from multiprocessing.reduction import ForkingPickler
-
-    import torch.multiprocessing  # noqa: F401  (registers torch's reducers with ForkingPickler)
-
-    buf = io.BytesIO()
-    pickler = ForkingPickler(buf)
-    if any(t.is_cuda for _, t in named_tensors):
-        pickler.dispatch_table[torch.Tensor] = _device_uuid_reducer
-        pickler.dispatch_table[torch.nn.Parameter] = _device_uuid_reducer
-    pickler.dump(named_tensors)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _buckets(
-    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
-) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in named_tensors:
-        t = tensor.detach()
-        # A CPU tensor's storage is moved into shared memory when pickled: work on a copy so
-        # the caller's tensor is never touched.
-        t = t.clone(memory_format=torch.contiguous_format) if not t.is_cuda else t.contiguous()
-        nbytes = t.numel() * t.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, t))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
 # --------------------------------------------------------------------------- engine
 
 
@@ -381,7 +239,8 @@ class SGLangRolloutEngine:
         sync_mode: ``"disk"`` or ``"tensor"`` (colocated servers only).
         keep_versions: checkpoint versions kept in ``weights_dir`` (the newest ones).
         base_model_dir: directory whose ``config.json``/tokenizer files go into each checkpoint;
-            default the first server's ``model_path`` (``/model_info``) when it exists here.
+            default the first server's launch ``model_path`` (``/server_info``) when it exists
+            on this machine.
         weight_version: the version of the weights the servers hold now. A fresh server
             reporting SGLang's ``"default"`` is re-labelled with it (``/update_weight_version``).
         max_concurrency: concurrent requests per server.
@@ -433,6 +292,8 @@ class SGLangRolloutEngine:
         self._owned: list[Any] = []  # SGLangServer objects to stop on close()
         infos = self._check_servers()
         self.tp_sizes = [int(i.get("tp_size", 1) or 1) for i in infos]
+        self.deterministic = all(bool(i.get("enable_deterministic_inference")) for i in infos)
+        self._warned_seed = False
         model_path = infos[0].get("model_path")
         if base_model_dir is None and model_path and Path(model_path).is_dir():
             base_model_dir = model_path
@@ -443,7 +304,8 @@ class SGLangRolloutEngine:
     # ------------------------------------------------------------------ set-up
 
     def _check_servers(self) -> list[dict[str, Any]]:
-        """``/health`` then ``/server_info`` of every server; label fresh servers' version."""
+        """``/health``, ``/server_info`` and ``/model_info`` of every server; label fresh servers'
+        ``"default"`` weight version with the engine's."""
         down = []
         for url in self.urls:
             try:
@@ -458,8 +320,11 @@ class SGLangRolloutEngine:
             )
         infos = []
         for url in self.urls:
+            # /server_info holds the launch arguments (model_path, tp_size, ...); the live
+            # weight version is only in /model_info (/server_info keeps the launch value).
             info = self._http.call("GET", url, "/server_info")
-            if str(info.get("weight_version")) == "default" and self.weight_version is not None:
+            live = self._http.call("GET", url, "/model_info").get("weight_version")
+            if str(live) == "default" and self.weight_version is not None:
                 self._http.call("POST", url, "/update_weight_version", {
                     "new_version": str(self.weight_version), "abort_all_requests": False})
             infos.append(info)
@@ -530,6 +395,14 @@ class SGLangRolloutEngine:
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Generation:
         """Sample ``n`` answers per prompt; rows ``i*n .. i*n+n-1`` answer prompt ``i``."""
         check_request(prompt_ids, n, sampling)
+        if sampling.seed is not None and not self.deterministic and not self._warned_seed:
+            self._warned_seed = True
+            warnings.warn(
+                "SGLang ignores sampling_seed unless every server runs with "
+                "--enable-deterministic-inference (CUDA attention backends only in 0.5.23; not "
+                "available on CPU): these rollouts are NOT reproducible from the seed.",
+                stacklevel=2,
+            )
         futures = []
         for i, prompt in enumerate(prompt_ids):
             body = self._payload([int(t) for t in prompt], i * n, n, sampling)
@@ -619,7 +492,7 @@ class SGLangRolloutEngine:
         t0 = time.perf_counter()
         self._on_all("/begin_weight_update", {})
         try:
-            for bucket in _buckets(named_tensors, self.shard_bytes):
+            for bucket in tensor_buckets(named_tensors, self.shard_bytes):
                 if self.save_dtype is not None:
                     bucket = [(n, t.to(self.save_dtype)) for n, t in bucket]
                 for url, tp in zip(self.urls, self.tp_sizes):

@@ -10,17 +10,18 @@ environment's Python and the trainer talks to it over HTTP only. :class:`SGLangS
 
 The server runs in its own process group (``start_new_session``), so :meth:`SGLangServer.stop`
 reaches SGLang's scheduler and detokenizer subprocesses too; it is also stopped at interpreter
-exit (``atexit``) and, on Linux, when the Python thread that started it dies
-(``PR_SET_PDEATHSIG``: start it from the main thread). Signal handlers are left to the caller:
-``scripts/launch_sglang.py`` turns SIGINT/SIGTERM into a clean stop.
+exit (``atexit``) and, on Linux with util-linux's ``setpriv``, when the Python thread that
+started it dies, even by SIGKILL (``PR_SET_PDEATHSIG``: start it from the main thread).
+Signal handlers are left to the caller: ``scripts/launch_sglang.py`` turns SIGINT/SIGTERM into
+a clean stop.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,11 +60,12 @@ def _flag_names(args: Sequence[str]) -> set[str]:
     return {a.split("=", 1)[0] for a in args if a.startswith("--")}
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
-    """Ask the kernel to SIGTERM this process when its parent thread exits."""
-    with contextlib.suppress(Exception):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def _die_with_parent_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM`` (util-linux) when available: the kernel then SIGTERMs the
+    server when the thread that started it exits, even on SIGKILL of the trainer. Done with a
+    wrapper rather than ``preexec_fn``, which is unsafe in a process with threads."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform.startswith("linux") else []
 
 
 def tail(path: Path | str, lines: int = 40) -> str:
@@ -128,7 +130,6 @@ class SGLangServer:
         self.weight_version = weight_version
         self.startup_timeout_s = startup_timeout_s
         self.env = dict(env or {})
-        self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix=f"sglang-{self.port}-", suffix=".log")[1]
         )
@@ -170,13 +171,12 @@ class SGLangServer:
             env.setdefault("SGLANG_USE_CPU_ENGINE", "1")  # else SGLang imports vllm on CPU
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            self.command(),
+            _die_with_parent_prefix() + self.command(),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # own process group: stop() reaches SGLang's children
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         atexit.register(self.stop)
         return self

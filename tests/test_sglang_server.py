@@ -1,0 +1,529 @@
+"""SGLang rollout engine: unit tests against a fake HTTP server, then a REAL SGLang server.
+
+The unit tests (no marker) need only the trainer's venv. The ``sglang``-marked tests start one
+real ``sglang.launch_server`` on CPU per module, from the SGLang environment named by
+``$STRACE_DS_SGLANG_PYTHON`` (default ``.venv-sglang/bin/python``, built by
+``scripts/setup_sglang_env.sh --cpu``), and are skipped with the reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from strace_ds.rollout import build_rollout_engine
+from strace_ds.rollout.base import RolloutEngine, SamplingParams
+from strace_ds.rollout.sglang import (
+    SGLangRolloutEngine,
+    SGLangServerError,
+    StaleWeightsError,
+    parse_generate_response,
+    row_seed,
+)
+from strace_ds.rollout.sglang_server import SGLangServer
+from strace_ds.rollout.sglang_server import SGLangServerError as StartError
+from strace_ds.rollout.sglang_weights import publish_atomically, write_hf_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SGLANG_PYTHON = Path(
+    os.environ.get("STRACE_DS_SGLANG_PYTHON") or REPO / ".venv-sglang" / "bin" / "python"
+)
+LOGPROB_ATOL = 1e-4
+"""Bound on |SGLang log-prob - transformers teacher-forced log-prob| (float32, both on CPU).
+Measured max on the tiny policy: 6.6e-6 (``test_logprobs_match_teacher_forcing`` prints it)."""
+
+# --------------------------------------------------------------------------- fake server
+
+
+def _answer(ids: list[int], version: str = "0", reason: str = "length") -> dict[str, Any]:
+    return {
+        "output_ids": ids,
+        "meta_info": {
+            "finish_reason": {"type": reason},
+            "weight_version": version,
+            "output_token_logprobs": [[-0.5 - 0.1 * k, t, None] for k, t in enumerate(ids)],
+        },
+    }
+
+
+class FakeSGLang:
+    """A scripted SGLang look-alike on a local ``http.server``; records every request.
+
+    ``script[path]`` is a list of ``(status, body)`` consumed in order (the last one repeats);
+    ``/generate`` without a script answers like SGLang: one answer per row, prompt-major,
+    each answer ``[first prompt token + 100 + row-in-group]``, at ``self.version``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        self.script: dict[str, list[tuple[int, Any]]] = {}
+        self.version = "0"
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _reply(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                fake.requests.append((self.command, self.path, body))
+                status, out = fake.answer(self.path, body)
+                data = b"" if out is None else json.dumps(out).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _reply  # noqa: N815 (http.server naming)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, path: str, body: Any) -> tuple[int, Any]:
+        if path in self.script:
+            steps = self.script[path]
+            return steps.pop(0) if len(steps) > 1 else steps[0]
+        if path == "/health":
+            return 200, None
+        if path == "/server_info":
+            return 200, {"weight_version": "0", "tp_size": 1, "model_path": "/nonexistent"}
+        if path == "/model_info":
+            return 200, {"weight_version": self.version, "model_path": "/nonexistent"}
+        if path == "/update_weight_version":
+            self.version = body["new_version"]
+            return 200, {"success": True}
+        if path == "/generate":
+            prompts = body["input_ids"]
+            params = body["sampling_params"]
+            n = params["n"] if isinstance(params, dict) else 1
+            return 200, [
+                _answer([p[0] + 100 + j], self.version) for p in prompts for j in range(n)
+            ]
+        return 404, {"error": f"no route {path}"}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSGLang]:
+    server = FakeSGLang()
+    yield server
+    server.close()
+
+
+def _engine(url: str, tmp_path: Path, **kw: Any) -> SGLangRolloutEngine:
+    kw = {"max_retries": 2, "backoff_s": 0.05, "timeout_s": 5.0, **kw}
+    return SGLangRolloutEngine(url, tmp_path / "weights", **kw)
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_parse_generate_response_maps_fields_and_checks_them() -> None:
+    body = [_answer([5, 6], "3", "stop"), _answer([7], "3", "length")]
+    out = parse_generate_response(body, 2, "http://x")
+    assert [a.token_ids for a in out] == [[5, 6], [7]]
+    assert out[0].logprobs == pytest.approx([-0.5, -0.6])
+    assert [a.finish_reason for a in out] == ["stop", "length"]
+    assert out[1].weight_version == "3"
+    # A single answer arrives as a dict, not a list.
+    assert parse_generate_response(_answer([1]), 1)[0].token_ids == [1]
+    with pytest.raises(SGLangServerError, match="returned 1 answers, expected 2"):
+        parse_generate_response([_answer([1])], 2, "http://x")
+    broken = _answer([5, 6])
+    broken["meta_info"]["output_token_logprobs"][1][1] = 9
+    with pytest.raises(SGLangServerError, match="do not match output_ids"):
+        parse_generate_response(broken, 1)
+    missing = _answer([5])
+    del missing["meta_info"]["output_token_logprobs"]
+    with pytest.raises(SGLangServerError, match="return_logprob"):
+        parse_generate_response(missing, 1)
+    with pytest.raises(SGLangServerError, match="unknown finish_reason"):
+        parse_generate_response(_answer([5], reason="weird"), 1)
+
+
+def test_row_seed_is_stable_distinct_and_in_range() -> None:
+    seeds = [row_seed(7, r) for r in range(1000)]
+    assert seeds == [row_seed(7, r) for r in range(1000)]
+    assert len(set(seeds)) == 1000
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert row_seed(8, 0) != row_seed(7, 0)
+
+
+def test_engine_satisfies_protocol_and_registry(fake: FakeSGLang, tmp_path: Path) -> None:
+    fake.version = "default"  # what a server started without --weight-version reports
+    engine = build_rollout_engine("sglang", urls=fake.url, weights_dir=tmp_path / "w",
+                                  weight_version=4)
+    assert isinstance(engine, RolloutEngine)
+    # The fresh server is labelled with the engine's version, so its answers are accepted.
+    assert ("POST", "/update_weight_version", {"new_version": "4", "abort_all_requests": False}) \
+        in fake.requests
+    assert engine.generate([[1]], 1, SamplingParams()).weight_version == 4
+    engine.close()
+
+
+def test_group_layout_seeds_and_spread_over_servers(fake: FakeSGLang, tmp_path: Path) -> None:
+    other = FakeSGLang()
+    try:
+        engine = _engine(f"{fake.url},{other.url}", tmp_path)
+        prompts = [[1, 2], [2], [3, 4, 5]]
+        gen = engine.generate(prompts, 2, SamplingParams(max_new_tokens=4, top_k=5))
+        assert gen.prompt_index == [0, 0, 1, 1, 2, 2]
+        assert gen.token_ids == [[101], [102], [102], [103], [103], [104]]
+        assert gen.weight_version == 0 and len(gen.logprobs[0]) == 1
+        sent = [b for s in (fake, other) for (_, path, b) in s.requests if path == "/generate"]
+        assert sorted(len(s.requests) > 0 for s in (fake, other)) == [True, True]
+        assert all(b["return_logprob"] and b["sampling_params"]["n"] == 2 for b in sent)
+        assert sent[0]["sampling_params"]["top_k"] == 5
+        # With a seed: n copies of the prompt, n=1 each, distinct per-row seeds.
+        with pytest.warns(UserWarning, match="NOT reproducible"):
+            engine.generate([[1], [2]], 3, SamplingParams(max_new_tokens=4, seed=11))
+        seeded = [b for s in (fake, other) for (_, path, b) in s.requests
+                  if path == "/generate" and isinstance(b["sampling_params"], list)]
+        seeds = sorted(p["sampling_seed"] for b in seeded for p in b["sampling_params"])
+        assert seeds == sorted(row_seed(11, r) for r in range(6))
+        assert all(len(b["input_ids"]) == 3 and p["n"] == 1
+                   for b in seeded for p in b["sampling_params"])
+        engine.close()
+    finally:
+        other.close()
+
+
+def test_stale_weight_version_raises(fake: FakeSGLang, tmp_path: Path) -> None:
+    engine = _engine(fake.url, tmp_path)
+    fake.version = "7"  # another client moved the server on
+    with pytest.raises(StaleWeightsError, match=r"weight_version '7', expected '0'"):
+        engine.generate([[1]], 1, SamplingParams())
+    engine.close()
+
+
+def test_retry_with_backoff_then_success(fake: FakeSGLang, tmp_path: Path) -> None:
+    engine = _engine(fake.url, tmp_path, max_retries=3, backoff_s=0.1)
+    fake.script["/generate"] = [(503, {"error": "busy"}), (503, {"error": "busy"}),
+                                (200, [_answer([9])])]
+    start = time.monotonic()
+    gen = engine.generate([[1]], 1, SamplingParams())
+    elapsed = time.monotonic() - start
+    assert gen.token_ids == [[9]]
+    assert sum(p == "/generate" for _, p, _ in fake.requests) == 3
+    assert 0.3 - 0.02 <= elapsed < 2.0  # backoffs 0.1 + 0.2
+    engine.close()
+
+
+def test_retries_are_bounded_and_error_names_url(fake: FakeSGLang, tmp_path: Path) -> None:
+    engine = _engine(fake.url, tmp_path, max_retries=2, backoff_s=0.05)
+    fake.script["/generate"] = [(503, {"error": "busy"})]
+    with pytest.raises(SGLangServerError, match=f"{fake.url} failed POST /generate 3 times"):
+        engine.generate([[1]], 1, SamplingParams())
+    assert sum(p == "/generate" for _, p, _ in fake.requests) == 3
+    # A non-retryable error fails at once with the server's message.
+    fake.script["/generate"] = [(400, {"error": "max_new_tokens too large"})]
+    before = len(fake.requests)
+    with pytest.raises(SGLangServerError, match="HTTP 400.*max_new_tokens too large"):
+        engine.generate([[1]], 1, SamplingParams())
+    assert len(fake.requests) == before + 1
+    engine.close()
+
+
+def test_constructor_names_unreachable_server(tmp_path: Path) -> None:
+    server = FakeSGLang()
+    url = server.url
+    server.close()  # nothing listens there any more
+    start = time.monotonic()
+    with pytest.raises(SGLangServerError, match=f"no healthy SGLang server at\n  {url}"):
+        _engine(url, tmp_path)
+    assert time.monotonic() - start < 10
+
+
+def test_sync_disk_checks_success_and_prunes(fake: FakeSGLang, tmp_path: Path) -> None:
+    engine = _engine(fake.url, tmp_path, keep_versions=2)
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4)}
+    fake.script["/update_weights_from_disk"] = [(200, {"success": True, "message": "ok"})]
+    for v in (1, 2, 3):
+        engine.sync_weights(iter(tensors.items()), v)
+        assert engine.weight_version == v and engine.last_sync_s is not None
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["v2", "v3"]
+    loaded = load_file(tmp_path / "weights" / "v3" / "model.safetensors")
+    assert torch.equal(loaded["a"], tensors["a"])
+    sync = [b for _, p, b in fake.requests if p == "/update_weights_from_disk"][-1]
+    assert sync["weight_version"] == "3"
+    assert sync["model_path"] == str((tmp_path / "weights" / "v3").resolve())
+    # success=false is an error naming the URL, and the version becomes unknown (None).
+    fake.script["/update_weights_from_disk"] = [(400, {"success": False, "message": "bad"})]
+    with pytest.raises(SGLangServerError, match=f"{fake.url}.*bad"):
+        engine.sync_weights(iter(tensors.items()), 4)
+    assert engine.weight_version is None
+    engine.close()
+
+
+def test_write_hf_checkpoint_streams_shards_with_index(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "tokenizer.json").write_text("{}")
+    (base / "model.safetensors").write_text("old weights, never copied")
+    consumed: list[str] = []
+
+    def stream() -> Iterator[tuple[str, torch.Tensor]]:
+        for k in range(5):
+            consumed.append(f"w{k}")
+            yield f"w{k}", torch.full((256,), float(k))  # 1 KiB each in float32
+
+    out = write_hf_checkpoint(stream(), tmp_path / "ckpt", base, shard_bytes=2048)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.json", "model-00001-of-00003.safetensors",
+                     "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors",
+                     "model.safetensors.index.json", "tokenizer.json"]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 5 * 1024
+    assert index["weight_map"]["w4"] == "model-00003-of-00003.safetensors"
+    for name, file in index["weight_map"].items():
+        assert torch.equal(load_file(out / file)[name], torch.full((256,), float(name[1:])))
+    # Aliased tensors (tied embeddings) are written as copies; duplicates are refused.
+    emb = torch.randn(4, 2)
+    tied = write_hf_checkpoint(iter([("e", emb), ("h", emb)]), tmp_path / "tied")
+    assert torch.equal(load_file(tied / "model.safetensors")["h"], emb)
+    with pytest.raises(ValueError, match="given twice"):
+        write_hf_checkpoint(iter([("e", emb), ("e", emb)]), tmp_path / "dup")
+
+
+def test_publish_atomically_replaces(tmp_path: Path) -> None:
+    final, tmp = tmp_path / "v1", tmp_path / ".v1.tmp"
+    final.mkdir()
+    (final / "old").write_text("old")
+    tmp.mkdir()
+    (tmp / "new").write_text("new")
+    publish_atomically(tmp, final)
+    assert [p.name for p in final.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
+
+
+def test_server_launcher_reports_log_tail_when_server_dies(tmp_path: Path) -> None:
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\necho 'boom: no such model' >&2\nexit 3\n")
+    fake_python.chmod(0o755)
+    server = SGLangServer(fake_python, "/nonexistent", device="cpu", log_path=tmp_path / "log")
+    assert "--skip-tokenizer-init" in server.command() and "--sleep-on-idle" in server.command()
+    with pytest.raises(StartError, match=r"(?s)exited with code 3.*boom: no such model"):
+        server.start().wait_healthy(timeout_s=30)
+    server.stop()
+    overridden = SGLangServer(fake_python, "m", extra_args=["--dtype", "bfloat16"]).command()
+    assert overridden.count("--dtype") == 1 and overridden[-1] == "bfloat16"
+
+
+def test_cpu_stub_functions_all_raise() -> None:
+    # The sgl_kernel stub (tests/sglang_cpu_stub) only exists so SGLang imports on CPU; any
+    # call must fail loudly. Imported in a subprocess to keep it out of this interpreter.
+    import subprocess
+    import sys
+
+    code = (
+        "import sgl_kernel\n"
+        "assert sgl_kernel.__version__.endswith('cpu-stub')\n"
+        "assert sgl_kernel._NAMES\n"
+        "for name in sgl_kernel._NAMES:\n"
+        "    try:\n"
+        "        getattr(sgl_kernel, name)(1, x=2)\n"
+        "    except NotImplementedError as e:\n"
+        "        assert name in str(e) and 'stub' in str(e)\n"
+        "    else:\n"
+        "        raise SystemExit(name + ' did not raise')\n"
+        "print(len(sgl_kernel._NAMES))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "sglang_cpu_stub"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 1
+
+
+# --------------------------------------------------------------------------- real server
+
+needs_sglang = pytest.mark.skipif(
+    not SGLANG_PYTHON.exists(),
+    reason=f"SGLang env not found at {SGLANG_PYTHON}: build it with "
+    "`bash scripts/setup_sglang_env.sh --cpu` or set STRACE_DS_SGLANG_PYTHON",
+)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tiny_policy: Path) -> Path:
+    """The default tiny policy (``tests/conftest.py``; built once, cached on disk)."""
+    return tiny_policy
+
+
+@pytest.fixture(scope="module")
+def server(policy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SGLangServer]:
+    log = tmp_path_factory.mktemp("sglang") / "server.log"
+    with SGLangServer(SGLANG_PYTHON, policy_dir, device="cpu", log_path=log,
+                      startup_timeout_s=600) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def hf_model(policy_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(policy_dir: Path) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    from strace_ds.tiny import chat_prompt
+
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    questions = ["What is 3 + 4?", "Compute 12 - 5.", "What is 7 * 8?", "What is 2 + 2?"]
+    return [tok(chat_prompt(tok, q), add_special_tokens=False).input_ids for q in questions]
+
+
+def _hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+    eos = model.config.eos_token_id
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=eos, pad_token_id=model.config.pad_token_id,
+                         top_k=None, top_p=None, temperature=None)
+    answer = out[0, len(prompt):].tolist()
+    return answer[: answer.index(eos) + 1] if eos in answer else answer
+
+
+@torch.no_grad()
+def _teacher_forced_logprobs(model: Any, prompt: list[int], answer: list[int],
+                             temperature: float) -> torch.Tensor:
+    ids = torch.tensor([prompt + answer])
+    logits = model(ids).logits[0, len(prompt) - 1 : -1].double()  # [A, V]
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(1, torch.tensor(answer)[:, None])[:, 0]
+
+
+@needs_sglang
+@pytest.mark.sglang
+def test_greedy_matches_transformers(server: SGLangServer, hf_model: Any, prompts: list[list[int]],
+                                     tmp_path: Path) -> None:
+    engine = _engine(server.url, tmp_path, timeout_s=120)
+    gen = engine.generate(prompts, 2, SamplingParams(max_new_tokens=32, temperature=0.0))
+    for i, prompt in enumerate(prompts):
+        expected = _hf_greedy(hf_model, prompt, 32)
+        assert gen.token_ids[2 * i] == expected, f"prompt {i}"
+        assert gen.token_ids[2 * i + 1] == expected
+        eos_hit = expected[-1] == hf_model.config.eos_token_id
+        assert gen.finish_reasons[2 * i] == ("stop" if eos_hit else "length")
+    assert gen.weight_version == 0
+    engine.close()
+
+
+@needs_sglang
+@pytest.mark.sglang
+def test_logprobs_match_teacher_forcing(server: SGLangServer, hf_model: Any,
+                                        prompts: list[list[int]], tmp_path: Path) -> None:
+    engine = _engine(server.url, tmp_path, timeout_s=120)
+    worst = 0.0
+    for temperature in (1.0, 0.7):
+        gen = engine.generate(prompts, 3, SamplingParams(max_new_tokens=24,
+                                                         temperature=temperature))
+        for row, answer in enumerate(gen.token_ids):
+            ref = _teacher_forced_logprobs(hf_model, prompts[gen.prompt_index[row]], answer,
+                                           temperature)
+            diff = (torch.tensor(gen.logprobs[row], dtype=torch.float64) - ref).abs().max()
+            worst = max(worst, float(diff))
+    print(f"\nmax |SGLang - transformers| log-prob difference: {worst:.3e}")
+    assert worst < LOGPROB_ATOL
+    engine.close()
+
+
+def _perturbed(model: Any, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: p.detach() + 0.05 * torch.randn(p.shape, generator=g)
+            for n, p in model.named_parameters()}
+
+
+@needs_sglang
+@pytest.mark.sglang
+@pytest.mark.parametrize("sync_mode", ["disk", "tensor"])
+def test_sync_weights_advances_version_and_changes_outputs(
+    sync_mode: str, server: SGLangServer, hf_model: Any, prompts: list[list[int]],
+    tmp_path: Path,
+) -> None:
+    import copy
+
+    current = int(requests_json(server.url + "/model_info")["weight_version"])
+    engine = _engine(server.url, tmp_path, timeout_s=120, sync_mode=sync_mode,
+                     weight_version=current, keep_versions=1)
+    version = current + 1
+    new_weights = _perturbed(hf_model, seed=version)
+    engine.sync_weights(iter(new_weights.items()), version)
+    assert engine.weight_version == version and engine.last_sync_s is not None
+    print(f"\nsync_weights({sync_mode}) of the tiny policy: {engine.last_sync_s * 1e3:.1f} ms "
+          f"{engine.last_sync_breakdown}")
+    perturbed = copy.deepcopy(hf_model)
+    perturbed.load_state_dict(new_weights, strict=False)  # tied lm_head follows the embedding
+    gen = engine.generate(prompts, 1, SamplingParams(max_new_tokens=16, temperature=0.0))
+    assert gen.weight_version == version
+    for i, prompt in enumerate(prompts):
+        assert gen.token_ids[i] == _hf_greedy(perturbed, prompt, 16), f"prompt {i}"
+    if sync_mode == "disk":
+        assert [p.name for p in (tmp_path / "weights").iterdir()] == [f"v{version}"]
+    engine.close()
+
+
+def requests_json(url: str, payload: Any = None) -> Any:
+    import requests
+
+    r = requests.post(url, json=payload, timeout=30) if payload is not None else \
+        requests.get(url, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+@needs_sglang
+@pytest.mark.sglang
+def test_stale_version_on_real_server(server: SGLangServer, tmp_path: Path,
+                                      prompts: list[list[int]]) -> None:
+    current = int(requests_json(server.url + "/model_info")["weight_version"])
+    engine = _engine(server.url, tmp_path, timeout_s=120, weight_version=current)
+    engine.generate(prompts[:1], 1, SamplingParams(max_new_tokens=2))
+    # Another client relabels the server: the engine must refuse the answers.
+    requests_json(server.url + "/update_weight_version",
+                  {"new_version": str(current + 100), "abort_all_requests": False})
+    try:
+        with pytest.raises(StaleWeightsError, match=f"'{current + 100}', expected '{current}'"):
+            engine.generate(prompts[:1], 1, SamplingParams(max_new_tokens=2))
+    finally:
+        requests_json(server.url + "/update_weight_version",
+                      {"new_version": str(current), "abort_all_requests": False})
+    engine.close()
+
+
+@needs_sglang
+@pytest.mark.sglang
+def test_killed_server_error_names_url_in_bounded_time(server: SGLangServer, tmp_path: Path,
+                                                       prompts: list[list[int]]) -> None:
+    # Runs last in this module: it stops the module's server.
+    current = int(requests_json(server.url + "/model_info")["weight_version"])
+    engine = _engine(server.url, tmp_path, timeout_s=30, max_retries=2, backoff_s=0.2,
+                     weight_version=current)
+    server.stop()
+    assert not server.alive()
+    start = time.monotonic()
+    with pytest.raises(SGLangServerError, match=f"{server.url} failed POST /generate 3 times"):
+        engine.generate(prompts[:2], 1, SamplingParams(max_new_tokens=4))
+    elapsed = time.monotonic() - start
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"  # 0.2 + 0.4 s backoff + refused connects
+    engine.close()
