@@ -16,11 +16,15 @@ from strace_ds.config import TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0,
-                        help="set by the deepspeed launcher")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help="YAML or JSON file of TrainConfig fields; flags override it"
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher"
+    )
     TrainConfig.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

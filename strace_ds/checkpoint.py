@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from strace_ds import distributed as D
+from strace_ds import distributed as dist_utils
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
@@ -89,13 +89,13 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
     tag = tag_for(state.step)
     staging_root = ckpt_dir / f".tmp-{tag}"
     final = ckpt_dir / tag
-    if D.rank() == 0:
+    if dist_utils.rank() == 0:
         shutil.rmtree(staging_root, ignore_errors=True)
         staging_root.mkdir(parents=True, exist_ok=True)
-    D.barrier()
+    dist_utils.barrier()
     engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
-    D.barrier()
-    if D.rank() == 0:
+    dist_utils.barrier()
+    if dist_utils.rank() == 0:
         state.rng = capture_rng()
         atomic_write_text(staging_root / tag / STATE_FILE, json.dumps(asdict(state)))
         if final.exists():
@@ -109,7 +109,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
         shutil.rmtree(staging_root, ignore_errors=True)
         atomic_write_text(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep_last)
-    D.barrier()
+    dist_utils.barrier()
     return final
 
 

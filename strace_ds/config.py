@@ -43,9 +43,14 @@ class TrainConfig:
     prompt_column: str = _f("problem", "column holding the question")
     answer_column: str = _f("answer", "column holding the gold answer (or a \\boxed{} solution)")
     dataset_size: int = _f(4000, "synthetic task: number of training problems")
-    instruction: str | None = _f(None, "text appended to each question; empty = the dataset's default")
-    eval_dataset: str | None = _f(None, "held-out set: 'synthetic' (default with the tiny policy), "
-                                  "a benchmark name (math500, aime24, ...) or a dataset path")
+    instruction: str | None = _f(
+        None, "text appended to each question; empty = the dataset's default"
+    )
+    eval_dataset: str | None = _f(
+        None,
+        "held-out set: 'synthetic' (default with the tiny policy), "
+        "a benchmark name (math500, aime24, ...) or a dataset path",
+    )
     eval_size: int = _f(200, "number of held-out problems evaluated")
     eval_every: int = _f(0, "evaluate every N steps (0 = only at start and end; -1 = never)")
     eval_k: int = _f(1, "samples per held-out problem (avg@k, pass@k)")
@@ -66,7 +71,9 @@ class TrainConfig:
     clip_low: float | None = _f(None, "override the preset's lower clip width")
     clip_high: float | None = _f(None, "override the preset's upper clip width")
     entropy_top_quantile: float | None = _f(None, "override the preset's entropy selection q")
-    loss_agg: str | None = _f(None, "override the preset's aggregation: " + ", ".join(LOSS_AGGREGATIONS))
+    loss_agg: str | None = _f(
+        None, "override the preset's aggregation: " + ", ".join(LOSS_AGGREGATIONS)
+    )
     advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
     filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
     overlong: str = _f("none", "truncated answers: " + ", ".join(OVERLONG_MODES))
@@ -87,7 +94,9 @@ class TrainConfig:
     ds_config: str = _f("ds_configs/zero3.json", "DeepSpeed config file")
     seed: int = _f(0, "seed of data order, sampling and initialisation")
     run_name: str | None = _f(None, "name of the run (default: <loss>-seed<seed>)")
-    output_dir: str = _f("outputs", "checkpoints and the exported policy go to <output_dir>/<run_name>")
+    output_dir: str = _f(
+        "outputs", "checkpoints and the exported policy go to <output_dir>/<run_name>"
+    )
     log_dir: str = _f("runs", "TensorBoard logs go to <log_dir>/<run_name>")
     save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     keep_last: int = _f(2, "checkpoints kept")
@@ -95,8 +104,9 @@ class TrainConfig:
     image_every: int = _f(10, "log a per-token credit picture every N steps (0 = never)")
     sample_every: int = _f(5, "log sample answers every N steps (0 = never)")
     export: bool = _f(True, "export the final policy in Hugging Face format")
-    stop_after: int | None = _f(None, "stop (after checkpointing) once this step is done; "
-                                "for preemption tests")
+    stop_after: int | None = _f(
+        None, "stop (after checkpointing) once this step is done; for preemption tests"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -131,13 +141,30 @@ class TrainConfig:
         _choice("rollout", self.rollout, ROLLOUTS)
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
-        for name in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches",
-                     "micro_batch_size", "reward_workers", "eval_size", "eval_k",
-                     "rollout_batch_size", "keep_last", "logprob_chunk_size", "dataset_size"):
+        for name in (
+            "prompts_per_step",
+            "group_size",
+            "max_new_tokens",
+            "steps",
+            "mini_batches",
+            "micro_batch_size",
+            "reward_workers",
+            "eval_size",
+            "eval_k",
+            "rollout_batch_size",
+            "keep_last",
+            "logprob_chunk_size",
+            "dataset_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "warmup_steps", "image_every", "sample_every",
-                     "overlong_buffer"):
+        for name in (
+            "save_every",
+            "warmup_steps",
+            "image_every",
+            "sample_every",
+            "overlong_buffer",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.group_size < 2 and self.advantage in ("grpo", "rloo"):
@@ -160,7 +187,9 @@ class TrainConfig:
                 "--sglang-launch PATH/TO/sglang-env/bin/python (start one)"
             )
         if self.rollout == "hf" and (self.sglang_url or self.sglang_launch):
-            raise ValueError("sglang_url/sglang_launch are set but rollout='hf'; add --rollout sglang")
+            raise ValueError(
+                "sglang_url/sglang_launch are set but rollout='hf'; add --rollout sglang"
+            )
         if self.overlong == "soft" and self.overlong_buffer >= self.max_new_tokens:
             raise ValueError(
                 f"overlong_buffer ({self.overlong_buffer}) must be < max_new_tokens "
@@ -214,7 +243,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
-                f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+                f"unknown config field(s) {', '.join(unknown)}; "
+                f"valid fields: {', '.join(sorted(known))}"
             )
         return cls(**{k: _coerce(k, v) for k, v in data.items()})
 
@@ -227,11 +257,22 @@ class TrainConfig:
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             help_text = f"{f.metadata.get('help', '')} (default: {default})"
             if base is bool:
-                parser.add_argument(*flags, dest=f.name, type=_parse_bool, default=argparse.SUPPRESS,
-                                    metavar="true|false", help=help_text)
+                parser.add_argument(
+                    *flags,
+                    dest=f.name,
+                    type=_parse_bool,
+                    default=argparse.SUPPRESS,
+                    metavar="true|false",
+                    help=help_text,
+                )
             else:
-                parser.add_argument(*flags, dest=f.name, type=_cli_caster(f.name, base),
-                                    default=argparse.SUPPRESS, help=help_text)
+                parser.add_argument(
+                    *flags,
+                    dest=f.name,
+                    type=_cli_caster(f.name, base),
+                    default=argparse.SUPPRESS,
+                    help=help_text,
+                )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:

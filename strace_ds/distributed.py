@@ -63,8 +63,13 @@ def resolve_ds_config(
         _fill(cfg, key, value, f"ds_config[{key!r}]")
     opt = cfg.get("optimizer", {}).get("params", {})
     _fill(opt, "lr", lr, "ds_config optimizer.params.lr", flag="--lr")
-    _fill(opt, "weight_decay", weight_decay, "ds_config optimizer.params.weight_decay",
-          flag="--weight_decay")
+    _fill(
+        opt,
+        "weight_decay",
+        weight_decay,
+        "ds_config optimizer.params.weight_decay",
+        flag="--weight_decay",
+    )
     sched = cfg.get("scheduler", {}).get("params", {})
     _fill(sched, "warmup_max_lr", lr, "ds_config scheduler.params.warmup_max_lr", flag="--lr")
     if sched.get("warmup_num_steps") == AUTO:
@@ -85,18 +90,26 @@ def resolve_ds_config(
         for key in ("offload_optimizer", "offload_param"):
             if zero.get(key, {}).get("device") not in (None, "none"):
                 zero.pop(key)
-                notes.append(f"CPU run: zero_optimization.{key} dropped (the model already "
-                             "lives in CPU memory)")
+                notes.append(
+                    f"CPU run: zero_optimization.{key} dropped (the model already "
+                    "lives in CPU memory)"
+                )
     return cfg, notes
 
 
-def _fill(section: dict[str, Any], key: str, value: Any, where: str, flag: str | None = None) -> None:
+def _fill(
+    section: dict[str, Any], key: str, value: Any, where: str, flag: str | None = None
+) -> None:
     current = section.get(key, AUTO)
     if current == AUTO:
         section[key] = value
     elif current != value:
-        how = f"set it with {flag} instead" if flag else "the trainer derives it from the run config"
-        raise ValueError(f"{where} is {current!r} but the run needs {value!r}: write \"auto\" there; {how}")
+        how = (
+            f"set it with {flag} instead" if flag else "the trainer derives it from the run config"
+        )
+        raise ValueError(
+            f'{where} is {current!r} but the run needs {value!r}: write "auto" there; {how}'
+        )
 
 
 def zero_stage(ds_config: dict[str, Any]) -> int:

@@ -80,6 +80,7 @@ def credit_figure(tokens: list[str], credit: list[float], title: str) -> Any:
     ax.set_ylim(-n_lines, 0)
     ax.axis("off")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02,
-                 label="credit = -dL/dlogp")
+    fig.colorbar(
+        cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, label="credit = -dL/dlogp"
+    )
     return fig

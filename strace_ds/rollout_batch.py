@@ -96,7 +96,10 @@ def answer_logprobs(
     )
     logits = out.logits[:, :-1]  # [N, R, V] predicts answer tokens 0..R-1
     logp, entropy = token_logprobs_and_entropy(
-        logits, batch.response_ids.to(device), temperature=temperature,
-        chunk_size=chunk_size, with_entropy=with_entropy,
+        logits,
+        batch.response_ids.to(device),
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
     )
     return logp, (entropy.detach() if entropy is not None else None)

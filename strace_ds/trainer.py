@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from strace_ds import checkpoint as ckpt
-from strace_ds import distributed as D
+from strace_ds import distributed as dist_utils
 from strace_ds.advantages import group_advantages
 from strace_ds.config import TrainConfig
 from strace_ds.data.types import PromptDataset
@@ -65,11 +65,17 @@ def init_distributed() -> None:
     import deepspeed
 
     # DeepSpeed still calls collectives that torch 2.13 renamed; the notice is not ours to fix.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=_backend(), verbose=False)
 
@@ -98,7 +104,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         init_distributed()
         self.cfg = config
-        self.rank, self.world = D.rank(), D.world_size()
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         config.validate(world_size=self.world)
         self.is_main = self.rank == 0
         self.trace_cfg = config.trace_config()
@@ -128,7 +134,7 @@ class Trainer:
 
         if self.is_main:
             path = build_tiny_policy(seed=0)
-        D.barrier()
+        dist_utils.barrier()
         if not self.is_main:
             path = build_tiny_policy(seed=0)  # cached by rank 0: a load, not a build
         self._log(f"policy: embedded tiny Qwen3 at {path}")
@@ -156,10 +162,13 @@ class Trainer:
         else:
             from strace_ds.data.loading import load_prompt_dataset
 
-            data = load_prompt_dataset(cfg.dataset, split=cfg.dataset_split,
-                                       prompt_column=cfg.prompt_column,
-                                       answer_column=cfg.answer_column,
-                                       subset=cfg.dataset_subset)
+            data = load_prompt_dataset(
+                cfg.dataset,
+                split=cfg.dataset_split,
+                prompt_column=cfg.prompt_column,
+                answer_column=cfg.answer_column,
+                subset=cfg.dataset_subset,
+            )
         self._log(f"data: {len(data)} prompts from {data.source} ({data.skipped} rows skipped)")
         return data
 
@@ -187,7 +196,10 @@ class Trainer:
         if cfg.rollout == "hf":
             device = _local_device()
             return build_rollout_engine(
-                "hf", model=self.model_path, tokenizer=self.tokenizer, device=device,
+                "hf",
+                model=self.model_path,
+                tokenizer=self.tokenizer,
+                device=device,
                 max_batch_size=cfg.rollout_batch_size,
             )
         from strace_ds.rollout.sglang_rollout import build_sglang_rollout
@@ -202,14 +214,20 @@ class Trainer:
         cfg = self.cfg
         on_cpu = get_accelerator().device_name() == "cpu"
         micro, accum = cfg.micro_batches_per_update(self.world)
-        ds_config, notes = D.resolve_ds_config(
-            D.load_ds_config(cfg.ds_config), micro_batch=micro, grad_accum=accum,
-            world_size=self.world, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            grad_clip=cfg.grad_clip, warmup_steps=cfg.warmup_steps, on_cpu=on_cpu,
+        ds_config, notes = dist_utils.resolve_ds_config(
+            dist_utils.load_ds_config(cfg.ds_config),
+            micro_batch=micro,
+            grad_accum=accum,
+            world_size=self.world,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            warmup_steps=cfg.warmup_steps,
+            on_cpu=on_cpu,
         )
         for note in notes:
             self._log(note)
-        self.zero3 = D.zero_stage(ds_config) == 3
+        self.zero3 = dist_utils.zero_stage(ds_config) == 3
         dtype = torch.float32
         if ds_config.get("bf16", {}).get("enabled"):
             dtype = torch.bfloat16
@@ -222,11 +240,14 @@ class Trainer:
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         model.config.use_cache = False
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                          config=ds_config)
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=ds_config
+        )
         self.ds_config = ds_config
-        self._log(f"deepspeed: ZeRO stage {D.zero_stage(ds_config)}, {dtype}, "
-                  f"micro-batch {micro} x {accum} accumulation x {self.world} rank(s)")
+        self._log(
+            f"deepspeed: ZeRO stage {dist_utils.zero_stage(ds_config)}, {dtype}, "
+            f"micro-batch {micro} x {accum} accumulation x {self.world} rank(s)"
+        )
         return engine, on_cpu
 
     def _build_reward_pool(self) -> Any:
@@ -249,17 +270,26 @@ class Trainer:
         if self.state.step == 0 and self.eval_data is not None:
             self.evaluate(step=0, label="start")
         last: dict[str, float] = {}
-        bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not self.is_main,
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.state.step,
+            disable=not self.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        )
         while self.state.step < cfg.steps:
             step = self.state.step + 1
             last = self.train_step(step)
             self.state.step = step
             self.state.history.append(last)
             bar.update(1)
-            bar.set_postfix({k.split("/")[-1]: f"{last[k]:.3g}" for k in
-                             ("reward/mean", "policy/loss", "select/frac", "perf/step_s")
-                             if k in last})
+            bar.set_postfix(
+                {
+                    k.split("/")[-1]: f"{last[k]:.3g}"
+                    for k in ("reward/mean", "policy/loss", "select/frac", "perf/step_s")
+                    if k in last
+                }
+            )
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
                 self.evaluate(step=step, label=f"step {step}")
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
@@ -300,7 +330,9 @@ class Trainer:
         indices = self.prompts_for_step(step)
         prompts = [self.prompt_ids[i] for i in indices]
         sampling = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
             seed=step_seed(cfg.seed, step, self.rank, "rollout"),
         )
         generation = self.rollout.generate(prompts, n=cfg.group_size, sampling=sampling)
@@ -318,8 +350,9 @@ class Trainer:
         truncated = [r == "length" for r in generation.finish_reasons]
         from strace_ds.rewards import apply_overlong
 
-        rewards, keep = apply_overlong(rewards, lengths, truncated, cfg.max_new_tokens,
-                                       cfg.overlong, cfg.overlong_buffer)
+        rewards, keep = apply_overlong(
+            rewards, lengths, truncated, cfg.max_new_tokens, cfg.overlong, cfg.overlong_buffer
+        )
         adv = group_advantages(rewards, cfg.group_size, method=cfg.advantage)
         loss_rows = keep.bool().clone()
         if cfg.filter_zero_variance:
@@ -344,8 +377,17 @@ class Trainer:
         timings["perf/sync_s"] = time.perf_counter() - t0
         timings["perf/step_s"] = time.perf_counter() - t_start
 
-        metrics = self._step_metrics(sb, generation, graded, correct, lengths, truncated,
-                                     adv.zero_variance_frac, loss_metrics, timings)
+        metrics = self._step_metrics(
+            sb,
+            generation,
+            graded,
+            correct,
+            lengths,
+            truncated,
+            adv.zero_variance_frac,
+            loss_metrics,
+            timings,
+        )
         self._log_step(step, metrics, sb, last_micro)
         return metrics
 
@@ -355,9 +397,13 @@ class Trainer:
         self.engine.eval()
         parts = []
         for lo in range(0, len(batch), micro):
-            logp, _ = answer_logprobs(self.engine, batch.rows(slice(lo, lo + micro)),
-                                      self.cfg.temperature, self.cfg.logprob_chunk_size,
-                                      with_entropy=False)
+            logp, _ = answer_logprobs(
+                self.engine,
+                batch.rows(slice(lo, lo + micro)),
+                self.cfg.temperature,
+                self.cfg.logprob_chunk_size,
+                with_entropy=False,
+            )
             parts.append(logp.float().cpu())
         self.engine.train()
         return torch.cat(parts)
@@ -376,22 +422,33 @@ class Trainer:
             for lo in range(lo_mini, lo_mini + mini, micro):
                 r = slice(lo, lo + micro)
                 part = sb.batch.rows(r)
-                logp, entropy = answer_logprobs(self.engine, part, cfg.temperature,
-                                                cfg.logprob_chunk_size,
-                                                with_entropy=True)
+                logp, entropy = answer_logprobs(
+                    self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True
+                )
                 mask = part.response_mask.to(device) & sb.loss_rows[r].to(device).unsqueeze(-1)
-                out = policy_loss(logp, sb.old_logprobs[r].to(device),
-                                  sb.advantages[r].to(device), mask, entropy=entropy,
-                                  config=tc, max_len=cfg.max_new_tokens,
-                                  normalizer=normalizer)
+                out = policy_loss(
+                    logp,
+                    sb.old_logprobs[r].to(device),
+                    sb.advantages[r].to(device),
+                    mask,
+                    entropy=entropy,
+                    config=tc,
+                    max_len=cfg.max_new_tokens,
+                    normalizer=normalizer,
+                )
                 self.engine.backward(out.loss, scale_wrt_gas=False)
                 self.engine.step()
                 for k, v in out.metrics.items():
                     collected[k].append(v)
                 collected["policy/loss"].append(out.loss.item() / self.world)
-                last = {"logp": logp.detach().cpu(), "entropy": entropy.cpu(), "rows": r,
-                        "ratio": out.trace_ratio.cpu(), "loss_mask": out.loss_mask.cpu(),
-                        "mask": mask.cpu()}
+                last = {
+                    "logp": logp.detach().cpu(),
+                    "entropy": entropy.cpu(),
+                    "rows": r,
+                    "ratio": out.trace_ratio.cpu(),
+                    "loss_mask": out.loss_mask.cpu(),
+                    "mask": mask.cpu(),
+                }
             collected["policy/grad_norm"].append(float(self.engine.get_global_grad_norm() or 0.0))
             collected["policy/lr"].append(float(self.engine.get_lr()[0]))
         return collected, last
@@ -413,12 +470,22 @@ class Trainer:
             local = float(sb.loss_rows[rows].sum())
         else:
             local = float(sb.loss_rows[rows].sum()) * cfg.max_new_tokens
-        (total,) = D.all_reduce_sum([local])
+        (total,) = dist_utils.all_reduce_sum([local])
         return max(total, 1.0) / self.world
 
     # ------------------------------------------------------------------ metrics
-    def _step_metrics(self, sb, generation, graded, correct, lengths, truncated, zero_var_frac,
-                      loss_metrics, timings) -> dict[str, float]:
+    def _step_metrics(
+        self,
+        sb,
+        generation,
+        graded,
+        correct,
+        lengths,
+        truncated,
+        zero_var_frac,
+        loss_metrics,
+        timings,
+    ) -> dict[str, float]:
         mask = sb.batch.response_mask
         diff = (sb.batch.rollout_logprobs - sb.old_logprobs).abs()[mask]
         n_tokens = float(mask.sum())
@@ -435,7 +502,7 @@ class Trainer:
         }
         counts = {"rows": float(len(sb.rewards)), "tokens": n_tokens}
         keys = list(local_sums)
-        summed = D.all_reduce_sum([local_sums[k] for k in keys] + list(counts.values()))
+        summed = dist_utils.all_reduce_sum([local_sums[k] for k in keys] + list(counts.values()))
         rows_total, tokens_total = summed[-2], summed[-1]
         per_token = {"rollout/logprob_diff_mean", "rollout/logprob_diff_frac"}
         totals = {"reward/timeouts", "reward/errors"}
@@ -445,11 +512,13 @@ class Trainer:
                 metrics[k] = v
             else:
                 metrics[k] = v / max(tokens_total if k in per_token else rows_total, 1.0)
-        maxima = D.all_gather_objects((float(lengths.max()), float(diff.max()) if diff.numel() else 0.0))
+        maxima = dist_utils.all_gather_objects(
+            (float(lengths.max()), float(diff.max()) if diff.numel() else 0.0)
+        )
         metrics["response/length_max"] = max(m[0] for m in maxima)
         metrics["rollout/logprob_diff_max"] = max(m[1] for m in maxima)
         for k, values in loss_metrics.items():
-            gathered = [v for vs in D.all_gather_objects(values) for v in vs]
+            gathered = [v for vs in dist_utils.all_gather_objects(values) for v in vs]
             finite = [v for v in gathered if not math.isnan(v)]
             if not finite:
                 metrics[k] = math.nan
@@ -461,7 +530,7 @@ class Trainer:
                 metrics[k] = sum(finite) / self.cfg.mini_batches
             else:
                 metrics[k] = sum(finite) / len(finite)
-        gen_tokens = D.all_reduce_sum([float(lengths.sum())])[0]
+        gen_tokens = dist_utils.all_reduce_sum([float(lengths.sum())])[0]
         metrics.update(timings)
         metrics["perf/rollout_tokens_per_s"] = gen_tokens / max(timings["perf/rollout_s"], 1e-9)
         metrics["perf/train_tokens_per_s"] = (
@@ -469,8 +538,9 @@ class Trainer:
         )
         return metrics
 
-    def _log_step(self, step: int, metrics: dict[str, float], sb: StepBatch,
-                  last: dict[str, Any]) -> None:
+    def _log_step(
+        self, step: int, metrics: dict[str, float], sb: StepBatch, last: dict[str, Any]
+    ) -> None:
         if not self.is_main:
             return
         mon, cfg = self.monitor, self.cfg
@@ -480,8 +550,10 @@ class Trainer:
             mon.histogram("hist/entropy", last["entropy"][last["mask"]], step)
             mon.histogram("hist/trace_ratio", last["ratio"][last["loss_mask"]], step)
         if cfg.sample_every and step % cfg.sample_every == 0:
-            lines = [f"**reward {float(sb.rewards[i]):.2f}** (gold {sb.golds[i]}): {sb.texts[i]}"
-                     for i in range(min(4, len(sb.texts)))]
+            lines = [
+                f"**reward {float(sb.rewards[i]):.2f}** (gold {sb.golds[i]}): {sb.texts[i]}"
+                for i in range(min(4, len(sb.texts)))
+            ]
             mon.text("samples", "\n\n".join(lines), step)
         if cfg.image_every and step % cfg.image_every == 0 and last:
             self._log_credit(step, sb, last)
@@ -492,22 +564,30 @@ class Trainer:
         rows = last["rows"]
         adv = sb.advantages[rows]
         candidates = torch.nonzero(adv != 0).flatten()  # an answer that received credit
-        credit = token_credit(last["logp"].double(), sb.old_logprobs[rows].double(),
-                              adv.double(), last["mask"], entropy=last["entropy"].double(),
-                              config=self.trace_cfg, max_len=self.cfg.max_new_tokens)
+        credit = token_credit(
+            last["logp"].double(),
+            sb.old_logprobs[rows].double(),
+            adv.double(),
+            last["mask"],
+            entropy=last["entropy"].double(),
+            config=self.trace_cfg,
+            max_len=self.cfg.max_new_tokens,
+        )
         i = int(candidates[0]) if len(candidates) else 0  # else all-zero credit, still shown
         n = int(last["mask"][i].sum())
         ids = sb.batch.response_ids[rows][i, :n].tolist()
         tokens = self.tokenizer.convert_ids_to_tokens(ids)
-        title = (f"step {step}: credit per token ({self.cfg.loss}), A = {float(adv[i]):+.2f}, "
-                 f"reward {float(sb.rewards[rows][i]):.2f}")
+        title = (
+            f"step {step}: credit per token ({self.cfg.loss}), A = {float(adv[i]):+.2f}, "
+            f"reward {float(sb.rewards[rows][i]):.2f}"
+        )
         figure = credit_figure(tokens, credit[i, :n].tolist(), title)
         self.monitor.figure("credit/tokens", figure, step)
 
     # ------------------------------------------------------------------ weights, eval, io
     def sync_weights(self, version: int) -> None:
         """Send the current (gathered) weights to the rollout engine, stamped ``version``."""
-        named = D.gathered_named_parameters(self.engine.module, zero3=self.zero3)
+        named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
         self.rollout.sync_weights(named, version)
 
     def evaluate(self, step: int, label: str) -> dict[str, float]:
@@ -517,20 +597,29 @@ class Trainer:
         scalars: dict[str, float] = {}
         if self.is_main:
             sampling = SamplingParams(
-                max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.eval_temperature,
+                max_new_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.eval_temperature,
                 seed=step_seed(self.cfg.seed, step, 0, "eval"),
             )
             result = evaluate_benchmark(
-                self.rollout, self.tokenizer, self.eval_data, k=self.cfg.eval_k,
-                sampling=sampling, reward_pool=self.reward_pool, instruction=self.instruction,
-                name=self.eval_name, progress=False,
+                self.rollout,
+                self.tokenizer,
+                self.eval_data,
+                k=self.cfg.eval_k,
+                sampling=sampling,
+                reward_pool=self.reward_pool,
+                instruction=self.instruction,
+                name=self.eval_name,
+                progress=False,
             )
             scalars = eval_scalars(result)
             scalars["eval/accuracy"] = result.avg_at_k
             self.monitor.scalars(scalars, step)
-            self._log(f"eval ({label}): accuracy {100 * result.avg_at_k:.1f}% on "
-                      f"{len(self.eval_data)} held-out problems (avg@{self.cfg.eval_k})")
-        scalars = D.broadcast_object(scalars)
+            self._log(
+                f"eval ({label}): accuracy {100 * result.avg_at_k:.1f}% on "
+                f"{len(self.eval_data)} held-out problems (avg@{self.cfg.eval_k})"
+            )
+        scalars = dist_utils.broadcast_object(scalars)
         self.state.history.append({"eval_step": float(step), **scalars})
         return scalars
 
@@ -545,7 +634,7 @@ class Trainer:
 
     def export(self, out_dir: Path) -> Path:
         """Consolidated weights + tokenizer in Hugging Face format, written atomically."""
-        named = D.gathered_named_parameters(self.engine.module, zero3=self.zero3)
+        named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
         state = {name: t for name, t in named}  # every rank gathers; rank 0 writes
         if self.is_main:
             tmp = out_dir.with_name(f".tmp-{out_dir.name}")
@@ -557,7 +646,7 @@ class Trainer:
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
             self._log(f"exported the policy to {out_dir}")
-        D.barrier()
+        dist_utils.barrier()
         return out_dir
 
     def close(self) -> None:
@@ -584,7 +673,7 @@ def _local_device() -> str:
     from deepspeed.accelerator import get_accelerator
 
     name = get_accelerator().device_name()
-    return "cpu" if name == "cpu" else f"{name}:{D.local_rank_from_env()}"
+    return "cpu" if name == "cpu" else f"{name}:{dist_utils.local_rank_from_env()}"
 
 
 def _load_tokenizer(path: str) -> Any:

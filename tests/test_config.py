@@ -20,7 +20,9 @@ def _parse(argv: list[str]) -> TrainConfig:
 
 
 def test_cli_flags_build_the_same_object_as_a_dict():
-    cfg = _parse(["--loss", "grpo", "--lam", "0.5", "--group-size", "4", "--filter_zero_variance", "true"])
+    cfg = _parse(
+        ["--loss", "grpo", "--lam", "0.5", "--group-size", "4", "--filter_zero_variance", "true"]
+    )
     assert cfg == TrainConfig(loss="grpo", lam=0.5, group_size=4, filter_zero_variance=True)
     # the preset with the override applied
     assert cfg.trace_config() == TraceConfig.preset("grpo", lam=0.5)
@@ -77,30 +79,61 @@ def test_world_size_divisibility():
     with pytest.raises(ValueError, match="prompts_per_step"):
         cfg.validate(world_size=4)
     with pytest.raises(ValueError, match="micro_batch_size"):
-        TrainConfig(prompts_per_step=6, group_size=4, mini_batches=2, micro_batch_size=5).validate(1)
+        TrainConfig(prompts_per_step=6, group_size=4, mini_batches=2, micro_batch_size=5).validate(
+            1
+        )
     with pytest.raises(ValueError, match="mini_batches"):
         TrainConfig(prompts_per_step=3, group_size=3, mini_batches=2).validate(1)
 
 
 def test_ds_config_auto_fields_and_cpu_precision():
     raw = {
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto", "gradient_clipping": "auto", "bf16": {"enabled": True},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": True},
         "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}},
         "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
     }
-    cfg, notes = resolve_ds_config(raw, micro_batch=8, grad_accum=2, world_size=2, lr=1e-4,
-                                   weight_decay=0.1, grad_clip=1.0, warmup_steps=0, on_cpu=True)
+    cfg, notes = resolve_ds_config(
+        raw,
+        micro_batch=8,
+        grad_accum=2,
+        world_size=2,
+        lr=1e-4,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        warmup_steps=0,
+        on_cpu=True,
+    )
     assert cfg["train_batch_size"] == 8 * 2 * 2
     assert cfg["optimizer"]["params"] == {"lr": 1e-4, "weight_decay": 0.1}
     assert cfg["bf16"]["enabled"] is False and "offload_optimizer" not in cfg["zero_optimization"]
     assert any("bf16 disabled" in n for n in notes)
     assert raw["bf16"]["enabled"] is True  # the caller's dict is untouched
-    gpu, gpu_notes = resolve_ds_config(raw, micro_batch=8, grad_accum=2, world_size=2, lr=1e-4,
-                                       weight_decay=0.1, grad_clip=1.0, warmup_steps=0,
-                                       on_cpu=False)
+    gpu, gpu_notes = resolve_ds_config(
+        raw,
+        micro_batch=8,
+        grad_accum=2,
+        world_size=2,
+        lr=1e-4,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        warmup_steps=0,
+        on_cpu=False,
+    )
     assert gpu["bf16"]["enabled"] is True and gpu_notes == []
     fixed = {**raw, "train_micro_batch_size_per_gpu": 4}
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu"):
-        resolve_ds_config(fixed, micro_batch=8, grad_accum=2, world_size=2, lr=1e-4,
-                          weight_decay=0.1, grad_clip=1.0, warmup_steps=0, on_cpu=True)
+        resolve_ds_config(
+            fixed,
+            micro_batch=8,
+            grad_accum=2,
+            world_size=2,
+            lr=1e-4,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            warmup_steps=0,
+            on_cpu=True,
+        )

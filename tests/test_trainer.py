@@ -21,10 +21,28 @@ TRAIN = REPO / "scripts" / "train.py"
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "--steps", "3", "--prompts_per_step", "8", "--group_size", "4", "--max_new_tokens", "32",
-    "--mini_batches", "2", "--micro_batch_size", "8", "--eval_size", "16", "--reward_workers", "1",
-    "--ds_config", str(REPO / "ds_configs" / "zero3.json"), "--image_every", "1",
-    "--sample_every", "1",
+    "--steps",
+    "3",
+    "--prompts_per_step",
+    "8",
+    "--group_size",
+    "4",
+    "--max_new_tokens",
+    "32",
+    "--mini_batches",
+    "2",
+    "--micro_batch_size",
+    "8",
+    "--eval_size",
+    "16",
+    "--reward_workers",
+    "1",
+    "--ds_config",
+    str(REPO / "ds_configs" / "zero3.json"),
+    "--image_every",
+    "1",
+    "--sample_every",
+    "1",
 ]
 
 
@@ -42,10 +60,11 @@ def _env() -> dict[str, str]:
 
 def _train(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: int = 600):
     cmd = (launcher or [sys.executable]) + [str(TRAIN), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -71,16 +90,49 @@ def _comparable(history: list[dict]) -> list[dict]:
 
 
 def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
-    _train(["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
-            "--run_name", "r1", "--loss", "s_trace", *SMALL], cwd=tmp_path)
+    _train(
+        [
+            "--model",
+            str(policy_dir),
+            "--output_dir",
+            "out",
+            "--log_dir",
+            "runs",
+            "--run_name",
+            "r1",
+            "--loss",
+            "s_trace",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     scalars = _scalars(tmp_path / "runs" / "r1")
-    for tag in ("reward/mean", "reward/accuracy", "advantage/zero_variance_frac",
-                "response/length_mean", "response/length_max", "response/truncated_frac",
-                "policy/loss", "policy/clip_frac_low", "policy/clip_frac_high",
-                "trace/ratio_mean", "trace/ratio_max", "select/frac", "select/entropy_threshold",
-                "policy/entropy_mean", "policy/approx_kl", "policy/grad_norm", "policy/lr",
-                "perf/rollout_s", "perf/train_s", "perf/sync_s", "perf/rollout_tokens_per_s",
-                "rollout/logprob_diff_mean", "rollout/logprob_diff_max", "eval/accuracy"):
+    for tag in (
+        "reward/mean",
+        "reward/accuracy",
+        "advantage/zero_variance_frac",
+        "response/length_mean",
+        "response/length_max",
+        "response/truncated_frac",
+        "policy/loss",
+        "policy/clip_frac_low",
+        "policy/clip_frac_high",
+        "trace/ratio_mean",
+        "trace/ratio_max",
+        "select/frac",
+        "select/entropy_threshold",
+        "policy/entropy_mean",
+        "policy/approx_kl",
+        "policy/grad_norm",
+        "policy/lr",
+        "perf/rollout_s",
+        "perf/train_s",
+        "perf/sync_s",
+        "perf/rollout_tokens_per_s",
+        "rollout/logprob_diff_mean",
+        "rollout/logprob_diff_max",
+        "eval/accuracy",
+    ):
         assert tag in scalars, f"TensorBoard lacks {tag}"
     assert [s for s, _ in scalars["reward/mean"]] == [1, 2, 3]
     # S-trace selects the top 20% entropy tokens of each micro-batch.
@@ -99,16 +151,32 @@ def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(final)
     AutoTokenizer.from_pretrained(final)
     start = AutoModelForCausalLM.from_pretrained(policy_dir)
-    moved = [n for n, p in model.named_parameters()
-             if not torch.equal(p, dict(start.named_parameters())[n])]
+    moved = [
+        n
+        for n, p in model.named_parameters()
+        if not torch.equal(p, dict(start.named_parameters())[n])
+    ]
     assert moved, "training left every parameter unchanged"
     state = _state(tmp_path / "out" / "r1")
     assert state["step"] == 3 and len([h for h in state["history"] if "reward/mean" in h]) == 3
 
 
 def test_resume_is_exact(policy_dir, tmp_path):
-    common = ["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
-              "--loss", "p_trace", "--eval_every", "-1", "--export", "false", *SMALL]
+    common = [
+        "--model",
+        str(policy_dir),
+        "--output_dir",
+        "out",
+        "--log_dir",
+        "runs",
+        "--loss",
+        "p_trace",
+        "--eval_every",
+        "-1",
+        "--export",
+        "false",
+        *SMALL,
+    ]
     common[common.index("--steps") + 1] = "4"
     _train([*common, "--run_name", "straight"], cwd=tmp_path)
     _train([*common, "--run_name", "split", "--stop_after", "2"], cwd=tmp_path)
@@ -120,13 +188,37 @@ def test_resume_is_exact(policy_dir, tmp_path):
     assert split == straight
 
 
-@pytest.mark.skipif(shutil.which("deepspeed") is None and not (Path(sys.executable).parent / "deepspeed").exists(),
-                    reason="the deepspeed launcher is not installed")
+@pytest.mark.skipif(
+    shutil.which("deepspeed") is None and not (Path(sys.executable).parent / "deepspeed").exists(),
+    reason="the deepspeed launcher is not installed",
+)
 def test_two_rank_launcher_run(policy_dir, tmp_path):
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_nodes", "1",
-                "--num_gpus", "2", "--master_port", "29533"]
-    _train(["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs",
-            "--run_name", "r2", "--loss", "grpo", *SMALL], cwd=tmp_path, launcher=launcher)
+    launcher = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_nodes",
+        "1",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29533",
+    ]
+    _train(
+        [
+            "--model",
+            str(policy_dir),
+            "--output_dir",
+            "out",
+            "--log_dir",
+            "runs",
+            "--run_name",
+            "r2",
+            "--loss",
+            "grpo",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+        launcher=launcher,
+    )
     state = _state(tmp_path / "out" / "r2")
     assert state["step"] == 3
     scalars = _scalars(tmp_path / "runs" / "r2")

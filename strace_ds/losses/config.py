@@ -81,9 +81,7 @@ class TraceConfig:
                 )
         _check_number("log_ratio_clamp", self.log_ratio_clamp, "a positive float")
         if not self.log_ratio_clamp > 0:
-            raise ValueError(
-                f"TraceConfig.log_ratio_clamp must be > 0, got {self.log_ratio_clamp}"
-            )
+            raise ValueError(f"TraceConfig.log_ratio_clamp must be > 0, got {self.log_ratio_clamp}")
 
     @property
     def uses_entropy(self) -> bool:

@@ -166,8 +166,16 @@ def policy_loss(
     loss = aggregate_loss(token_loss, loss_mask, config.loss_agg, max_len, normalizer)
 
     metrics = _loss_metrics(
-        ratio.detach(), ell.detach(), adv, delta.detach(), valid, selected, loss_mask,
-        entropy, tau, config,
+        ratio.detach(),
+        ell.detach(),
+        adv,
+        delta.detach(),
+        valid,
+        selected,
+        loss_mask,
+        entropy,
+        tau,
+        config,
     )
     return PolicyLossOutput(
         loss=loss,
@@ -258,7 +266,9 @@ def _check_inputs(
     shape = tuple(logprobs.shape)
     for name, t in (("old_logprobs", old_logprobs), ("response_mask", response_mask)):
         if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have the shape of logprobs {shape}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have the shape of logprobs {shape}, got {tuple(t.shape)}"
+            )
     if entropy is not None and tuple(entropy.shape) != shape:
         raise ValueError(
             f"entropy must have the shape of logprobs {shape}, got {tuple(entropy.shape)}"

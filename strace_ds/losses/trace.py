@@ -53,9 +53,7 @@ def select_tokens(
             f"got {tuple(entropy.shape)}"
         )
     if not 0.0 < entropy_top_quantile <= 1.0:
-        raise ValueError(
-            f"entropy_top_quantile must be in (0, 1], got {entropy_top_quantile}"
-        )
+        raise ValueError(f"entropy_top_quantile must be in (0, 1], got {entropy_top_quantile}")
     values = entropy.detach()[valid].double()
     if values.numel() == 0:
         return valid, float("nan")

@@ -19,7 +19,9 @@ def build_rollout_engine(kind: str, **kwargs: Any) -> RolloutEngine:
         from strace_ds.rollout.sglang import SGLangRolloutEngine
 
         return SGLangRolloutEngine(**kwargs)
-    raise ValueError(f"rollout: unknown engine {kind!r}; choose one of {', '.join(ROLLOUT_ENGINES)}")
+    raise ValueError(
+        f"rollout: unknown engine {kind!r}; choose one of {', '.join(ROLLOUT_ENGINES)}"
+    )
 
 
 __all__ = [

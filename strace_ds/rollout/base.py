@@ -38,7 +38,7 @@ class SamplingParams:
 
 @dataclass
 class Generation:
-    """Answers for ``len(prompts) * n`` samples, grouped: rows ``i*n .. i*n+n-1`` answer prompt i."""
+    """Answers for ``len(prompts) * n`` samples; rows ``i*n .. i*n+n-1`` answer prompt i."""
 
     prompt_index: list[int]
     """For each row, the index of its prompt in the ``prompt_ids`` passed to ``generate``."""
@@ -59,15 +59,11 @@ class Generation:
 class RolloutEngine(Protocol):
     """What the trainer and the evaluator need from a generation backend."""
 
-    def generate(
-        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams
-    ) -> Generation:
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Generation:
         """Sample ``n`` answers for each prompt."""
         ...
 
-    def sync_weights(
-        self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int
-    ) -> None:
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Load new policy weights (HF parameter names, full unpartitioned tensors)."""
         ...
 
