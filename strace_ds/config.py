@@ -86,7 +86,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear learning-rate warm-up, in optimizer updates")
     grad_clip: float = _f(1.0, "gradient norm clip")
-    logprob_chunk_size: int = _f(1024, "tokens per chunk of the log-prob/entropy computation")
+    logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
+                                 "(0 = auto: about 2**25 logits per chunk)")
     # --- rewards ---------------------------------------------------------------------------
     reward_workers: int = _f(2, "grading worker processes per rank")
     reward_timeout_s: float = _f(10.0, "hard per-answer grading timeout (killed, scored 0)")

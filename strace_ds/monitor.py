@@ -60,20 +60,21 @@ def credit_figure(tokens: list[str], credit: list[float], title: str) -> Any:
     did not select). The scale is symmetric around 0.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import cm, colors
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     per_line = 16
     n_lines = max(1, math.ceil(len(tokens) / per_line))
-    fig, ax = plt.subplots(figsize=(12, 0.55 * n_lines + 1.0))
+    # A bare Figure: no pyplot state, so a notebook's inline backend is left alone.
+    fig = Figure(figsize=(12, 0.55 * n_lines + 1.0))
+    ax = fig.subplots()
     bound = max((abs(c) for c in credit), default=1.0) or 1.0
     norm = colors.Normalize(vmin=-bound, vmax=bound)
     cmap = matplotlib.colormaps["RdBu"]
     for k, (tok, c) in enumerate(zip(tokens, credit)):
         row, col = divmod(k, per_line)
-        ax.add_patch(plt.Rectangle((col, -row - 1), 1, 1, color=cmap(norm(c))))
+        ax.add_patch(Rectangle((col, -row - 1), 1, 1, color=cmap(norm(c))))
         label = tok.replace("\n", "\\n")[:8]
         ax.text(col + 0.5, -row - 0.5, label, ha="center", va="center", fontsize=7)
     ax.set_xlim(0, per_line)

@@ -76,7 +76,7 @@ def answer_logprobs(
     model: torch.nn.Module,
     batch: RolloutBatch,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 0,
     with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
@@ -95,6 +95,8 @@ def answer_logprobs(
         use_cache=False,
     )
     logits = out.logits[:, :-1]  # [N, R, V] predicts answer tokens 0..R-1
+    if chunk_size <= 0:  # auto: about 2**25 logits per chunk (256 tokens at V = 152k)
+        chunk_size = max(16, (1 << 25) // logits.shape[-1])
     logp, entropy = token_logprobs_and_entropy(
         logits,
         batch.response_ids.to(device),

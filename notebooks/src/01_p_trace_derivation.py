@@ -515,8 +515,8 @@ summary = {
     / bare["GRPO (lam=0)"][-1]["var"],
     "bias2_grpo_bare_at_max_drift": bare["GRPO (lam=0)"][-1]["bias2"],
     "bias2_is_whole_bare_at_max_drift": bare["IS whole answer (hand-written)"][-1]["bias2"],
-    "exact_var_full_product_T8": exact_var["full product"][-1],
-    "exact_var_token_ratio_T8": exact_var["token ratio (GRPO)"][-1],
+    "exact_var_full_product_maxT": exact_var["full product"][-1],
+    "exact_var_token_ratio_maxT": exact_var["token ratio (GRPO)"][-1],
     "runtime_s": round(time.perf_counter() - NOTEBOOK_START, 1),
 }
 print("SUMMARY_JSON " + json.dumps(summary))

@@ -16,7 +16,6 @@ import torch
 # ~1.8e308) room for the cumulative sum of a whole chunk, exp(40) ~ 2e17 does the same for
 # float32 (max ~3.4e38).
 _MAX_LOG_RANGE = {torch.float64: 300.0, torch.float32: 40.0}
-_QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 
 
 def select_tokens(
@@ -63,14 +62,20 @@ def select_tokens(
 
 
 def _quantile_linear(values: torch.Tensor, p: float) -> float:
-    """``torch.quantile(values, p)`` (linear interpolation), also for inputs above 2**24."""
-    if values.numel() <= _QUANTILE_MAX_NUMEL:
-        return float(torch.quantile(values, p))
-    ordered = values.sort().values
-    pos = p * (ordered.numel() - 1)
+    """``torch.quantile(values, p)`` (linear interpolation) from two order statistics.
+
+    ``kthvalue`` is a selection, not a sort: several times faster than ``torch.quantile`` on
+    the ~1e5-1e6 valid tokens of a batch, and it has no 2**24 input limit.
+    """
+    n = values.numel()
+    pos = p * (n - 1)
     lo = math.floor(pos)
-    hi = min(lo + 1, ordered.numel() - 1)
-    return float(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo]))
+    frac = pos - lo
+    low = values.kthvalue(lo + 1).values
+    if frac == 0.0 or lo + 1 >= n:
+        return float(low)
+    high = values.kthvalue(lo + 2).values
+    return float(low + frac * (high - low))
 
 
 def trace_log_ratio(
