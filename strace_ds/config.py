@@ -53,8 +53,8 @@ class TrainConfig:
     )
     eval_size: int = _f(200, "number of held-out problems evaluated")
     eval_every: int = _f(0, "evaluate every N steps (0 = only at start and end; -1 = never)")
-    eval_k: int = _f(1, "samples per held-out problem (avg@k, pass@k)")
-    eval_temperature: float = _f(0.0, "sampling temperature for evaluation (0 = greedy)")
+    eval_k: int = _f(4, "samples per held-out problem (avg@k, pass@k)")
+    eval_temperature: float = _f(1.0, "sampling temperature for evaluation (0 = greedy)")
     # --- rollouts --------------------------------------------------------------------------
     rollout: str = _f("hf", "rollout engine: 'hf' (in-process transformers) or 'sglang'")
     sglang_url: str | None = _f(None, "comma-separated SGLang server URLs (with --rollout sglang)")
@@ -154,7 +154,6 @@ class TrainConfig:
             "eval_k",
             "rollout_batch_size",
             "keep_last",
-            "logprob_chunk_size",
             "dataset_size",
         ):
             if getattr(self, name) < 1:
@@ -165,6 +164,7 @@ class TrainConfig:
             "image_every",
             "sample_every",
             "overlong_buffer",
+            "logprob_chunk_size",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
