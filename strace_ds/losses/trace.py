@@ -13,9 +13,9 @@ import torch
 
 # Largest natural-log dynamic range used inside one chunk of the causal scan. Within a chunk
 # the scan divides by lam**c with c <= chunk length; exp(300) ~ 2e130 leaves float64 (max
-# ~1.8e308) room for the cumulative sum of a whole chunk, exp(40) ~ 2e17 does the same for
+# ~1.8e308) room for the cumulative sum of a whole chunk, exp(60) ~ 1e26 does the same for
 # float32 (max ~3.4e38).
-_MAX_LOG_RANGE = {torch.float64: 300.0, torch.float32: 40.0}
+_MAX_LOG_RANGE = {torch.float64: 300.0, torch.float32: 60.0}
 
 
 def select_tokens(
@@ -53,11 +53,12 @@ def select_tokens(
         )
     if not 0.0 < entropy_top_quantile <= 1.0:
         raise ValueError(f"entropy_top_quantile must be in (0, 1], got {entropy_top_quantile}")
-    values = entropy.detach()[valid].double()
+    values = entropy.detach()[valid]
     if values.numel() == 0:
         return valid, float("nan")
     tau = _quantile_linear(values, 1.0 - entropy_top_quantile)
-    selected = (entropy.detach().double() >= tau) & valid
+    # tau is computed in the entropies' dtype, so comparing in that dtype is exact.
+    selected = (entropy.detach() >= tau) & valid
     return selected, tau
 
 
@@ -75,7 +76,7 @@ def _quantile_linear(values: torch.Tensor, p: float) -> float:
     if frac == 0.0 or lo + 1 >= n:
         return float(low)
     high = values.kthvalue(lo + 2).values
-    return float(low + frac * (high - low))
+    return float(low + frac * (high - low))  # in the values' dtype, like torch.quantile
 
 
 def trace_log_ratio(
@@ -129,17 +130,48 @@ def trace_log_ratio(
         # lam < exp(-R): older tokens weigh below the dtype's precision, so the trace is the
         # lam = 0 one to working accuracy (and lam**-1 would overflow in the scan).
         return _last_selected_log_ratio(delta, m)
-    mf = m.to(work)
-    count = mf.cumsum(dim=-1)  # c_t, selected tokens up to t   [B, T]
-    numerator = _decayed_cumsum(delta.to(work) * mf, count, lam)  # z_t   [B, T]
-    if lam == 1.0:
-        denominator = count
-    else:
-        # n_t = sum_{j < c_t} lam**j = (1 - lam**c_t) / (1 - lam), in closed form.
-        log_lam = math.log(lam)
-        denominator = torch.expm1(count * log_lam) / math.expm1(log_lam)
-    ell = torch.where(count > 0, numerator / denominator.clamp_min(1e-30), 0.0)
-    return ell.to(delta.dtype)
+    return _CausalTrace.apply(delta, m, lam)
+
+
+class _CausalTrace(torch.autograd.Function):
+    """The causal trace with a hand-written backward: one reverse scan.
+
+    ``ell_t = z_t / n_t`` with ``z_t = sum_{k<=t} lam**(c_t - c_k) m_k delta_k`` is linear in
+    ``delta``, so ``d ell_t / d delta_k = m_k lam**(c_t - c_k) / n_t`` for ``k <= t`` and
+
+        grad_k = m_k * S_k,   S_k = sum_{t>=k} lam**(c_t - c_k) g_t / n_t,
+
+    the same decayed scan run right to left (``S_k = g_k/n_k + lam**m_{k+1} S_{k+1}``). This
+    costs one scan instead of autograd's replay of every elementwise step of the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, m: torch.Tensor, lam: float) -> torch.Tensor:
+        work = torch.float64 if delta.dtype == torch.float64 else torch.float32
+        mf = m.to(work)
+        count = mf.cumsum(dim=-1)  # c_t, selected tokens up to t   [B, T]
+        numerator = _decayed_cumsum(delta.to(work) * mf, count, lam)  # z_t   [B, T]
+        if lam == 1.0:
+            denominator = count.clone()
+        else:
+            # n_t = sum_{j < c_t} lam**j = (1 - lam**c_t) / (1 - lam), in closed form.
+            log_lam = math.log(lam)
+            denominator = torch.expm1(count * log_lam) / math.expm1(log_lam)
+        # Before the first selected token z_t = 0 and n_t = 0: ell_t = 0 (divide by 1).
+        denominator.masked_fill_(count == 0, 1.0)
+        ctx.save_for_backward(mf, denominator)
+        ctx.lam = lam
+        ctx.in_dtype = delta.dtype
+        return (numerator / denominator).to(delta.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        mf, denominator = ctx.saved_tensors
+        u = (grad.to(mf.dtype) / denominator).flip(-1)  # g_t / n_t, right to left
+        ticks = torch.zeros_like(mf)
+        ticks[:, 1:] = mf.flip(-1)[:, :-1]  # step j of the reversed scan decays by m_{k+1}
+        reversed_sums = _decayed_cumsum(u, ticks.cumsum(dim=-1), ctx.lam)
+        return (mf * reversed_sums.flip(-1)).to(ctx.in_dtype), None, None
 
 
 def _sequence_log_ratio(delta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
