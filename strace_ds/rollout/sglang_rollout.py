@@ -55,20 +55,34 @@ def build_sglang_rollout(cfg: Any, model_path: str, is_main: bool) -> Any:
     from strace_ds.rollout.sglang import SGLangRolloutEngine
 
     weights_dir = Path(cfg.output_dir) / cfg.name / "sglang_weights"
+    # Only rank 0 writes checkpoints, with the base model's config/tokenizer files.
+    base_dir = _local_model_dir(model_path) if is_main else model_path
     engine = None
     urls = cfg.sglang_url
     if cfg.sglang_launch:
         if is_main:
             engine = SGLangRolloutEngine.launch(cfg.sglang_launch, model_path, weights_dir,
-                                                device=_server_device())
+                                                device=_server_device(), base_model_dir=base_dir)
             urls = ",".join(engine.urls)
         urls = dist_utils.broadcast_object(urls)
     if engine is None:
-        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=model_path)
+        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=base_dir)
     single = dist_utils.world_size() == 1
     if single:
         return engine
     return LeaderSync(engine) if is_main else FollowerSync(engine)
+
+
+def _local_model_dir(model_path: str) -> str:
+    """A local directory holding ``model_path``'s config and tokenizer files: the path itself,
+    or for a Hugging Face hub id its cached snapshot (non-weight files only; already cached by
+    the trainer's own ``from_pretrained``)."""
+    if Path(model_path).is_dir():
+        return model_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_path, allow_patterns=[
+        "*.json", "*.txt", "*.model", "*.py", "*.jinja", "*.tiktoken"])
 
 
 def _server_device() -> str:
