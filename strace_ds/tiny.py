@@ -9,9 +9,22 @@ like any Hugging Face checkpoint:
    ChatML special tokens ``<|endoftext|>`` (pad), ``<|im_start|>``, ``<|im_end|>`` (EOS)
    and a Qwen-style chat template;
 2. a small ``Qwen3ForCausalLM`` (standard config: nothing SGLang would not serve);
-3. a short supervised warm start on the reference solutions (loss on answer tokens only),
-   deliberately stopped early so that sampled accuracy at temperature 1 sits around 20-60%:
-   RL then has both signal (some groups contain a right answer) and room to improve.
+3. a short supervised warm start on the reference solutions (loss on answer tokens only)
+   written by a deliberately sloppy teacher: 60% of its targets state the final answer
+   without ``\\boxed{}`` (``"3 + 5 = 8. The answer is 8."``), which the verifier scores 0.
+
+Why the sloppy teacher. Measured on this model: the arithmetic itself is learnt in a
+steep phase of SFT, and RL barely moves it in a CPU budget (GRPO on a plain 300-step
+warm start, 30 steps of 32x8 answers: accuracy flat at lr 3e-5, falling at 1e-4 to 2e-4,
+collapsing at 1e-3).
+A policy that mostly *knows* the answer but often fails the verifiable format is what
+base models look like to RLVR, and RL fixes it fast: with the default build, 30 GRPO
+steps (32 prompts x 8 answers, AdamW lr 1e-4) raised held-out accuracy from 0.28 to 0.71
+at temperature 1 and from 0.00 to 0.86 greedy (greedy starts at ~0 because the unboxed
+form is the mode at the decision token). ``BUILD_INFO.json`` records ``boxed_rate_t1``
+and ``accuracy_when_boxed_t1`` so the two parts (format, arithmetic) can be told apart.
+Sampled accuracy at temperature 1 lands in 20-60%: RL has both signal (nearly every group
+holds a right answer) and room to improve.
 
 The directory is cached under ``$STRACE_DS_CACHE`` (default ``~/.cache/strace_ds``) in
 ``tiny-qwen3-<hash of the build config>`` and written atomically (temporary directory, then
@@ -54,7 +67,7 @@ from transformers import (
 from strace_ds.data.synthetic import ArithmeticConfig, arithmetic_dataset
 from strace_ds.data.types import PromptExample
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 """Bumped whenever the build recipe changes, so old caches are not reused."""
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -71,6 +84,7 @@ _QWEN_SPLIT = (
 )
 BUILD_INFO = "BUILD_INFO.json"
 _BOXED = re.compile(r"\\boxed\{")
+_BOXED_END = re.compile(r"\\boxed\{(\d+)\}\.$")
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,9 @@ class TinyBuildConfig:
 
     seed: int = 0
     """Seeds tokenizer corpus, weight init, SFT data order and the accuracy measurement."""
-    sft_steps: int = 300
-    """Optimizer steps of the warm start; picked so sampled accuracy lands in 20-60%."""
+    sft_steps: int = 500
+    """Optimizer steps of the warm start: the arithmetic is mostly learnt by ~500 (a 400-step
+    build got only ~0.45 of its boxed answers right); each 100 steps cost ~30 s of CPU."""
     sft_batch_size: int = 64
     """Sequences per SFT step (each problem is seen once)."""
     sft_lr: float = 3e-3
@@ -99,10 +114,16 @@ class TinyBuildConfig:
     """SwiGLU hidden width."""
     task: dict[str, Any] = field(default_factory=lambda: ArithmeticConfig().to_dict())
     """The :class:`ArithmeticConfig` of the task, as a dict."""
+    sft_unboxed_rate: float = 0.6
+    """Share of SFT targets stating the answer without ``\\boxed{}`` (:func:`teacher_solution`)."""
     eval_n: int = 200
     """Held-out problems sampled for ``BUILD_INFO.json``."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.sft_unboxed_rate < 1.0:
+            raise ValueError(
+                f"TinyBuildConfig.sft_unboxed_rate must be in [0, 1), got {self.sft_unboxed_rate}"
+            )
         for name in ("sft_steps", "sft_batch_size", "vocab_size", "hidden_size",
                      "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                      "intermediate_size", "eval_n"):
@@ -210,12 +231,25 @@ def build_model(cfg: TinyBuildConfig, tokenizer: PreTrainedTokenizerFast) -> Qwe
     return Qwen3ForCausalLM(config).float()
 
 
+def teacher_solution(ex: PromptExample, unboxed_rate: float, rng: random.Random) -> str:
+    """The SFT target for ``ex``: ``meta["solution"]``, or with probability ``unboxed_rate``
+    the same solution with its final answer stated without ``\\boxed{}``
+    (``"3 + 5 = 8. The answer is 8."``), which the verifier scores 0.
+    """
+    text = ex.meta["solution"]
+    return _BOXED_END.sub(r"\1.", text) if rng.random() < unboxed_rate else text
+
+
 def encode_sft_example(
-    tokenizer: PreTrainedTokenizerFast, ex: PromptExample
+    tokenizer: PreTrainedTokenizerFast, ex: PromptExample, solution: str | None = None
 ) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)``: chat prompt + solution + ``<|im_end|>``; prompt labels -100."""
+    """``(input_ids, labels)``: chat prompt + solution + ``<|im_end|>``; prompt labels -100.
+
+    ``solution`` defaults to ``ex.meta["solution"]``.
+    """
     prompt_ids = tokenizer(chat_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids
-    answer_ids = tokenizer(ex.meta["solution"] + IM_END, add_special_tokens=False).input_ids
+    target = ex.meta["solution"] if solution is None else solution
+    answer_ids = tokenizer(target + IM_END, add_special_tokens=False).input_ids
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
@@ -242,7 +276,14 @@ def run_sft(
 
     Loss is the mean token cross-entropy over answer tokens (``<|im_end|>`` included).
     """
-    rows = [encode_sft_example(tokenizer, ex) for ex in examples]
+    if len(examples) < cfg.sft_steps * cfg.sft_batch_size:
+        raise ValueError(
+            f"run_sft: examples holds {len(examples)} problems, fewer than sft_steps * "
+            f"sft_batch_size = {cfg.sft_steps * cfg.sft_batch_size}; pass more or fewer steps"
+        )
+    rng = random.Random(f"strace_ds.tiny.teacher/{cfg.seed}")
+    targets = [teacher_solution(ex, cfg.sft_unboxed_rate, rng) for ex in examples]
+    rows = [encode_sft_example(tokenizer, ex, t) for ex, t in zip(examples, targets)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, betas=(0.9, 0.98),
                             weight_decay=0.01)
     warmup = max(1, cfg.sft_steps // 10)
@@ -300,7 +341,7 @@ def sample_answers(
     """Answer token ids (up to and including ``<|im_end|>``) for each user message.
 
     ``temperature == 0`` means greedy; otherwise pure sampling (no top-k / top-p), the
-    distribution RL samples from.
+    distribution RL samples from. Reseeds torch's global RNG with ``seed``.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -333,12 +374,21 @@ def accuracy_report(
     temperature: float,
     seed: int = 0,
 ) -> dict[str, float]:
-    """``accuracy`` (last boxed answer == gold) and ``mean_answer_tokens`` over ``examples``."""
+    """One answer per example at ``temperature`` (0 = greedy), graded against the gold.
+
+    Returns ``accuracy`` (last boxed answer == gold), ``boxed_rate`` (share of answers with
+    a closed ``\\boxed{}``), ``accuracy_when_boxed`` (accuracy among those; 0 if none) and
+    ``mean_answer_tokens`` (``<|im_end|>`` included).
+    """
     answers = sample_answers(model, tokenizer, [ex.prompt for ex in examples], temperature, seed)
     texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
-    correct = [extract_boxed(t) == ex.answer for t, ex in zip(texts, examples)]
+    boxed = [extract_boxed(t) for t in texts]
+    n_boxed = sum(b is not None for b in boxed)
+    n_correct = sum(b == ex.answer for b, ex in zip(boxed, examples))
     return {
-        "accuracy": sum(correct) / len(examples),
+        "accuracy": n_correct / len(examples),
+        "boxed_rate": n_boxed / len(examples),
+        "accuracy_when_boxed": n_correct / n_boxed if n_boxed else 0.0,
         "mean_answer_tokens": sum(len(a) for a in answers) / len(answers),
     }
 
@@ -405,6 +455,8 @@ def _build_into(tmp: Path, cfg: TinyBuildConfig) -> dict[str, Any]:
         "sft_final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         "sampled_accuracy_t1": sampled["accuracy"],
         "greedy_accuracy": greedy["accuracy"],
+        "boxed_rate_t1": sampled["boxed_rate"],
+        "accuracy_when_boxed_t1": round(sampled["accuracy_when_boxed"], 4),
         "mean_answer_tokens_t1": round(sampled["mean_answer_tokens"], 2),
         "mean_answer_tokens_greedy": round(greedy["mean_answer_tokens"], 2),
         "eval_n": cfg.eval_n,

@@ -27,6 +27,7 @@ including two-step ones, are drawn with which weights).
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -73,6 +74,11 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 KINDS = tuple(_TEMPLATES)
+STEPS: dict[str, tuple[str, ...]] = {
+    "add": ("+",), "sub": ("-",), "mul": ("*",), "add_sub": ("+", "-"), "mul_add": ("*", "+"),
+}
+"""The operators applied, in order, to the running value starting from the first operand."""
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 @dataclass(frozen=True)
@@ -126,29 +132,33 @@ class ArithmeticConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def solve(kind: str, operands: list[int]) -> tuple[int, str]:
+def solve(
+    kind: str, operands: list[int], slips: tuple[int, ...] | None = None
+) -> tuple[int, str]:
     """Return ``(answer, reference solution)`` for a problem of ``kind`` with ``operands``.
 
-    The solution is one short line per arithmetic step and ends with ``\\boxed{answer}``.
+    The solution is one short equation per step, each on the running value, and ends with
+    ``\\boxed{answer}``: ``"13 + 20 = 33. 33 - 7 = 26. The answer is \\boxed{26}."``.
+    ``slips`` (one integer per step, default none) is added to each step's result to write
+    a plausible *wrong* solution whose later steps stay consistent with the slip; the
+    tiny policy's warm start uses it as a noisy teacher (:mod:`strace_ds.tiny`).
     """
-    if kind == "add":
-        a, b = operands
-        return a + b, f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
-    if kind == "sub":
-        a, b = operands
-        return a - b, f"{a} - {b} = {a - b}. The answer is \\boxed{{{a - b}}}."
-    if kind == "mul":
-        a, b = operands
-        return a * b, f"{a} * {b} = {a * b}. The answer is \\boxed{{{a * b}}}."
-    if kind == "add_sub":
-        a, b, c = operands
-        s = a + b
-        return s - c, f"{a} + {b} = {s}. {s} - {c} = {s - c}. The answer is \\boxed{{{s - c}}}."
-    if kind == "mul_add":
-        a, b, c = operands
-        p = a * b
-        return p + c, f"{a} * {b} = {p}. {p} + {c} = {p + c}. The answer is \\boxed{{{p + c}}}."
-    raise ValueError(f"solve: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in STEPS:
+        raise ValueError(f"solve: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    ops = STEPS[kind]
+    slips = slips if slips is not None else (0,) * len(ops)
+    if len(operands) != len(ops) + 1 or len(slips) != len(ops):
+        raise ValueError(
+            f"solve: kind {kind!r} needs {len(ops) + 1} operands and {len(ops)} slips, "
+            f"got {len(operands)} and {len(slips)}"
+        )
+    value, lines = operands[0], []
+    for op, rhs, slip in zip(ops, operands[1:], slips):
+        result = _APPLY[op](value, rhs) + slip
+        lines.append(f"{value} {op} {rhs} = {result}.")
+        value = result
+    lines.append(f"The answer is \\boxed{{{value}}}.")
+    return value, " ".join(lines)
 
 
 def _draw_operands(kind: str, cfg: ArithmeticConfig, rng: random.Random) -> list[int]:
