@@ -82,7 +82,7 @@ class TrainConfig:
     steps: int = _f(30, "training steps (rollout + updates + weight sync)")
     mini_batches: int = _f(2, "policy updates per step, each on 1/mini_batches of the rollouts")
     micro_batch_size: int = _f(64, "rows per forward/backward on each rank")
-    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    lr: float = _f(2e-4, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear learning-rate warm-up, in optimizer updates")
     grad_clip: float = _f(1.0, "gradient norm clip")
