@@ -59,6 +59,8 @@ class TrainConfig:
     rollout: str = _f("hf", "rollout engine: 'hf' (in-process transformers) or 'sglang'")
     sglang_url: str | None = _f(None, "comma-separated SGLang server URLs (with --rollout sglang)")
     sglang_launch: str | None = _f(None, "python of an SGLang env: start a local server with it")
+    sglang_sync: str = _f("disk", "SGLang weight sync: 'disk' (versioned safetensors + "
+                          "/update_weights_from_disk) or 'tensor' (colocated servers only)")
     prompts_per_step: int = _f(32, "prompts sampled per step (across all ranks)")
     group_size: int = _f(8, "answers sampled per prompt (G)")
     max_new_tokens: int = _f(40, "answer length cap in tokens")
@@ -140,6 +142,7 @@ class TrainConfig:
         _choice("advantage", self.advantage, ADVANTAGE_METHODS)
         _choice("overlong", self.overlong, OVERLONG_MODES)
         _choice("rollout", self.rollout, ROLLOUTS)
+        _choice("sglang_sync", self.sglang_sync, ("disk", "tensor"))
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         for name in (

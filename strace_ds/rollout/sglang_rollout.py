@@ -62,11 +62,13 @@ def build_sglang_rollout(cfg: Any, model_path: str, is_main: bool) -> Any:
     if cfg.sglang_launch:
         if is_main:
             engine = SGLangRolloutEngine.launch(cfg.sglang_launch, model_path, weights_dir,
-                                                device=_server_device(), base_model_dir=base_dir)
+                                                device=_server_device(), base_model_dir=base_dir,
+                                                sync_mode=cfg.sglang_sync)
             urls = ",".join(engine.urls)
         urls = dist_utils.broadcast_object(urls)
     if engine is None:
-        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=base_dir)
+        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=base_dir,
+                                     sync_mode=cfg.sglang_sync)
     single = dist_utils.world_size() == 1
     if single:
         return engine
