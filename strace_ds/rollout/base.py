@@ -55,6 +55,26 @@ class Generation:
         return len(self.token_ids)
 
 
+def check_generate_request(prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> None:
+    """Raise ``ValueError`` naming the field for a request no engine can serve."""
+    if n < 1:
+        raise ValueError(f"generate: n must be >= 1, got {n}")
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("generate: prompt_ids must be a non-empty list of non-empty id lists")
+    if sampling.max_new_tokens < 1:
+        raise ValueError(
+            f"SamplingParams.max_new_tokens must be >= 1, got {sampling.max_new_tokens}"
+        )
+    if sampling.temperature < 0:
+        raise ValueError(
+            f"SamplingParams.temperature must be >= 0 (0 = greedy), got {sampling.temperature}"
+        )
+    if not 0.0 < sampling.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k != -1 and sampling.top_k < 1:
+        raise ValueError(f"SamplingParams.top_k must be -1 (off) or >= 1, got {sampling.top_k}")
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer and the evaluator need from a generation backend."""

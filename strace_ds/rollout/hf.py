@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor
 
-from strace_ds.rollout.base import Generation, SamplingParams
+from strace_ds.rollout.base import Generation, SamplingParams, check_generate_request
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -161,25 +161,6 @@ class HFRolloutEngine:
 
     # ------------------------------------------------------------------ generation
 
-    @staticmethod
-    def _check(prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> None:
-        if n < 1:
-            raise ValueError(f"generate: n must be >= 1, got {n}")
-        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generate: prompt_ids must be a non-empty list of non-empty id lists")
-        if sampling.max_new_tokens < 1:
-            raise ValueError(
-                f"SamplingParams.max_new_tokens must be >= 1, got {sampling.max_new_tokens}"
-            )
-        if sampling.temperature < 0:
-            raise ValueError(
-                f"SamplingParams.temperature must be >= 0 (0 = greedy), got {sampling.temperature}"
-            )
-        if not 0.0 < sampling.top_p <= 1.0:
-            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {sampling.top_p}")
-        if sampling.top_k != -1 and sampling.top_k < 1:
-            raise ValueError(f"SamplingParams.top_k must be -1 (off) or >= 1, got {sampling.top_k}")
-
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Generation:
         """Sample ``n`` answers per prompt; rows ``i*n .. i*n+n-1`` answer prompt ``i``.
 
@@ -189,7 +170,7 @@ class HFRolloutEngine:
         """
         if self.model is None:
             raise RuntimeError("HFRolloutEngine.generate: the engine is closed; build a new one")
-        self._check(prompt_ids, n, sampling)
+        check_generate_request(prompt_ids, n, sampling)
         rows = [list(map(int, p)) for p in prompt_ids for _ in range(n)]
         index = [i for i in range(len(prompt_ids)) for _ in range(n)]
         stop_ids = sorted(set(self.eos_token_ids) | {int(t) for t in sampling.stop_token_ids})

@@ -68,7 +68,12 @@ from typing import Any
 import requests
 import torch
 
-from strace_ds.rollout.base import FINISH_REASONS, Generation, SamplingParams
+from strace_ds.rollout.base import (
+    FINISH_REASONS,
+    Generation,
+    SamplingParams,
+    check_generate_request,
+)
 from strace_ds.rollout.sglang_weights import (
     publish_atomically,
     serialize_named_tensors,
@@ -199,22 +204,7 @@ def parse_generate_response(body: Any, n_rows: int, url: str = "?") -> list[_Ans
     return answers
 
 
-def check_request(prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> None:
-    """Raise ``ValueError`` naming the field for a request SGLang would reject or misread."""
-    if n < 1:
-        raise ValueError(f"generate: n must be >= 1, got {n}")
-    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("generate: prompt_ids must be a non-empty list of non-empty id lists")
-    if sampling.max_new_tokens < 1:
-        raise ValueError(
-            f"SamplingParams.max_new_tokens must be >= 1, got {sampling.max_new_tokens}"
-        )
-    if sampling.temperature < 0:
-        raise ValueError(f"SamplingParams.temperature must be >= 0, got {sampling.temperature}")
-    if not 0.0 < sampling.top_p <= 1.0:
-        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {sampling.top_p}")
-    if sampling.top_k != -1 and sampling.top_k < 1:
-        raise ValueError(f"SamplingParams.top_k must be -1 (off) or >= 1, got {sampling.top_k}")
+
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -394,7 +384,7 @@ class SGLangRolloutEngine:
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Generation:
         """Sample ``n`` answers per prompt; rows ``i*n .. i*n+n-1`` answer prompt ``i``."""
-        check_request(prompt_ids, n, sampling)
+        check_generate_request(prompt_ids, n, sampling)
         if sampling.seed is not None and not self.deterministic and not self._warned_seed:
             self._warned_seed = True
             warnings.warn(
