@@ -136,10 +136,11 @@ def test_03_s_trace_entropy():
     assert s["s_trace_max_unselected_credit"] == 0.0
     assert s["s_trace_selected_credit_share"] > 0.999
     # Measured: selecting the top-20% entropy tokens lowers the trace's relative gradient
-    # variance (1.1-1.2 vs ~2.0 for the unselected P-trace) and raises its agreement with the
-    # pool gradient.
+    # variance below the unselected P-trace's. Its cosine to the pool gradient was higher on an
+    # earlier warm start (0.689 vs 0.569) and on par on the current one (0.982 vs 0.985), so
+    # only "not worse by more than 0.02" is a claim the notebook makes.
     assert s["rel_var"]["S-trace q=0.2"] < s["rel_var"]["P-trace (no selection)"]
-    assert s["cos_to_pool"]["S-trace q=0.2"] > s["cos_to_pool"]["P-trace (no selection)"]
+    assert s["cos_to_pool"]["S-trace q=0.2"] > s["cos_to_pool"]["P-trace (no selection)"] - 0.02
 
 
 @pytest.mark.slow

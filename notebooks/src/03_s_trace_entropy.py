@@ -313,9 +313,10 @@ print("largest |credit| of an unselected token under S-trace:", unselected_credi
 #   operation, result digits — carry the entropy. The S-trace selection ($q = 0.2$) picks those.
 # * The selected fraction follows $q$ (`select/frac`).
 # * On resampled batches, selecting the top 10–20% entropy tokens lowered the relative variance
-#   of the trace's gradient well below the unselected P-trace's (to GRPO's level or below) and
-#   raised its agreement with the pool gradient; $q = 0.05$ was too sparse. The test suite
-#   checks the $q = 0.2$ vs P-trace comparison from the summary below.
+#   of the trace's gradient well below the unselected P-trace's (to GRPO's level or below); its
+#   agreement with the pool gradient depends on the policy: higher than P-trace's on an earlier
+#   warm start, on par (within 0.01) on the current one. $q = 0.05$ was too sparse. The test
+#   suite checks the $q = 0.2$ vs P-trace comparison from the summary below.
 # * Credit: GRPO spreads an answer's advantage evenly over its tokens; the S-trace puts all of
 #   it on the selected forking tokens and exactly zero elsewhere.
 # * The selection rule and the trace are this project's formalisation of the paper's abstract
