@@ -96,44 +96,23 @@ def test_ds_config_auto_fields_and_cpu_precision():
         "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}},
         "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
     }
-    cfg, notes = resolve_ds_config(
-        raw,
-        micro_batch=8,
-        grad_accum=2,
-        world_size=2,
-        lr=1e-4,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        warmup_steps=0,
-        on_cpu=True,
-    )
+    run = {
+        "micro_batch": 8,
+        "grad_accum": 2,
+        "world_size": 2,
+        "lr": 1e-4,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "warmup_steps": 0,
+    }
+    cfg, notes = resolve_ds_config(raw, **run, on_cpu=True)
     assert cfg["train_batch_size"] == 8 * 2 * 2
     assert cfg["optimizer"]["params"] == {"lr": 1e-4, "weight_decay": 0.1}
     assert cfg["bf16"]["enabled"] is False and "offload_optimizer" not in cfg["zero_optimization"]
     assert any("bf16 disabled" in n for n in notes)
     assert raw["bf16"]["enabled"] is True  # the caller's dict is untouched
-    gpu, gpu_notes = resolve_ds_config(
-        raw,
-        micro_batch=8,
-        grad_accum=2,
-        world_size=2,
-        lr=1e-4,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        warmup_steps=0,
-        on_cpu=False,
-    )
+    gpu, gpu_notes = resolve_ds_config(raw, **run, on_cpu=False)
     assert gpu["bf16"]["enabled"] is True and gpu_notes == []
     fixed = {**raw, "train_micro_batch_size_per_gpu": 4}
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu"):
-        resolve_ds_config(
-            fixed,
-            micro_batch=8,
-            grad_accum=2,
-            world_size=2,
-            lr=1e-4,
-            weight_decay=0.1,
-            grad_clip=1.0,
-            warmup_steps=0,
-            on_cpu=True,
-        )
+        resolve_ds_config(fixed, **run, on_cpu=True)

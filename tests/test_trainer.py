@@ -85,6 +85,11 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def _where(policy_dir: Path) -> list[str]:
+    """The flags every run here shares: the policy, and outputs/logs under the cwd."""
+    return ["--model", str(policy_dir), "--output_dir", "out", "--log_dir", "runs"]
+
+
 def _comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.startswith("perf/")} for h in history]
 
@@ -92,12 +97,7 @@ def _comparable(history: list[dict]) -> list[dict]:
 def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
     _train(
         [
-            "--model",
-            str(policy_dir),
-            "--output_dir",
-            "out",
-            "--log_dir",
-            "runs",
+            *_where(policy_dir),
             "--run_name",
             "r1",
             "--loss",
@@ -163,12 +163,7 @@ def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
 
 def test_resume_is_exact(policy_dir, tmp_path):
     common = [
-        "--model",
-        str(policy_dir),
-        "--output_dir",
-        "out",
-        "--log_dir",
-        "runs",
+        *_where(policy_dir),
         "--loss",
         "p_trace",
         "--eval_every",
@@ -204,12 +199,7 @@ def test_two_rank_launcher_run(policy_dir, tmp_path):
     ]
     _train(
         [
-            "--model",
-            str(policy_dir),
-            "--output_dir",
-            "out",
-            "--log_dir",
-            "runs",
+            *_where(policy_dir),
             "--run_name",
             "r2",
             "--loss",
