@@ -3,7 +3,7 @@
     python benchmarks/bench_rollout.py [--sglang-python .venv-sglang/bin/python] \\
         [--prompts 8] [--n 8] [--max-new-tokens 32] [--no-big] [--out FILE.md]
 
-Measures, on the same tiny policy (:func:`strace_ds.tiny.build_tiny_policy`) and the same
+Measures, on the same tiny policy (:func:`strace_ds.tiny.default_policy_dir`) and the same
 prompts (the synthetic arithmetic task in the chat template):
 
 1. answer tokens per second of :class:`~strace_ds.rollout.sglang.SGLangRolloutEngine` (a real
@@ -95,9 +95,9 @@ def hf_engine_class() -> Any:
 def bench_tiny(args: argparse.Namespace, rows: list[str], tmp: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from strace_ds.tiny import build_tiny_policy
+    from strace_ds.tiny import default_policy_dir
 
-    policy_dir = build_tiny_policy()
+    policy_dir = default_policy_dir()
     prompts = tiny_prompts(policy_dir, args.prompts)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)

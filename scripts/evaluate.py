@@ -50,14 +50,14 @@ def main(argv: list[str] | None = None) -> dict:
     from strace_ds.evaluation import evaluate, format_table, parse_benchmark_names
     from strace_ds.rewards import RewardPool
     from strace_ds.rollout import SamplingParams, build_rollout_engine
-    from strace_ds.tiny import build_tiny_policy
+    from strace_ds.tiny import default_policy_dir
 
     try:  # fail on a typo before loading anything
         names = parse_benchmark_names(args.benchmarks)
     except ValueError as exc:
         raise SystemExit(f"--benchmarks: {exc}") from exc
     ks = [int(j) for j in args.ks.split(",")] if args.ks else None
-    model = args.model or str(build_tiny_policy())
+    model = args.model or str(default_policy_dir())
     tokenizer = AutoTokenizer.from_pretrained(model)
     if args.rollout == "hf":
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

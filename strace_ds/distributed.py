@@ -138,6 +138,26 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_gather_cat(values: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Concatenate every rank's 1-D ``values`` (lengths may differ), in rank order.
+
+    Tensors travel padded to the longest rank's length through ``all_gather`` on ``device``
+    (the collective's device: a GPU under NCCL); the result is on ``values``' device.
+    """
+    if world_size() == 1:
+        return values
+    home = values.device
+    work = values.to(device or home).flatten()
+    sizes = [torch.zeros(1, dtype=torch.long, device=work.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([work.numel()], device=work.device))
+    longest = int(max(sizes))
+    padded = torch.zeros(longest, dtype=work.dtype, device=work.device)
+    padded[: work.numel()] = work
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes)]).to(home)
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     if world_size() == 1:
         return [obj]

@@ -26,10 +26,19 @@ and ``accuracy_when_boxed_t1`` so the two parts (format, arithmetic) can be told
 Sampled accuracy at temperature 1 lands in 20-60%: RL has both signal (nearly every group
 holds a right answer) and room to improve.
 
-The directory is cached under ``$STRACE_DS_CACHE`` (default ``~/.cache/strace_ds``) in
-``tiny-qwen3-<hash of the build config>`` and written atomically (temporary directory, then
-``os.rename``), so a killed build never leaves a half cache and concurrent ranks agree.
-``BUILD_INFO.json`` in it records the config, sizes, build time and measured accuracies.
+The default build ships with the package (``strace_ds/assets/tiny-qwen3``, 1.8 MB,
+:func:`default_policy_dir`): float reductions differ between CPUs, thread counts and library
+versions, so a build is not the same artefact on every machine, and the main command, the
+tests and the notebooks must all see one. This module stays the recipe that regenerates it
+(``python -m strace_ds.tiny --out strace_ds/assets/tiny-qwen3 --force``, then update
+:data:`SHIPPED_SHA256`); a test checks the shipped copy matches the recipe's config, its
+recorded hash and its documented sampled accuracy.
+
+Other builds (other seeds, tests' short builds) are cached under ``$STRACE_DS_CACHE``
+(default ``~/.cache/strace_ds``) in ``tiny-qwen3-<hash of the build config>`` and written
+atomically (temporary directory, then ``os.rename``), so a killed build never leaves a half
+cache and concurrent ranks agree. ``BUILD_INFO.json`` in it records the config, sizes, build
+time and measured accuracies.
 
 CLI: ``python -m strace_ds.tiny --out DIR [--seed S] [--sft-steps N] [--force]``.
 """
@@ -83,6 +92,10 @@ _QWEN_SPLIT = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 BUILD_INFO = "BUILD_INFO.json"
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "tiny-qwen3"
+"""The default build (seed 0), shipped with the package."""
+SHIPPED_SHA256 = "c1554d6992455fd27a5787f737644b5fbd08628fcbbe80a332d9d495b53cb18c"
+"""sha256 of the shipped ``model.safetensors``: the pinned weights every machine uses."""
 _BOXED = re.compile(r"\\boxed\{")
 _BOXED_END = re.compile(r"\\boxed\{(\d+)\}\.$")
 
@@ -140,6 +153,30 @@ class TinyBuildConfig:
         """Short stable hash of the config and the recipe version."""
         blob = json.dumps({"v": BUILD_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def default_policy_dir() -> Path:
+    """The embedded default policy: the shipped build of :class:`TinyBuildConfig` ``()``.
+
+    The same weights on every machine (pinned by :data:`SHIPPED_SHA256`), and no build on a
+    newcomer's first run. Raises with the regeneration command if the copy is incomplete.
+    """
+    if not (_is_build(SHIPPED_DIR) and (SHIPPED_DIR / "model.safetensors").is_file()):
+        raise FileNotFoundError(
+            f"the shipped tiny policy at {SHIPPED_DIR} is missing or incomplete (an install "
+            "without package data?); reinstall strace_ds, or regenerate it with "
+            f"`python -m strace_ds.tiny --out {SHIPPED_DIR} --force`"
+        )
+    return SHIPPED_DIR
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:

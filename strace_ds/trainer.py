@@ -38,7 +38,14 @@ from strace_ds import distributed as dist_utils
 from strace_ds.advantages import group_advantages
 from strace_ds.config import TrainConfig
 from strace_ds.data.types import PromptDataset
-from strace_ds.losses import METRIC_NAMES, policy_loss, token_credit
+from strace_ds.losses import (
+    METRIC_NAMES,
+    entropy_threshold,
+    loss_denominator,
+    policy_loss,
+    select_tokens,
+    token_credit,
+)
 from strace_ds.monitor import Monitor, credit_figure
 from strace_ds.rollout import SamplingParams
 from strace_ds.rollout_batch import RolloutBatch, answer_logprobs, collate_rollouts
@@ -58,6 +65,8 @@ class StepBatch:
     old_logprobs: torch.Tensor  # [N, R]
     texts: list[str]
     golds: list[str]
+    selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
+    entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
 
 
 def init_distributed() -> None:
@@ -130,13 +139,9 @@ class Trainer:
     def _resolve_model(self) -> str:
         if self.cfg.model:
             return self.cfg.model
-        from strace_ds.tiny import build_tiny_policy
+        from strace_ds.tiny import default_policy_dir
 
-        if self.is_main:
-            path = build_tiny_policy(seed=0)
-        dist_utils.barrier()
-        if not self.is_main:
-            path = build_tiny_policy(seed=0)  # cached by rank 0: a load, not a build
+        path = default_policy_dir()  # shipped with the package: the same on every machine
         self._log(f"policy: embedded tiny Qwen3 at {path}")
         return str(path)
 
@@ -309,12 +314,30 @@ class Trainer:
         return last
 
     def prompts_for_step(self, step: int) -> list[int]:
-        """Indices of this rank's prompts at ``step``: a seeded permutation, epoch by epoch."""
+        """Indices of this rank's prompts at ``step``: a seeded permutation, epoch by epoch.
+
+        The step's prompts are split into ``mini_batches`` consecutive chunks, one per policy
+        update, and each rank takes its slice of every chunk: global mini-batch j holds the
+        same prompts whatever the number of ranks, so 1 and N ranks make the same updates.
+        (When ``prompts_per_step`` is not a multiple of ``mini_batches x ranks`` each rank takes
+        one contiguous slice and mini-batches depend on the rank count.)
+        """
         cfg, n = self.cfg, len(self.prompt_ids)
         per_rank = cfg.prompts_per_step // self.world
-        start = (step - 1) * cfg.prompts_per_step + self.rank * per_rank
+        first = (step - 1) * cfg.prompts_per_step
+        if cfg.prompts_per_step % (cfg.mini_batches * self.world) == 0:
+            chunk = cfg.prompts_per_step // cfg.mini_batches
+            share = chunk // self.world
+            positions = [
+                first + j * chunk + self.rank * share + i
+                for j in range(cfg.mini_batches)
+                for i in range(share)
+            ]
+        else:
+            start = first + self.rank * per_rank
+            positions = list(range(start, start + per_rank))
         out = []
-        for pos in range(start, start + per_rank):
+        for pos in positions:
             epoch, offset = divmod(pos, n)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
             out.append(int(order[offset]))
@@ -362,9 +385,10 @@ class Trainer:
         # 3. old log-probs from the trainer (the rollout engine's are kept for the mismatch)
         t0 = time.perf_counter()
         batch = collate_rollouts(prompts, generation, self.tokenizer.pad_token_id)
-        old = self._score(batch)
-        timings["perf/old_logprob_s"] = time.perf_counter() - t0
+        old, old_entropy = self._score(batch)
         sb = StepBatch(batch, rewards, adv.advantages.float(), loss_rows, old, texts, golds)
+        sb.selected, sb.entropy_threshold = self._step_selection(sb, old_entropy)
+        timings["perf/old_logprob_s"] = time.perf_counter() - t0
 
         # 4. policy updates
         t0 = time.perf_counter()
@@ -392,21 +416,44 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
-    def _score(self, batch: RolloutBatch) -> torch.Tensor:
+    def _score(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Old (proximal) log-probs ``[N, R]``, and entropies when the preset selects tokens."""
         micro, _ = self.cfg.micro_batches_per_update(self.world)
+        with_entropy = self.trace_cfg.uses_entropy
         self.engine.eval()
-        parts = []
+        logps, entropies = [], []
         for lo in range(0, len(batch), micro):
-            logp, _ = answer_logprobs(
+            logp, entropy = answer_logprobs(
                 self.engine,
                 batch.rows(slice(lo, lo + micro)),
                 self.cfg.temperature,
                 self.cfg.logprob_chunk_size,
-                with_entropy=False,
+                with_entropy=with_entropy,
             )
-            parts.append(logp.float().cpu())
+            logps.append(logp.float().cpu())
+            if entropy is not None:
+                entropies.append(entropy.float().cpu())
         self.engine.train()
-        return torch.cat(parts)
+        return torch.cat(logps), (torch.cat(entropies) if entropies else None)
+
+    def _step_selection(
+        self, sb: StepBatch, entropy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, float]:
+        """The step's token selection: one entropy quantile over all ranks' loss tokens.
+
+        The entropies are the scoring pass's (the proximal policy, before any update), so the
+        selection is fixed for every mini- and micro-batch of the step and the gradient does
+        not depend on ``micro_batch_size`` or the number of ranks (``docs/ALGORITHMS.md``,
+        "Selection"). None when the preset selects nothing.
+        """
+        q = self.trace_cfg.entropy_top_quantile
+        if q is None or entropy is None:
+            return None, math.nan
+        valid = sb.batch.response_mask & sb.loss_rows.unsqueeze(-1)
+        values = dist_utils.all_gather_cat(entropy[valid], device=self.engine.device)
+        tau = entropy_threshold(values, q)
+        selected, _ = select_tokens(valid, entropy, q, threshold=tau)
+        return selected, tau
 
     def _update(self, sb: StepBatch) -> tuple[dict[str, list[float]], dict[str, Any]]:
         cfg, tc = self.cfg, self.trace_cfg
@@ -426,6 +473,7 @@ class Trainer:
                     self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True
                 )
                 mask = part.response_mask.to(device) & sb.loss_rows[r].to(device).unsqueeze(-1)
+                selected = None if sb.selected is None else sb.selected[r].to(device)
                 out = policy_loss(
                     logp,
                     sb.old_logprobs[r].to(device),
@@ -435,6 +483,7 @@ class Trainer:
                     config=tc,
                     max_len=cfg.max_new_tokens,
                     normalizer=normalizer,
+                    selected=selected,
                 )
                 self.engine.backward(out.loss, scale_wrt_gas=False)
                 self.engine.step()
@@ -451,26 +500,30 @@ class Trainer:
                 }
             collected["policy/grad_norm"].append(float(self.engine.get_global_grad_norm() or 0.0))
             collected["policy/lr"].append(float(self.engine.get_lr()[0]))
+        if sb.selected is not None:
+            # The step's one selection: its threshold and exact share over all ranks.
+            valid = sb.batch.response_mask & sb.loss_rows.unsqueeze(-1)
+            n_sel, n_valid = dist_utils.all_reduce_sum(
+                [float(sb.selected.sum()), float(valid.sum())]
+            )
+            collected["select/entropy_threshold"] = [sb.entropy_threshold]
+            collected["select/frac"] = [n_sel / n_valid if n_valid else math.nan]
         return collected, last
 
     def _global_normalizer(self, sb: StepBatch, rows: slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.
 
         DeepSpeed averages gradients over ranks; dividing the global denominator by the world
-        size makes the averaged gradient that of the global token (or sequence) mean.
+        size makes the averaged gradient that of the global token (or sequence) mean. The
+        count is :func:`loss_denominator`'s, over the same loss tokens ``policy_loss`` uses
+        (the selected ones when the loss is on the selection only).
         """
-        tc, cfg = self.trace_cfg, self.cfg
+        tc = self.trace_cfg
         mask = sb.batch.response_mask[rows] & sb.loss_rows[rows].unsqueeze(-1)
-        if tc.loss_agg == "token_mean":
-            local = float(mask.sum())
-            if tc.loss_on_selected_only:
-                # The selection keeps the top-q entropy tokens: q of the valid ones.
-                local *= tc.entropy_top_quantile
-        elif tc.loss_agg == "seq_mean_token_mean":
-            local = float(sb.loss_rows[rows].sum())
-        else:
-            local = float(sb.loss_rows[rows].sum()) * cfg.max_new_tokens
-        (total,) = dist_utils.all_reduce_sum([local])
+        if tc.loss_on_selected_only and sb.selected is not None:
+            mask = mask & sb.selected[rows]
+        local = loss_denominator(mask, tc.loss_agg, self.cfg.max_new_tokens, sb.loss_rows[rows])
+        (total,) = dist_utils.all_reduce_sum([float(local)])
         return max(total, 1.0) / self.world
 
     # ------------------------------------------------------------------ metrics
@@ -559,8 +612,8 @@ class Trainer:
             self._log_credit(step, sb, last)
 
     def _log_credit(self, step: int, sb: StepBatch, last: dict[str, Any]) -> None:
-        """Picture of one answer's per-token credit, computed on its whole micro-batch so the
-        S-trace selection threshold is the one the update used."""
+        """Picture of one answer's per-token credit under the step's selection (the one the
+        update used), computed on its micro-batch."""
         rows = last["rows"]
         adv = sb.advantages[rows]
         candidates = torch.nonzero(adv != 0).flatten()  # an answer that received credit
@@ -572,6 +625,7 @@ class Trainer:
             entropy=last["entropy"].double(),
             config=self.trace_cfg,
             max_len=self.cfg.max_new_tokens,
+            selected=None if sb.selected is None else sb.selected[rows],
         )
         i = int(candidates[0]) if len(candidates) else 0  # else all-zero credit, still shown
         n = int(last["mask"][i].sum())

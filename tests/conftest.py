@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded tiny policy, built once per test session."""
+"""Shared fixtures: the embedded tiny policy (shipped with the package)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_policy() -> Path:
-    """The default warm-started tiny Qwen3 policy (cached on disk; built on first use)."""
-    from strace_ds.tiny import build_tiny_policy
+    """The default warm-started tiny Qwen3 policy: the pinned copy in ``strace_ds/assets``."""
+    from strace_ds.tiny import default_policy_dir
 
-    return build_tiny_policy()
+    return default_policy_dir()

@@ -320,11 +320,11 @@ def tiny_engine():
     from transformers import AutoTokenizer
 
     from strace_ds.rollout.hf import HFRolloutEngine
-    from strace_ds.tiny import build_tiny_policy
+    from strace_ds.tiny import default_policy_dir
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls on a shared box: one thread is much faster
-    path = build_tiny_policy(sft_steps=40)  # cached after the first build (~40 s)
+    path = default_policy_dir()
     tok = AutoTokenizer.from_pretrained(path)
     yield HFRolloutEngine(path, tokenizer=tok, max_batch_size=64), tok
     torch.set_num_threads(threads)

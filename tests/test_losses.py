@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loss_reference import (
     AGGS,
+    clipped_token_loss,
     harmonic,
     make_batch,
+    ref_aggregate,
+    ref_causal_trace,
     ref_grpo_loss,
     ref_gspo_loss,
     ref_select,
@@ -25,7 +28,7 @@ from loss_reference import (
 )
 
 import strace_ds.losses as losses
-from strace_ds.losses import PRESETS, TraceConfig, policy_loss
+from strace_ds.losses import PRESETS, TraceConfig, loss_denominator, policy_loss
 
 F64 = torch.float64
 ATOL = 1e-12
@@ -210,6 +213,47 @@ def test_normalizer_replaces_local_denominator(agg, as_tensor):
     loss, grad, _ = run(b, config, normalizer=norm)
     ref = ref_trace_loss(b["logp"], b["old"], b["A"], b["mask"], config, normalizer=37.0)
     assert_same(loss, grad, ref, grad_of(ref, b))
+
+
+@pytest.mark.parametrize("selected_only", [False, True])
+def test_precomputed_selection_equals_the_reference_on_that_selection(selected_only):
+    """A trainer's global selection passed in: the loss is the reference's with that ``m``
+    (the entropies then only feed the metrics)."""
+    b = make_batch(4, 12, seed=33, holes=True)
+    m = b["mask"] & (torch.rand(4, 12, generator=torch.Generator().manual_seed(1)) < 0.4)
+    config = cfg(lam=0.9, entropy_top_quantile=0.2, loss_on_selected_only=selected_only)
+    loss, grad, out = run(b, config, selected=m)
+    # the reference loops on that m
+    ell = ref_causal_trace(b["logp"] - b["old"], m, 0.9)
+    L = clipped_token_loss(torch.exp(ell), b["A"][:, None].expand(4, 12), 0.2, 0.28)
+    ref = ref_aggregate(L, m if selected_only else b["mask"], "token_mean")
+    assert_same(loss, grad, ref, grad_of(ref, b))
+    assert torch.equal(out.selected, m)
+    assert math.isnan(out.metrics["select/entropy_threshold"])
+    assert out.metrics["select/frac"] == pytest.approx(float(m.sum() / b["mask"].sum()))
+    with pytest.raises(ValueError, match="outside response_mask"):
+        run(b, config, selected=m | ~b["mask"])
+    with pytest.raises(ValueError, match="selected must have the shape"):
+        run(b, config, selected=m[:, :5])
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_loss_denominator_is_the_local_normaliser(agg):
+    b = make_batch(5, 9, seed=7, holes=True)
+    mask = b["mask"]
+    want = {"token_mean": float(mask.sum()), "seq_mean_token_mean": 5.0,
+            "seq_mean_token_sum_norm": 5.0 * 9}[agg]  # fmt: skip
+    assert float(loss_denominator(mask, agg)) == want
+    config = cfg(lam=0.5, loss_agg=agg)
+    local, _, _ = run(b, config)
+    explicit, _, _ = run(b, config, normalizer=loss_denominator(mask, agg))
+    torch.testing.assert_close(local, explicit, rtol=0, atol=1e-15)
+    rows = torch.tensor([True, False, True, True, False])
+    got = float(loss_denominator(mask & rows[:, None], agg, max_len=20, row_mask=rows))
+    assert got == {"token_mean": float((mask & rows[:, None]).sum()),
+                   "seq_mean_token_mean": 3.0, "seq_mean_token_sum_norm": 60.0}[agg]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown loss_agg"):
+        loss_denominator(mask, "mean")
 
 
 # --------------------------------------------------------------------------- presets

@@ -229,21 +229,43 @@ def test_cli_reuses_an_existing_build(built: Path, capsys: pytest.CaptureFixture
         sft_steps=FEW_STEPS).digest()
 
 
-@pytest.mark.slow
-def test_default_policy_lands_in_the_accuracy_band() -> None:
-    """The real default build (cached in ``$STRACE_DS_CACHE`` or ~/.cache/strace_ds)."""
-    path = tiny.build_tiny_policy()
+def test_shipped_policy_is_the_pinned_default_build() -> None:
+    """The shipped copy is the recipe's default config, with the recorded weights."""
+    path = tiny.default_policy_dir()
     info = json.loads((path / tiny.BUILD_INFO).read_text())
-    assert 0.15 <= info["sampled_accuracy_t1"] <= 0.70
+    assert info["digest"] == tiny.TinyBuildConfig().digest(), (
+        "the recipe changed: regenerate the shipped policy (python -m strace_ds.tiny --out "
+        "strace_ds/assets/tiny-qwen3 --force) and update SHIPPED_SHA256"
+    )
+    assert tiny.file_sha256(path / "model.safetensors") == tiny.SHIPPED_SHA256
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) == info["num_parameters"] == 451_840
+    assert len(AutoTokenizer.from_pretrained(path)) == info["vocab_size"]
+
+
+def test_missing_shipped_policy_names_the_fix(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tiny, "SHIPPED_DIR", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="regenerate it with"):
+        tiny.default_policy_dir()
+
+
+@pytest.mark.slow
+def test_shipped_policy_has_the_documented_sampled_accuracy() -> None:
+    """The shipped build's documented figures (README, BUILD_INFO.json) hold when measured."""
+    path = tiny.default_policy_dir()
+    info = json.loads((path / tiny.BUILD_INFO).read_text())
+    assert info["sampled_accuracy_t1"] == 0.275  # the README's "27.5% sampled at T = 1"
     # The two parts RL can improve: the format (boxed ~40% of the time, the teacher's 1 - 0.6)
     # and the arithmetic (mostly right once boxed: RL has a high ceiling).
     assert 0.25 <= info["boxed_rate_t1"] <= 0.55
     assert info["accuracy_when_boxed_t1"] >= 0.5
-    # Reloaded from disk, the same measurement gives the recorded number exactly ...
-    assert tiny.measure_sampled_accuracy(path, n=200, temperature=1.0, seed=0) == (
-        info["sampled_accuracy_t1"])
-    # ... and a fresh one on other held-out problems and other samples agrees.
+    # Reloaded, the build's own measurement (same problems, same sampling seed) agrees; a
+    # CPU with other float kernels may flip a few of the 200 samples, not more.
+    acc = tiny.measure_sampled_accuracy(path, n=200, temperature=1.0, seed=0)
+    assert abs(acc - info["sampled_accuracy_t1"]) <= 0.03
+    # ... and a fresh one on other held-out problems and other samples: 200 answers give a
+    # binomial standard error of about 0.03 around the true rate.
     acc = tiny.measure_sampled_accuracy(path, n=200, temperature=1.0, seed=1)
-    assert 0.15 <= acc <= 0.70
+    assert 0.15 <= acc <= 0.40
     # Greedy decoding follows the teacher's majority (no box), so it scores near 0.
     assert tiny.measure_sampled_accuracy(path, n=200, temperature=0.0, seed=1) < 0.2

@@ -19,7 +19,7 @@ from loss_reference import (
     ref_sequence_trace,
 )
 
-from strace_ds.losses import select_tokens, trace_log_ratio
+from strace_ds.losses import entropy_threshold, select_tokens, trace_log_ratio
 
 F64 = torch.float64
 
@@ -189,3 +189,30 @@ def test_select_matches_reference_with_int_mask():
     m, tau = select_tokens(b["mask"].to(torch.int64), b["entropy"], 0.3)
     m_ref, tau_ref = ref_select(b["mask"], b["entropy"], 0.3)
     assert torch.equal(m, m_ref) and tau == pytest.approx(tau_ref, abs=1e-12)
+
+
+def test_global_threshold_makes_the_selection_split_independent():
+    """One quantile over all pieces (micro-batches, ranks) gives the whole batch's selection;
+    per-piece quantiles do not."""
+    torch.manual_seed(3)
+    H = torch.rand(16, 40, dtype=torch.float64) * torch.linspace(0.2, 3.0, 16)[:, None]
+    valid = torch.rand(16, 40) < 0.8
+    whole, tau = select_tokens(valid, H, 0.2)
+    pieces = [slice(0, 4), slice(4, 10), slice(10, 16)]
+    tau_all = entropy_threshold(torch.cat([H[r][valid[r]] for r in pieces]), 0.2)
+    assert tau_all == tau
+    glued = torch.cat([select_tokens(valid[r], H[r], 0.2, threshold=tau_all)[0] for r in pieces])
+    assert torch.equal(glued, whole)
+    local = torch.cat([select_tokens(valid[r], H[r], 0.2)[0] for r in pieces])
+    assert not torch.equal(local, whole)  # the defect a per-micro-batch quantile had
+
+
+def test_entropy_threshold_is_torch_quantile():
+    values = torch.rand(1001, dtype=torch.float64)
+    for q in (0.1, 0.2, 0.5, 1.0):
+        assert entropy_threshold(values, q) == pytest.approx(
+            float(torch.quantile(values, 1 - q)), abs=1e-15
+        )
+    assert math.isnan(entropy_threshold(values[:0], 0.2))
+    with pytest.raises(ValueError, match="entropy_top_quantile"):
+        entropy_threshold(values, 0.0)

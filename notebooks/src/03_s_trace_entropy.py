@@ -41,12 +41,12 @@ from strace_ds.rewards import grade_answer
 from strace_ds.rollout.base import SamplingParams
 from strace_ds.rollout.hf import HFRolloutEngine
 from strace_ds.rollout_batch import answer_logprobs, collate_rollouts
-from strace_ds.tiny import build_tiny_policy
+from strace_ds.tiny import default_policy_dir
 from strace_ds.token_stats import token_logprobs_and_entropy
 
 NOTEBOOK_START = time.perf_counter()
 torch.manual_seed(0)
-model_dir = build_tiny_policy()  # cached after the first build (a few minutes on CPU)
+model_dir = default_policy_dir()  # shipped with the package: the same weights everywhere
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 print(model_dir, f"{sum(p.numel() for p in model.parameters()):,} parameters")

@@ -24,10 +24,11 @@ from strace_ds.losses.objective import (
     aggregate_loss,
     approx_kl_k3,
     clipped_surrogate,
+    loss_denominator,
     policy_loss,
     token_credit,
 )
-from strace_ds.losses.trace import select_tokens, trace_log_ratio
+from strace_ds.losses.trace import entropy_threshold, select_tokens, trace_log_ratio
 
 __all__ = [
     "LOG_RATIO_CLAMP",
@@ -40,6 +41,8 @@ __all__ = [
     "aggregate_loss",
     "approx_kl_k3",
     "clipped_surrogate",
+    "entropy_threshold",
+    "loss_denominator",
     "policy_loss",
     "select_tokens",
     "token_credit",

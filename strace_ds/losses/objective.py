@@ -60,6 +60,40 @@ def clipped_surrogate(
     return torch.maximum(-ratio * advantages, -clipped * advantages)
 
 
+def loss_denominator(
+    loss_mask: torch.Tensor,
+    loss_agg: str,
+    max_len: int | None = None,
+    row_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The denominator of aggregation ``loss_agg`` over the loss tokens ``M = loss_mask``.
+
+    * ``token_mean``: ``sum(M)``, the loss tokens (the selected ones when the loss is on
+      the selection only: counted, not estimated as ``q x valid``);
+    * ``seq_mean_token_mean``: the number of rows;
+    * ``seq_mean_token_sum_norm``: rows ``x max_len`` (``max_len`` defaults to T).
+
+    ``row_mask`` (``[B]`` bool) restricts the rows that count (a trainer's rows excluded from
+    the loss, e.g. overlong or zero-variance groups); by default every row counts. This is the
+    one place that defines the denominators: :func:`aggregate_loss` uses it locally and a
+    trainer sums it over micro-batches and ranks to get the global normaliser. Returned
+    unclamped (a float64 scalar).
+    """
+    if loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        raise ValueError(f"unknown loss_agg {loss_agg!r}")
+    B, T = loss_mask.shape
+    if loss_agg == "token_mean":
+        return loss_mask.sum(dtype=torch.float64)
+    rows = (
+        torch.tensor(float(B), dtype=torch.float64)
+        if row_mask is None
+        else row_mask.sum(dtype=torch.float64)
+    )
+    if loss_agg == "seq_mean_token_mean":
+        return rows
+    return rows * (T if max_len is None else max_len)
+
+
 def aggregate_loss(
     token_loss: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -74,25 +108,20 @@ def aggregate_loss(
     * ``seq_mean_token_sum_norm``: ``sum(L*M) / (B * max_len)`` (Dr. GRPO; ``max_len``
       defaults to T).
 
-    ``normalizer`` replaces the local denominator (``sum(M)``, ``B`` and ``B * max_len``
-    respectively) so that micro-batches of a gradient-accumulation step can share one global
-    normaliser and their summed gradients equal the full batch's.
+    ``normalizer`` replaces the local denominator (:func:`loss_denominator`) so that
+    micro-batches of a gradient-accumulation step can share one global normaliser and their
+    summed gradients equal the full batch's.
     """
     mask = loss_mask.to(token_loss.dtype)
     masked = token_loss * mask
-    B, T = token_loss.shape
-    if loss_agg == "token_mean":
-        total = masked.sum()
-        denom = mask.sum().clamp_min(1.0) if normalizer is None else normalizer
-    elif loss_agg == "seq_mean_token_mean":
+    if loss_agg == "seq_mean_token_mean":
         total = (masked.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)).sum()
-        denom = B if normalizer is None else normalizer
-    elif loss_agg == "seq_mean_token_sum_norm":
-        total = masked.sum()
-        denom = B * (T if max_len is None else max_len) if normalizer is None else normalizer
     else:
-        raise ValueError(f"unknown loss_agg {loss_agg!r}")
-    return total / denom
+        total = masked.sum()
+    if normalizer is None:
+        denom = loss_denominator(loss_mask.bool(), loss_agg, max_len).clamp_min(1.0)
+        normalizer = denom.to(token_loss.dtype)
+    return total / normalizer
 
 
 def approx_kl_k3(delta: torch.Tensor) -> torch.Tensor:
@@ -113,6 +142,7 @@ def policy_loss(
     config: TraceConfig | None = None,
     max_len: int | None = None,
     normalizer: float | torch.Tensor | None = None,
+    selected: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
     """The trace policy loss for a batch of answers.
 
@@ -141,6 +171,11 @@ def policy_loss(
             entropy is given; without entropy the default is ``p_trace``.
         max_len: the ``max_len`` of ``seq_mean_token_sum_norm`` (defaults to T).
         normalizer: global denominator for gradient accumulation (see ``aggregate_loss``).
+        selected: ``[B, T]`` bool, a precomputed selection ``m`` (a trainer's one decision
+            per step over all ranks, ``docs/ALGORITHMS.md`` "Selection"); it must lie inside
+            ``response_mask``. When given, ``entropy`` is only reported and the
+            ``select/entropy_threshold`` metric is NaN (the caller knows its threshold).
+            Without it the quantile is taken over the valid tokens of the tensors passed in.
 
     Computation runs in float32 for half-precision inputs (float64 stays float64); the
     returned loss has that dtype.
@@ -155,7 +190,10 @@ def policy_loss(
     adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
     valid = response_mask.bool()
 
-    selected, tau = select_tokens(valid, entropy, config.entropy_top_quantile)
+    if selected is None:
+        selected, tau = select_tokens(valid, entropy, config.entropy_top_quantile)
+    else:
+        selected, tau = _check_selection(selected, valid), math.nan
     # Padding may hold garbage log-probs: zero their delta so they cannot poison the trace.
     delta = torch.where(valid, logp - old, torch.zeros_like(logp))  # [B, T]
     ell = trace_log_ratio(delta, selected, config.lam, config.window)  # [B, T]
@@ -195,6 +233,7 @@ def token_credit(
     entropy: torch.Tensor | None = None,
     config: TraceConfig | None = None,
     max_len: int | None = None,
+    selected: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Credit each token receives: ``-d loss / d logprobs``, ``[B, T]``.
 
@@ -203,7 +242,10 @@ def token_credit(
     credit ``A / N``; traces redistribute it along the answer.
     """
     logp = logprobs.detach().clone().requires_grad_(True)
-    out = policy_loss(logp, old_logprobs, advantages, response_mask, entropy, config, max_len)
+    out = policy_loss(
+        logp, old_logprobs, advantages, response_mask, entropy, config, max_len,
+        selected=selected,
+    )
     (grad,) = torch.autograd.grad(out.loss, logp)
     return -grad
 
@@ -252,6 +294,21 @@ def _loss_metrics(
         # over valid tokens, token ratio (not the trace): distance between the two policies
         "policy/approx_kl": _masked_mean(approx_kl_k3(delta), valid_f),
     }
+
+
+def _check_selection(selected: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    if tuple(selected.shape) != tuple(valid.shape):
+        raise ValueError(
+            f"selected must have the shape of logprobs {tuple(valid.shape)}, "
+            f"got {tuple(selected.shape)}"
+        )
+    selected = selected.to(valid.device).bool()
+    if bool((selected & ~valid).any()):
+        raise ValueError(
+            "selected marks tokens outside response_mask: a selection must be a subset of "
+            "the valid tokens (and them with the mask first)"
+        )
+    return selected
 
 
 def _check_inputs(

@@ -22,6 +22,7 @@ def select_tokens(
     response_mask: torch.Tensor,
     entropy: torch.Tensor | None,
     entropy_top_quantile: float | None,
+    threshold: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The S-trace selection ``m``: the top-``q`` entropy tokens among the valid ones.
 
@@ -29,10 +30,16 @@ def select_tokens(
     over every valid token of the tensors passed in, and ``m = (H >= tau) & response_mask``.
     Without a quantile every valid token is selected and ``tau`` is NaN.
 
+    A trainer that splits an update into micro-batches or ranks must not let each piece take
+    its own quantile (the split would change the gradient): it computes ``tau`` once with
+    :func:`entropy_threshold` over all the pieces' valid entropies and passes it as
+    ``threshold`` (``docs/ALGORITHMS.md``, "Selection").
+
     Args:
         response_mask: ``[B, T]`` bool (or 0/1), the valid answer tokens.
-        entropy: ``[B, T]`` token entropies of the current policy (detached), or None.
+        entropy: ``[B, T]`` token entropies (detached), or None.
         entropy_top_quantile: ``q`` in (0, 1], or None for no selection.
+        threshold: a precomputed ``tau`` to compare against instead of the local quantile.
 
     Returns:
         ``(m [B, T] bool, tau)``.
@@ -53,13 +60,26 @@ def select_tokens(
         )
     if not 0.0 < entropy_top_quantile <= 1.0:
         raise ValueError(f"entropy_top_quantile must be in (0, 1], got {entropy_top_quantile}")
-    values = entropy.detach()[valid]
-    if values.numel() == 0:
-        return valid, float("nan")
-    tau = _quantile_linear(values, 1.0 - entropy_top_quantile)
+    if threshold is None:
+        values = entropy.detach()[valid]
+        if values.numel() == 0:
+            return valid, float("nan")
+        threshold = entropy_threshold(values, entropy_top_quantile)
     # tau is computed in the entropies' dtype, so comparing in that dtype is exact.
-    selected = (entropy.detach() >= tau) & valid
-    return selected, tau
+    selected = (entropy.detach() >= threshold) & valid
+    return selected, threshold
+
+
+def entropy_threshold(values: torch.Tensor, entropy_top_quantile: float) -> float:
+    """``tau = quantile(values, 1 - q)`` (linear interpolation) of a flat tensor of entropies.
+
+    The tokens with ``H >= tau`` are the top ``q`` of ``values``. NaN when ``values`` is empty.
+    """
+    if not 0.0 < entropy_top_quantile <= 1.0:
+        raise ValueError(f"entropy_top_quantile must be in (0, 1], got {entropy_top_quantile}")
+    if values.numel() == 0:
+        return float("nan")
+    return _quantile_linear(values.detach().flatten(), 1.0 - entropy_top_quantile)
 
 
 def _quantile_linear(values: torch.Tensor, p: float) -> float:
