@@ -6,9 +6,14 @@ Layout under ``<run_dir>/checkpoints``::
         trainer_state.json    step, data position, RNG states, metrics history
     latest                the tag of the newest complete checkpoint (written last)
 
-A checkpoint is written into ``.tmp-step_000010`` and renamed into place only when every rank
-has finished; ``latest`` is replaced atomically afterwards. A crash at any point therefore
-leaves the previous checkpoint untouched and ``latest`` pointing at a complete one.
+A checkpoint is written into ``.tmp-step_000010`` and published with
+:func:`strace_ds.publish.publish_dir` only when every rank has finished; ``latest`` is replaced
+atomically afterwards, and pruning runs last (never on the tag ``latest`` names). A crash at
+any point therefore leaves ``latest`` naming a complete checkpoint. Re-saving an existing tag
+moves the old copy aside to ``.step_000010.old`` before the new one is renamed in; a kill in
+that window leaves ``step_000010`` missing, and loading (:func:`find_checkpoint`,
+:func:`load_checkpoint`) and the next save rename the aside copy back
+(:func:`strace_ds.publish.recover_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 from strace_ds import distributed as dist_utils
+from strace_ds.publish import aside_path, publish_dir, recover_dir
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
@@ -90,7 +96,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
     staging_root = ckpt_dir / f".tmp-{tag}"
     final = ckpt_dir / tag
     if dist_utils.rank() == 0:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        if ckpt_dir.is_dir():
+            _tidy(ckpt_dir)
         staging_root.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
@@ -98,9 +105,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
     if dist_utils.rank() == 0:
         state.rng = capture_rng()
         atomic_write_text(staging_root / tag / STATE_FILE, json.dumps(asdict(state)))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging_root / tag, final)
+        publish_dir(staging_root / tag, final)  # an old ``final`` is deleted only once replaced
         # DeepSpeed drops its consolidation helper next to the tag; keep one in the root.
         for extra in staging_root.iterdir():
             target = ckpt_dir / extra.name
@@ -108,15 +113,32 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
                 os.replace(extra, target)
         shutil.rmtree(staging_root, ignore_errors=True)
         atomic_write_text(ckpt_dir / LATEST, tag)
-        _prune(ckpt_dir, keep_last)
+        _prune(ckpt_dir, keep_last, keep=tag)
     dist_utils.barrier()
     return final
 
 
-def _prune(ckpt_dir: Path, keep_last: int) -> None:
+def _tidy(ckpt_dir: Path) -> None:
+    """What killed saves left: delete staging dirs and ``latest`` temp files, finish
+    interrupted publishes (see :mod:`strace_ds.publish`). Rank 0 only, before any rank writes
+    into a staging dir."""
+    for p in ckpt_dir.iterdir():
+        if p.name.startswith(".tmp-step_"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(f".{LATEST}.") and p.is_file():
+            p.unlink(missing_ok=True)  # atomic_write_text's temp file: never read
+        elif p.name.startswith(".step_") and p.name.endswith(".old"):
+            target = ckpt_dir / p.name[1 : -len(".old")]
+            if aside_path(target) == p:
+                recover_dir(target)
+
+
+def _prune(ckpt_dir: Path, keep_last: int, keep: str | None = None) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, never the one tagged ``keep``."""
     tags = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in tags[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def find_checkpoint(resume: str, ckpt_dir: Path) -> Path | None:
@@ -128,10 +150,13 @@ def find_checkpoint(resume: str, ckpt_dir: Path) -> Path | None:
         latest = ckpt_dir / LATEST
         if not latest.is_file():
             return None
-        return ckpt_dir / latest.read_text().strip()
+        found = ckpt_dir / latest.read_text().strip()
+        recover_dir(found)
+        return found
     path = Path(resume)
     if (path / LATEST).is_file():
         path = path / (path / LATEST).read_text().strip()
+    recover_dir(path)
     if not (path / STATE_FILE).is_file():
         raise ValueError(
             f"resume: {resume!r} is not a strace_ds checkpoint (no {STATE_FILE}); pass 'auto' or "
@@ -142,6 +167,7 @@ def find_checkpoint(resume: str, ckpt_dir: Path) -> Path | None:
 
 def load_checkpoint(engine: Any, path: Path) -> TrainerState:
     """Restore the engine from ``path`` (a tag dir) and return the trainer state."""
+    recover_dir(path)
     _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
     if client is None and not (path / STATE_FILE).is_file():
         raise ValueError(f"resume: could not load the DeepSpeed checkpoint in {str(path)!r}")

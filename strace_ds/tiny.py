@@ -75,6 +75,7 @@ from transformers import (
 
 from strace_ds.data.synthetic import ArithmeticConfig, arithmetic_dataset
 from strace_ds.data.types import PromptExample
+from strace_ds.publish import publish_dir
 
 BUILD_VERSION = 3
 """Bumped whenever the build recipe changes, so old caches are not reused."""
@@ -572,13 +573,15 @@ def build_tiny_policy(
 
 
 def _publish(tmp: Path, out: Path, replace: bool) -> None:
-    """Move a finished build to ``out`` atomically; a concurrent winner's copy is kept."""
-    if replace and out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
+    """Move a finished build to ``out`` atomically; a concurrent winner's copy is kept.
+
+    :func:`strace_ds.publish.publish_dir`: with ``replace`` the old build is moved aside to
+    ``.<name>.old`` and deleted only once the new one is in place; without it a plain rename,
+    which fails on a non-empty ``out`` -- a complete build already there (a concurrent
+    winner's) is then kept.
+    """
     try:
-        os.rename(tmp, out)  # atomic; fails on a non-empty target
+        publish_dir(tmp, out, replace=replace)
     except OSError:
         if not _is_build(out):
             raise

@@ -47,6 +47,7 @@ from strace_ds.losses import (
     token_credit,
 )
 from strace_ds.monitor import Monitor, credit_figure
+from strace_ds.publish import publish_dir
 from strace_ds.rollout import SamplingParams
 from strace_ds.rollout_batch import RolloutBatch, answer_logprobs, collate_rollouts
 
@@ -687,7 +688,12 @@ class Trainer:
         return path
 
     def export(self, out_dir: Path) -> Path:
-        """Consolidated weights + tokenizer in Hugging Face format, written atomically."""
+        """Consolidated weights + tokenizer in Hugging Face format, written atomically.
+
+        An existing ``out_dir`` is replaced by :func:`strace_ds.publish.publish_dir`: a kill
+        mid-replace leaves the old copy at ``.<name>.old``, which
+        :func:`strace_ds.publish.recover_dir` (or the next export) puts back.
+        """
         named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
         state = {name: t for name, t in named}  # every rank gathers; rank 0 writes
         if self.is_main:
@@ -696,9 +702,7 @@ class Trainer:
             module = self.engine.module
             module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            publish_dir(tmp, out_dir)
             self._log(f"exported the policy to {out_dir}")
         dist_utils.barrier()
         return out_dir

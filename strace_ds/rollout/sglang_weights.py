@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from strace_ds.publish import publish_dir
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 """Suffixes of weight files, never copied from the base model directory into a new version."""
@@ -104,14 +104,12 @@ def write_hf_checkpoint(
 
 
 def publish_atomically(tmp_dir: Path, final_dir: Path) -> None:
-    """``rename(tmp_dir, final_dir)``, replacing an existing ``final_dir`` (same filesystem)."""
-    if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final_dir, trash)
-        os.rename(tmp_dir, final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp_dir, final_dir)
+    """``rename(tmp_dir, final_dir)``, replacing an existing ``final_dir`` (same filesystem).
+
+    :func:`strace_ds.publish.publish_dir`: a kill mid-replace leaves the old version at
+    ``.v<k>.old``, put back by :func:`strace_ds.publish.recover_dir` or the next publish.
+    """
+    publish_dir(tmp_dir, final_dir)
 
 
 # --------------------------------------------------------------------------- tensor handles
