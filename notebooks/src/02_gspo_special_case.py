@@ -4,7 +4,7 @@
 # The abstract of *Beyond Uniform Credit Assignment: Selective Eligibility Traces for RLVR*
 # (Mou et al., 2026) says that GSPO "is a special instance of the eligibility traces method
 # operating under uniform credit assignment". This notebook makes that statement concrete **in
-# this project's formalisation** of the P-trace/S-trace (`shared/design/ALGORITHMS.md`; the
+# this project's formalisation** of the P-trace/S-trace (`docs/ALGORITHMS.md`; the
 # paper's own derivation is not public), and checks it numerically against independent
 # implementations written here from the GRPO and GSPO papers.
 #
@@ -287,7 +287,12 @@ for name in compare:
 #   decays afterwards, so it cuts from somewhere inside the burst to a few tokens after it —
 #   and only in the answers where the burst pushes the ratio out of the region in the
 #   direction of the advantage. The rest of each answer keeps its loss terms: partial
-#   trust-region preservation.
+#   trust-region preservation. (On this batch it keeps the same 302 terms as GRPO in total —
+#   more than GRPO in answers 1 and 2, fewer in answer 0 — but credits all 320 tokens, GRPO 302.)
+#
+# This is one hand-built batch: it shows *how* each member clips, exactly, and says nothing
+# about which one yields the better gradient. That question is measured, with 95% intervals
+# over independent batches, in notebook 01 (section 5c).
 
 # %% [markdown]
 # ## What you saw
@@ -299,8 +304,9 @@ for name in compare:
 #   per answer but front-loads it ($H_T$ / $1/T$ at $\lambda = 1$); the S-trace puts all of it on
 #   the high-entropy tokens and exactly zero on the others.
 # * Under the same drift, GSPO keeps or drops whole answers, GRPO cuts single tokens and the
-#   P-trace cuts a contiguous stretch around each out-of-region burst.
-# * All of this is this project's formalisation of the paper's abstract (`ALGORITHMS.md`).
+#   P-trace cuts a contiguous stretch around each out-of-region burst (one constructed batch:
+#   a picture of the mechanism, not a comparison of gradient quality — see notebook 01).
+# * All of this is this project's formalisation of the paper's abstract (`docs/ALGORITHMS.md`).
 
 # %%
 summary = {

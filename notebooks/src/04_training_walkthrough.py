@@ -9,10 +9,11 @@
 # real model, a real dataset and an SGLang server.
 #
 # The P-trace/S-trace losses are **this project's formalisation of the paper's abstract**
-# (Mou et al., 2026; `shared/design/ALGORITHMS.md`), not the paper's text.
+# (Mou et al., 2026; `docs/ALGORITHMS.md`), not the paper's text.
 #
 # The budget is deliberately tiny (6 steps of 16 prompts x 4 answers) so that the notebook runs
-# in a few minutes on a laptop CPU: it shows the machinery and the metrics, not a converged run.
+# in a few minutes on a laptop CPU: it shows the machinery and the metrics, not a converged run,
+# and — one run per loss, one seed — nothing about which loss is better (section 3).
 
 # %%
 import json
@@ -111,7 +112,9 @@ plt.show()
 
 for loss, series in scalars.items():
     acc = series.get("eval/accuracy", ([], []))[1]
-    print(f"{loss:8s} held-out accuracy (greedy) at start and end: {[round(a, 3) for a in acc]}")
+    cfg = config_for(loss)
+    print(f"{loss:8s} held-out accuracy (avg@{cfg.eval_k}, temperature {cfg.eval_temperature:g}, "
+          f"{cfg.eval_size} problems) at start and end: {[round(a, 3) for a in acc]}")
 
 # %% [markdown]
 # What each panel means (the trainer logs many more; `tensorboard --logdir` shows them all):
@@ -121,24 +124,41 @@ for loss, series in scalars.items():
 # | `reward/mean` | mean reward of the answers sampled at that step (1 = correct) |
 # | `response/length_mean` | mean answer length in tokens |
 # | `policy/clip_frac_high` / `_low` | share of loss tokens whose (trace) ratio was clipped, per side |
-# | `select/frac` | share of valid tokens the S-trace selected (1 for GRPO: no selection) |
+# | `select/frac` | share of the step's loss tokens (all ranks) the S-trace selected (1 for GRPO: no selection) |
 # | `policy/approx_kl` | how far the updates moved the policy from the sampler, per token |
-# | `eval/accuracy` | held-out accuracy at the start and the end of the run |
+# | `eval/accuracy` | held-out accuracy (avg@4, temperature 1) at the start and the end of the run |
 #
-# `select/frac` sits at 0.2 for the S-trace: the top-20% entropy tokens. The clip fractions are
-# small: each step makes two updates on its rollouts and only the second one sees ratios that
-# differ from 1. With `image_every=N` the trainer also draws one answer's per-token credit
-# every N steps (TensorBoard's Images tab).
+# `select/frac` sits at 0.2 for the S-trace: the top-20% entropy tokens of the step. The
+# selection is made **once per training step**: the scoring pass that recomputes the old
+# log-probs (the proximal policy, before any update) also returns the token entropies, and one
+# threshold $\tau$ — the 80% quantile of those entropies over all ranks' loss tokens, logged as
+# `select/entropy_threshold` — selects the tokens with $H \ge \tau$. Every mini- and
+# micro-batch of the step uses that same selection, so it depends neither on
+# `micro_batch_size` nor on the number of ranks (`docs/ALGORITHMS.md`, "Selection"). The clip
+# fractions are small: each step makes two updates, each on half of its rollouts, and only the
+# second one sees ratios that differ from 1. With `image_every=N` the trainer also draws one
+# answer's per-token credit every N steps (TensorBoard's Images tab).
 
 # %% [markdown]
 # ## 3. What this run says — and what it does not
 #
-# Six steps of 64 answers is far too little to compare two losses: the step-to-step noise of
-# `reward/mean` is of the order of $\sqrt{p(1-p)/64} \approx 0.05$. Use this run to check the
-# plumbing and the metrics. Two numbers deserve a look before any long run: the reward trend and
-# `policy/approx_kl`. If the reward falls while the KL per update is well above ~0.01 and the
-# clip fractions are near zero, the optimizer's steps are too large for this policy (the trust
-# region only clips ratios *after* they have moved) — lower `--lr` before anything else.
+# **This run says nothing about which loss is better.** It is one run per loss with one seed,
+# and six steps of 64 answers: the step-to-step noise of `reward/mean` alone is of the order of
+# $\sqrt{p(1-p)/64} \approx 0.05$, and the held-out accuracy (avg@4 on 50 problems) has a
+# standard error of up to $\sqrt{p(1-p)/50} \approx 0.07$ (the bound when a problem's four
+# samples always agree). Whichever curve or end accuracy printed above is higher, the
+# difference is not a measurement of the methods, and one run gives no spread to judge it by.
+# The comparison of GRPO and S-trace on this task over several seeds, with 95% intervals of
+# the paired difference, is in the README's "Results on the embedded default" section
+# (produced by `benchmarks/default_seeds.py`); the comparison that matters (real models,
+# maths benchmarks) needs GPUs.
+#
+# Use this run to check the plumbing and the metrics. Two numbers deserve a look before any long
+# run: the reward trend and `policy/approx_kl`. If the reward falls while the KL per update is
+# well above ~0.01 and the clip fractions are near zero, the optimizer's steps are too large for
+# this policy (the trust region only clips ratios *after* they have moved) — lower `--lr`
+# before anything else. The verdict printed below is that rule of thumb applied to one noisy
+# run, per loss: a hint, not a test.
 
 # %%
 diagnosis = {}
@@ -211,9 +231,11 @@ print(real.name, real.trace_config())
 #   GRPO and the S-trace alike; only `loss=` differs.
 # * The trainer's TensorBoard scalars (reward, length, clip fractions, selected fraction, KL,
 #   held-out accuracy) can be read back with `EventAccumulator` and plotted; the S-trace
-#   selects 20% of the tokens, GRPO all of them.
-# * A six-step run checks plumbing, not which loss is better; read the reward trend together
-#   with `policy/approx_kl` before a long run (section 3 prints the verdict for this run).
+#   selects 20% of the tokens (one entropy threshold per step, from the scoring pass, over all
+#   ranks), GRPO all of them.
+# * One six-step run per loss checks plumbing; it shows nothing about which loss is better (for
+#   that: the README's multi-seed results). Read the reward trend together with
+#   `policy/approx_kl` before a long run (section 3 prints the verdict for this run).
 # * The real run is the same config with `--model`, `--dataset` (+ columns) and, optionally,
 #   `--rollout sglang --sglang-url`.
 
