@@ -7,7 +7,7 @@ Prints one table (every row from this run, median over repeats) and writes it to
 
 (a) forward+backward time of every ``PRESETS`` loss at ``B x T`` tokens, as a ratio to
     ``grpo`` (target: every other preset <= 1.5x);
-(b) the vectorised causal ``trace_log_ratio`` against the recursion of ``ALGORITHMS.md``
+(b) the vectorised causal ``trace_log_ratio`` against the recursion of ``docs/ALGORITHMS.md``
     written as a Python loop over T (forward+backward), with their largest difference;
 (c) peak extra memory and time of ``token_logprobs_and_entropy(_from_hidden)`` against the
     plain ``log_softmax -> gather`` computation at Qwen's vocabulary, forward+backward of the
@@ -154,7 +154,7 @@ def bench_presets(sizes: Sizes) -> list[Row]:
 
 # ------------------------------------------------------------------ (b) trace scan vs loop
 def trace_log_ratio_loop(delta: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """The causal recursion of ``ALGORITHMS.md``, one Python step per token; ``[B, T]``.
+    """The causal recursion of ``docs/ALGORITHMS.md``, one Python step per token; ``[B, T]``.
 
     ``z_t = lam**m_t z_{t-1} + m_t delta_t``, ``n_t = lam**m_t n_{t-1} + m_t``,
     ``ell_t = z_t / n_t`` (0 while ``n_t = 0``).

@@ -11,7 +11,7 @@
 #        `pip install "sglang==0.5.23"`, which brings torch 2.14.1 (CUDA 13), sglang-kernel,
 #        flashinfer and the other CUDA packages. SGLANG_EXTRAS="[all]" adds the optional extras
 #        (diffusion, tracing, http2); they are not needed for RL rollouts.
-# --cpu  (default otherwise): what shared/notes/STACK_ON_CPU.md measured on CPU-only machines:
+# --cpu  (default otherwise): what docs/STACK_ON_CPU.md measured on CPU-only machines:
 #        torch 2.14.1 + torchvision 0.29.1 (on the CI machines' local disk for Python 3.11),
 #        `pip install --no-deps sglang==0.5.23`, its non-GPU dependencies at sglang's pins, and
 #        the test-only sgl_kernel stub from tests/sglang_cpu_stub (sglang-kernel has no CPU

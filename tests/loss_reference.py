@@ -1,6 +1,6 @@
 """Slow, obviously-correct references for the trace loss family (float64, tests only).
 
-Written from the papers' formulas and `/work/shared/design/ALGORITHMS.md` without reading
+Written from the papers' formulas and `docs/ALGORITHMS.md` without reading
 `strace_ds.losses`, so the tests compare two independent implementations:
 
 * `ref_grpo_loss`   -- PPO/GRPO clipped surrogate on token ratios (Schulman et al. 2017;
@@ -30,7 +30,7 @@ def harmonic(T: int) -> float:
 
 
 def ref_causal_trace(delta: torch.Tensor, m: torch.Tensor, lam: float) -> torch.Tensor:
-    """ALGORITHMS.md recursion, one row and one token at a time (differentiable).
+    """docs/ALGORITHMS.md recursion, one row and one token at a time (differentiable).
 
     z_t = lam**m_t z_{t-1} + m_t delta_t ; n_t = lam**m_t n_{t-1} + m_t ; ell_t = z_t / n_t.
     delta, m: [B, T]; returns ell [B, T].
@@ -122,7 +122,7 @@ def ref_gspo_loss(logp, old, A, mask, clip_low, clip_high):
     """GSPO: s_i = exp(mean_{t valid} delta_t), L_i = -min(s_i A_i, clip(s_i) A_i), mean_i.
 
     A: [B] (one advantage per sequence, as in the paper). Rows without tokens contribute 0
-    but still count in the mean over B (ALGORITHMS.md: mean over sequences).
+    but still count in the mean over B (docs/ALGORITHMS.md: mean over sequences).
     """
     B, T = logp.shape
     terms = []

@@ -1,6 +1,6 @@
 """`policy_loss` metrics: names, and hand-derived values on tiny 1x3 examples.
 
-Contract: /work/shared/design/ALGORITHMS.md ("Metrics every loss call reports"). Clip
+Contract: `docs/ALGORITHMS.md` ("Metrics every loss call reports"). Clip
 fractions count loss tokens whose clipped branch is active (A > 0 and r > 1 + clip_high:
 high; A < 0 and r < 1 - clip_low: low); approx_kl is Schulman's k3 of KL(old || new),
 r - 1 - log r with r = p_new / p_old per token.

@@ -1,6 +1,6 @@
 """`policy_loss`, `TraceConfig` and presets against independent float64 references.
 
-Contract: /work/shared/design/ALGORITHMS.md. References: tests/loss_reference.py (written
+Contract: `docs/ALGORITHMS.md`. References: tests/loss_reference.py (written
 from the papers' formulas without reading `strace_ds.losses`). Gradients are w.r.t. the
 new log-probs and must agree to ~1e-12.
 """
@@ -380,7 +380,7 @@ def test_zero_advantages_give_zero_gradient(name):
 
 
 def _clamp_bound() -> float:
-    """The documented clamp on ell before exp (ALGORITHMS.md "Numerics")."""
+    """The documented clamp on ell before exp (docs/ALGORITHMS.md "Numerics")."""
     names = [n for n in dir(losses) if n.isupper() and "CLAMP" in n
              and isinstance(getattr(losses, n), (int, float))]
     assert names, "strace_ds.losses should expose the ell clamp bound as a constant"

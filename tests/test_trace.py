@@ -1,6 +1,6 @@
 """`trace_log_ratio` and `select_tokens` against the loop references (float64).
 
-Contract: /work/shared/design/ALGORITHMS.md, sections "Selection" and "Trace log-ratio".
+Contract: `docs/ALGORITHMS.md`, sections "Selection" and "Trace log-ratio".
 """
 
 from __future__ import annotations

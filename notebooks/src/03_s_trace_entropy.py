@@ -5,7 +5,7 @@
 # (Mou et al., 2026) describes the S-trace as "a sparse eligibility traces mechanism to further
 # mitigate variance and achieve fine-grained credit assignment by selectively masking
 # low-entropy tokens". The formulas below are **this project's formalisation of that
-# sentence** (`shared/design/ALGORITHMS.md`), not the paper's text:
+# sentence** (`docs/ALGORITHMS.md`), not the paper's text:
 #
 # $$\tau = \operatorname{quantile}\big(\{H_{i,t} : t \text{ valid}\},\ 1 - q\big), \qquad
 #   m_{i,t} = [H_{i,t} \ge \tau],$$
@@ -320,7 +320,7 @@ print("largest |credit| of an unselected token under S-trace:", unselected_credi
 # * Credit: GRPO spreads an answer's advantage evenly over its tokens; the S-trace puts all of
 #   it on the selected forking tokens and exactly zero elsewhere.
 # * The selection rule and the trace are this project's formalisation of the paper's abstract
-#   (`ALGORITHMS.md`).
+#   (`docs/ALGORITHMS.md`).
 
 # %%
 summary = {

@@ -4,7 +4,7 @@ Every member of the family -- GRPO, GSPO, the 80/20 high-entropy mask, P-trace a
 S-trace -- is one :class:`TraceConfig`; the loss code has no per-algorithm branches.
 The presets and their semantics are this project's formalisation of "Beyond Uniform Credit
 Assignment: Selective Eligibility Traces for RLVR" (Mou et al., 2026), whose abstract is the
-only public text: see ``ALGORITHMS.md`` in the design folder.
+only public text: see ``docs/ALGORITHMS.md``.
 """
 
 from __future__ import annotations

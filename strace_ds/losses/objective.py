@@ -2,7 +2,7 @@
 
 One implementation serves every preset (``PRESETS``): GRPO, GSPO, the 80/20 high-entropy
 mask, P-trace and S-trace differ only in their :class:`TraceConfig`. The formulas are this
-project's formalisation of the paper's abstract (``ALGORITHMS.md``).
+project's formalisation of the paper's abstract (``docs/ALGORITHMS.md``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token selection and the trace log-ratio: the two pieces that make a trace a trace.
 
-Notation (``ALGORITHMS.md``): ``delta[i, t] = logp_theta(y_t) - logp_old(y_t)`` for answer i,
+Notation (``docs/ALGORITHMS.md``): ``delta[i, t] = logp_theta(y_t) - logp_old(y_t)`` for answer i,
 ``m[i, t]`` the selected tokens. This is the project's formalisation of P-trace/S-trace from
 the paper's abstract, not the paper's own text.
 """

@@ -39,7 +39,7 @@ CPU_DEFAULT_ARGS: tuple[tuple[str, str | None], ...] = (
     ("--sleep-on-idle", None),
     ("--max-total-tokens", "4096"),
 )
-"""Extra flags on CPU, measured in shared/notes/STACK_ON_CPU.md: float32 (the torch-native CPU
+"""Extra flags on CPU, measured in docs/STACK_ON_CPU.md: float32 (the torch-native CPU
 path), ``--sleep-on-idle`` (else an idle scheduler spins a core at 100%), and a small KV pool
 (SGLang sizes it from free GPU memory otherwise). Each is overridden by an explicit one."""
 
