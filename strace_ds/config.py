@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from strace_ds.losses import LOSS_AGGREGATIONS, PRESETS, TraceConfig
+from strace_ds.lr_schedule import LR_SCHEDULES
 
 ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
 OVERLONG_MODES = ("none", "mask", "soft")
@@ -86,7 +87,19 @@ class TrainConfig:
     micro_batch_size: int = _f(64, "rows per forward/backward on each rank")
     lr: float = _f(2e-4, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    warmup_steps: int = _f(0, "linear learning-rate warm-up, in optimizer updates")
+    warmup_steps: int = _f(
+        0,
+        "linear learning-rate warm-up over the first N optimizer updates: update u (0-based) "
+        "uses lr * (u + 1) / (N + 1), so the first update already moves",
+    )
+    lr_schedule: str = _f(
+        "constant",
+        "after warm-up: " + ", ".join(LR_SCHEDULES) + "; linear/cosine decay from lr towards "
+        "min_lr_ratio * lr, reached one update after the run's last (steps x mini_batches)",
+    )
+    min_lr_ratio: float = _f(
+        0.0, "final learning rate of the linear/cosine decay, as a fraction of lr (in [0, 1])"
+    )
     grad_clip: float = _f(1.0, "gradient norm clip")
     logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
                                  "(0 = auto: about 2**25 logits per chunk)")
@@ -143,6 +156,7 @@ class TrainConfig:
         _choice("overlong", self.overlong, OVERLONG_MODES)
         _choice("rollout", self.rollout, ROLLOUTS)
         _choice("sglang_sync", self.sglang_sync, ("disk", "tensor"))
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         for name in (
@@ -179,6 +193,13 @@ class TrainConfig:
         for name in ("lr", "reward_timeout_s", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.min_lr_ratio and self.lr_schedule == "constant":
+            raise ValueError(
+                f"min_lr_ratio ({self.min_lr_ratio}) has no effect with lr_schedule='constant'; "
+                "add --lr_schedule linear (or cosine), or drop min_lr_ratio"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL rollouts, got {self.temperature}")
         if self.eval_temperature < 0:

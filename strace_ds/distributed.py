@@ -41,15 +41,17 @@ def resolve_ds_config(
     lr: float,
     weight_decay: float,
     grad_clip: float,
-    warmup_steps: int,
     on_cpu: bool,
 ) -> tuple[dict[str, Any], list[str]]:
     """Fill the ``"auto"`` fields from the run's config and adapt precision to the device.
 
     Batch sizes and optimizer settings belong to :class:`~strace_ds.config.TrainConfig`; a
     DeepSpeed file that fixes them to other numbers is rejected (the same figure set in two
-    places is how runs silently differ from what was asked). Returns the config and the list
-    of announcements (precision changes) to print.
+    places is how runs silently differ from what was asked). So does the learning-rate
+    schedule (:mod:`strace_ds.lr_schedule`, passed to ``deepspeed.initialize``): the result
+    has no ``"scheduler"`` section; the old ``WarmupLR`` template with ``"auto"`` fields is
+    dropped (announced), any other scheduler is rejected. Returns the config and the list of
+    announcements (precision changes, dropped sections) to print.
     """
     cfg = copy.deepcopy(raw)
     notes: list[str] = []
@@ -70,13 +72,18 @@ def resolve_ds_config(
         "ds_config optimizer.params.weight_decay",
         flag="--weight_decay",
     )
-    sched = cfg.get("scheduler", {}).get("params", {})
-    _fill(sched, "warmup_max_lr", lr, "ds_config scheduler.params.warmup_max_lr", flag="--lr")
-    if sched.get("warmup_num_steps") == AUTO:
-        # DeepSpeed's WarmupLR divides by log(warmup_num_steps): 0 or 1 steps is "no warm-up".
-        sched["warmup_num_steps"] = max(warmup_steps, 1)
-        if warmup_steps == 0:
-            sched["warmup_min_lr"] = lr
+    if "scheduler" in cfg:
+        sched = cfg.pop("scheduler")
+        if not _is_auto_warmup(sched):
+            raise ValueError(
+                f"ds_config sets its own scheduler ({json.dumps(sched)}); the learning-rate "
+                "schedule belongs to the run config: delete the \"scheduler\" section and use "
+                "--warmup_steps, --lr_schedule and --min_lr_ratio"
+            )
+        notes.append(
+            'ds_config "scheduler" (WarmupLR, "auto") ignored: the schedule comes from '
+            "--warmup_steps, --lr_schedule and --min_lr_ratio; delete the section"
+        )
     if on_cpu:
         for half in ("bf16", "fp16"):
             if cfg.get(half, {}).get("enabled"):
@@ -95,6 +102,22 @@ def resolve_ds_config(
                     "lives in CPU memory)"
                 )
     return cfg, notes
+
+
+def _is_auto_warmup(sched: Any) -> bool:
+    """The ``WarmupLR`` section the shipped configs used to carry: every number ``"auto"``."""
+    if not isinstance(sched, dict) or sched.get("type") != "WarmupLR":
+        return False
+    params = sched.get("params", {})
+    allowed = {
+        "warmup_min_lr": (0, AUTO),
+        "warmup_max_lr": (AUTO,),
+        "warmup_num_steps": (AUTO,),
+        "warmup_type": ("linear",),
+    }
+    return set(sched) <= {"type", "params"} and all(
+        key in allowed and value in allowed[key] for key, value in params.items()
+    )
 
 
 def _fill(

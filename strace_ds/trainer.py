@@ -1,6 +1,6 @@
 """The RL trainer: rollouts, rewards, group advantages, trace-loss updates on DeepSpeed ZeRO-3.
 
-One step (``ARCHITECTURE.md``)::
+One step::
 
     prompts -> RolloutEngine.generate (G answers each, sampling log-probs)
             -> RewardPool (math-verify in worker processes, hard timeout)
@@ -215,7 +215,9 @@ class Trainer:
     def _build_engine(self) -> tuple[Any, bool]:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from strace_ds import dropout, lr_schedule
 
         cfg = self.cfg
         on_cpu = get_accelerator().device_name() == "cpu"
@@ -228,7 +230,6 @@ class Trainer:
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip,
-            warmup_steps=cfg.warmup_steps,
             on_cpu=on_cpu,
         )
         for note in notes:
@@ -244,11 +245,31 @@ class Trainer:
 
             # Keeps transformers' zero.Init on while loading: weights arrive partitioned.
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        model.config.use_cache = False
-        engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=ds_config
+        # Dropout off (strace_ds.dropout): old log-probs are scored in eval mode, updates in
+        # train mode; with dropout the two would be different policies.
+        model_config = AutoConfig.from_pretrained(self.model_path)
+        turned_off = dropout.disable_dropout(model_config)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, config=model_config, dtype=dtype
         )
+        line = dropout.describe(turned_off, dropout.disable_dropout_modules(model))
+        if line:
+            self._log(line)
+        model.config.use_cache = False
+        # The lr schedule is ours (strace_ds.lr_schedule), one step per optimizer update.
+        schedule = {
+            "warmup_steps": cfg.warmup_steps,
+            "total_updates": cfg.steps * cfg.mini_batches,
+            "schedule": cfg.lr_schedule,
+            "min_lr_ratio": cfg.min_lr_ratio,
+        }
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=model.parameters(),
+            config=ds_config,
+            lr_scheduler=lr_schedule.scheduler_factory(**schedule),
+        )
+        self._log(lr_schedule.describe(cfg.lr, **schedule))
         self.ds_config = ds_config
         self._log(
             f"deepspeed: ZeRO stage {dist_utils.zero_stage(ds_config)}, {dtype}, "
@@ -272,6 +293,13 @@ class Trainer:
                 self._log(f"resumed from {found} at step {self.state.step}")
             else:
                 self._log(f"resume=auto: no checkpoint in {self.ckpt_dir}, starting fresh")
+        if self.state.step >= cfg.steps:
+            # A relaunch of a finished run: saving again would only risk the last checkpoint.
+            self._log(f"run {cfg.name} already finished at step {self.state.step} "
+                      f"(steps={cfg.steps}): nothing to train")
+            if cfg.export and not (cfg.run_dir / "final" / "config.json").is_file():
+                self.export(cfg.run_dir / "final")
+            return next((h for h in reversed(self.state.history) if "reward/mean" in h), {})
         self.sync_weights(self.state.step)
         if self.state.step == 0 and self.eval_data is not None:
             self.evaluate(step=0, label="start")
@@ -467,6 +495,7 @@ class Trainer:
         for lo_mini in range(0, N, mini):
             rows = slice(lo_mini, lo_mini + mini)
             normalizer = self._global_normalizer(sb, rows)
+            lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
             for lo in range(lo_mini, lo_mini + mini, micro):
                 r = slice(lo, lo + micro)
                 part = sb.batch.rows(r)
@@ -500,7 +529,7 @@ class Trainer:
                     "mask": mask.cpu(),
                 }
             collected["policy/grad_norm"].append(float(self.engine.get_global_grad_norm() or 0.0))
-            collected["policy/lr"].append(float(self.engine.get_lr()[0]))
+            collected["policy/lr"].append(lr)
         if sb.selected is not None:
             # The step's one selection: its threshold and exact share over all ranks.
             valid = sb.batch.response_mask & sb.loss_rows.unsqueeze(-1)

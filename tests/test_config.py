@@ -103,7 +103,6 @@ def test_ds_config_auto_fields_and_cpu_precision():
         "lr": 1e-4,
         "weight_decay": 0.1,
         "grad_clip": 1.0,
-        "warmup_steps": 0,
     }
     cfg, notes = resolve_ds_config(raw, **run, on_cpu=True)
     assert cfg["train_batch_size"] == 8 * 2 * 2

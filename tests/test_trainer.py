@@ -182,6 +182,12 @@ def test_resume_is_exact(policy_dir, tmp_path):
     split = _comparable(_state(tmp_path / "out" / "split")["history"])
     assert len(straight) == 4
     assert split == straight
+    # Relaunching the finished run trains nothing and leaves its checkpoints untouched.
+    ckpts = tmp_path / "out" / "split" / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    again = _train([*common, "--run_name", "split", "--resume", "auto"], cwd=tmp_path)
+    assert "already finished at step 4" in again.stdout + again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
 
 
 @pytest.mark.skipif(
