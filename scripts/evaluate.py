@@ -3,12 +3,15 @@
     python scripts/evaluate.py                                   # tiny policy, synthetic split
     python scripts/evaluate.py --model Qwen/Qwen3-1.7B --benchmarks math500,aime24,aime25 \\
         --k 16 --temperature 0.6 --top-p 0.95 --max-new-tokens 8192 --out results.json
-    python scripts/evaluate.py --model DIR --rollout sglang --sglang-url http://localhost:30000
+    python scripts/evaluate.py --model DIR --rollout sglang --sglang-url http://h1:30000,http://h2:30000
     python scripts/evaluate.py --model DIR --benchmarks math500 --data-dir tests/fixtures/benchmarks
 
 Benchmarks: see ``strace_ds.evaluation.BENCHMARKS``. ``--data-dir`` reads ``<name>.jsonl`` in
-the hub schema instead of the hub. Heavy imports live in :func:`main`: the reward pool's
-worker processes re-import this script.
+the hub schema instead of the hub. ``--rollout sglang`` is a read-only client of running servers
+(``--sglang-url``, comma separated for several; prompts spread round-robin): it never syncs
+weights, records the servers' weight version, and refuses servers whose ``/model_info``
+``model_path`` is not ``--model`` (``--skip-model-check`` to override). Heavy imports live in
+:func:`main`: the reward pool's worker processes re-import this script.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16, help="samples per problem")
     p.add_argument("--ks", default=None, help="pass@j to report, e.g. 1,4,16 (default 1,2,4..k)")
     p.add_argument("--rollout", choices=("hf", "sglang"), default="hf", help="rollout engine")
-    p.add_argument("--sglang-url", default="http://localhost:30000", help="SGLang server URL")
+    p.add_argument("--sglang-url", default="http://localhost:30000",
+                   help="SGLang server URL(s), comma separated")
+    p.add_argument("--skip-model-check", action="store_true",
+                   help="evaluate even if the servers' /model_info model_path is not --model")
     p.add_argument("--data-dir", default=None, help="directory with <benchmark>.jsonl files")
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
@@ -41,15 +47,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def build_engine(args: argparse.Namespace, model: str, tokenizer):
+    """The rollout engine ``args.rollout`` names, through the registry."""
+    from strace_ds.rollout import build_rollout_engine
+
+    if args.rollout == "hf":
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        return build_rollout_engine(
+            "hf",
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=getattr(torch, dtype),
+            max_batch_size=args.max_batch_size,
+        )
+    from strace_ds.rollout.sglang import SGLangError
+
+    # A read-only client: no weights_dir (it never syncs), the servers' live weight version.
+    try:
+        engine = build_rollout_engine("sglang", urls=args.sglang_url, weight_version=None)
+    except (SGLangError, ValueError) as exc:
+        raise SystemExit(f"--sglang-url {args.sglang_url}: {exc}") from exc
+    if not args.skip_model_check:
+        try:
+            engine.check_model(model)
+        except SGLangError as exc:
+            engine.close()
+            raise SystemExit(f"{exc} --skip-model-check evaluates anyway (e.g. the same "
+                             "directory mounted under another path).") from exc
+    return engine
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Build the engine, evaluate, print the table, write the report; return the report."""
     args = parse_args(argv)
-    import torch
     from transformers import AutoTokenizer
 
     from strace_ds.evaluation import evaluate, format_table, parse_benchmark_names
     from strace_ds.rewards import RewardPool
-    from strace_ds.rollout import SamplingParams, build_rollout_engine
+    from strace_ds.rollout import SamplingParams
     from strace_ds.tiny import default_policy_dir
 
     try:  # fail on a typo before loading anything
@@ -59,22 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ks = [int(j) for j in args.ks.split(",")] if args.ks else None
     model = args.model or str(default_policy_dir())
     tokenizer = AutoTokenizer.from_pretrained(model)
-    if args.rollout == "hf":
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        engine = build_rollout_engine(
-            "hf",
-            model=model,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=getattr(torch, dtype),
-            max_batch_size=args.max_batch_size,
-        )
-    else:
-        try:
-            engine = build_rollout_engine("sglang", url=args.sglang_url)
-        except ImportError as exc:
-            raise SystemExit(f"--rollout sglang: the SGLang client is unavailable ({exc})") from exc
+    engine = build_engine(args, model, tokenizer)
     sampling = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -1,5 +1,6 @@
-"""Evaluation: pass@k against brute-force enumeration, the benchmark registry and fixtures, and
-end-to-end runs with fake engines of known accuracy and with the tiny policy."""
+"""Evaluation: pass@k against brute-force enumeration, the benchmark registry and fixtures,
+end-to-end runs with fake engines of known accuracy and with the tiny policy, and the command
+line (the README's commands; the SGLang client it builds, against fake servers)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import math
 from fractions import Fraction
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from evaluation_cli import (
+    check_report,
+    load_cli,
+    localize,
+    readme_commands,
+    readme_evaluation_commands,
+    run_evaluate,
+)
+from fake_sglang import FakeSGLang
 
 from strace_ds.data.prompts import INSTRUCTION
 from strace_ds.data.synthetic import INSTRUCTION as SYNTHETIC_INSTRUCTION
@@ -371,3 +382,120 @@ def test_tiny_policy_end_to_end_report_is_consistent(tiny_engine, pool, tmp_path
     assert [line.split()[0] for line in table.splitlines()[2:]] == [
         "synthetic", "math500", "aime24", "average"
     ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- command line
+def test_readme_evaluation_commands_are_all_tested() -> None:
+    """Every command of the README's Evaluation block parses as written, and is run by the
+    test of its tier (hf: below; sglang: ``tests/test_sglang_server.py``, real server)."""
+    cli = load_cli()
+    commands = readme_evaluation_commands()
+    assert len(commands) >= 3
+    for argv in commands:
+        args = cli.parse_args(argv)  # as written: no unknown flag, no bad value
+        cli.parse_args(localize(argv, "M", Path("r.json"), "http://127.0.0.1:1"))
+        assert args.rollout in ("hf", "sglang")
+    hf, sglang = readme_commands("hf"), readme_commands("sglang")
+    assert sorted(i for i, _ in hf + sglang) == list(range(len(commands)))
+    assert hf and sglang  # the paper's table goes through SGLang
+    tests = Path(__file__).parent
+    assert 'readme_commands("hf")' in Path(__file__).read_text()
+    assert 'readme_commands("sglang")' in (tests / "test_sglang_server.py").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv", [pytest.param(a, id=f"readme-{i}") for i, a in readme_commands("hf")]
+)
+def test_readme_hf_commands_run(argv: list[str], tiny_policy, tmp_path) -> None:
+    local = localize(argv, tiny_policy, tmp_path / "results.json")
+    done = run_evaluate(local)
+    check_report(tmp_path / "results.json", local)
+    assert "avg@2" in done.stdout and f"report: {tmp_path / 'results.json'}" in done.stdout
+
+
+def test_cli_builds_sglang_engine_through_registry(monkeypatch) -> None:
+    """``--rollout sglang`` asks the registry for a read-only client of every URL: no
+    weights_dir, the servers' own weight version; then checks the served model."""
+    import strace_ds.rollout as rollout
+
+    cli = load_cli()
+    calls: list[Any] = []
+
+    class Recorder:
+        def check_model(self, model: str) -> None:
+            calls.append(("check_model", model))
+
+    def build(kind: str, **kwargs: Any) -> Recorder:
+        calls.append((kind, kwargs))
+        return Recorder()
+
+    monkeypatch.setattr(rollout, "build_rollout_engine", build)
+    urls = "http://h1:30000,http://h2:30001"
+    args = cli.parse_args(["--rollout", "sglang", "--sglang-url", urls])
+    assert isinstance(cli.build_engine(args, "M", None), Recorder)
+    assert calls == [("sglang", {"urls": urls, "weight_version": None}), ("check_model", "M")]
+    calls.clear()
+    cli.build_engine(cli.parse_args(["--rollout", "sglang", "--skip-model-check"]), "M", None)
+    assert calls == [("sglang", {"urls": "http://localhost:30000", "weight_version": None})]
+
+
+@pytest.fixture
+def fake_servers(tiny_policy):
+    servers = [FakeSGLang(), FakeSGLang()]
+    for s in servers:
+        s.model_path, s.version = str(tiny_policy), "5"
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def test_cli_sglang_engine_on_fake_servers(fake_servers, tiny_policy, tmp_path) -> None:
+    """The engine the CLI builds, over HTTP: two URLs, read-only, clear errors."""
+    from strace_ds.rollout.sglang import SGLangRolloutEngine
+
+    cli = load_cli()
+    a, b = fake_servers
+    argv = ["--rollout", "sglang", "--sglang-url", f"{a.url}, {b.url}"]
+    engine = cli.build_engine(cli.parse_args(argv), str(tiny_policy), None)
+    assert isinstance(engine, SGLangRolloutEngine)
+    assert engine.urls == [a.url, b.url] and engine.weights_dir is None
+    assert engine.weight_version == 5  # adopted from the servers, not assumed
+    gen = engine.generate([[1], [2]], 2, SamplingParams(max_new_tokens=4))
+    assert gen.weight_version == 5 and gen.prompt_index == [0, 0, 1, 1]
+    assert all(any(p == "/generate" for _, p, _ in s.requests) for s in fake_servers)
+    with pytest.raises(ValueError, match="sync_mode='disk' needs weights_dir"):
+        engine.sync_weights(iter([("w", torch.zeros(1))]), 6)
+    assert engine.weight_version == 5  # a refused sync changes nothing
+    assert all(m == "GET" or p == "/generate" for s in fake_servers for m, p, _ in s.requests)
+    engine.close()
+
+    b.model_path = "/elsewhere/Other-Model"
+    with pytest.raises(SystemExit, match=rf"{b.url} serves '/elsewhere/Other-Model'") as exc:
+        cli.build_engine(cli.parse_args(argv), str(tiny_policy), None)
+    assert f"{a.url} serves" not in str(exc.value)  # only the wrong server is named
+    assert "--skip-model-check" in str(exc.value)
+    cli.build_engine(cli.parse_args([*argv, "--skip-model-check"]), str(tiny_policy), None).close()
+    b.model_path = str(tiny_policy) + "/"  # the same directory, spelt differently
+    cli.build_engine(cli.parse_args(argv), str(tiny_policy), None).close()
+
+    b.version = "6"
+    with pytest.raises(SystemExit, match=rf"different weight versions \({a.url}: '5', {b.url}"):
+        cli.build_engine(cli.parse_args(argv), str(tiny_policy), None)
+    a.close()
+    with pytest.raises(SystemExit, match=rf"--sglang-url .*no healthy SGLang server at\n  {a.url}"):
+        cli.build_engine(cli.parse_args(argv), str(tiny_policy), None)
+
+
+@pytest.mark.filterwarnings("ignore:SGLang ignores sampling_seed")
+def test_cli_main_evaluates_through_sglang(fake_servers, tiny_policy, tmp_path) -> None:
+    """``main`` end to end over the SGLang client (fake servers: every answer is wrong)."""
+    out = tmp_path / "results.json"
+    urls = ",".join(s.url for s in fake_servers)
+    argv = ["--model", str(tiny_policy), "--benchmarks", "synthetic,aime24", "--data-dir",
+            str(FIXTURES), "--k", "2", "--limit", "3", "--max-new-tokens", "4", "--rollout",
+            "sglang", "--sglang-url", urls, "--reward-workers", "1", "--out", str(out)]
+    report = load_cli().main(argv)
+    assert check_report(out, argv) == report
+    for b in report["benchmarks"].values():
+        assert b["avg@2"] == 0.0 and b["weight_version"] == 5

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from evaluation_cli import check_report, localize, readme_commands, run_evaluate
+from fake_sglang import FakeSGLang
+from fake_sglang import sglang_answer as _answer
 from safetensors.torch import load_file
 
 from strace_ds.rollout import build_rollout_engine
@@ -43,81 +44,6 @@ LOGPROB_ATOL = 1e-4
 Measured max on the tiny policy: 6.6e-6 (``test_logprobs_match_teacher_forcing`` prints it)."""
 
 # --------------------------------------------------------------------------- fake server
-
-
-def _answer(ids: list[int], version: str = "0", reason: str = "length") -> dict[str, Any]:
-    return {
-        "output_ids": ids,
-        "meta_info": {
-            "finish_reason": {"type": reason},
-            "weight_version": version,
-            "output_token_logprobs": [[-0.5 - 0.1 * k, t, None] for k, t in enumerate(ids)],
-        },
-    }
-
-
-class FakeSGLang:
-    """A scripted SGLang look-alike on a local ``http.server``; records every request.
-
-    ``script[path]`` is a list of ``(status, body)`` consumed in order (the last one repeats);
-    ``/generate`` without a script answers like SGLang: one answer per row, prompt-major,
-    each answer ``[first prompt token + 100 + row-in-group]``, at ``self.version``.
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        self.script: dict[str, list[tuple[int, Any]]] = {}
-        self.version = "0"
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                fake.requests.append((self.command, self.path, body))
-                status, out = fake.answer(self.path, body)
-                data = b"" if out is None else json.dumps(out).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _reply  # noqa: N815 (http.server naming)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answer(self, path: str, body: Any) -> tuple[int, Any]:
-        if path in self.script:
-            steps = self.script[path]
-            return steps.pop(0) if len(steps) > 1 else steps[0]
-        if path == "/health":
-            return 200, None
-        if path == "/server_info":
-            return 200, {"weight_version": "0", "tp_size": 1, "model_path": "/nonexistent"}
-        if path == "/model_info":
-            return 200, {"weight_version": self.version, "model_path": "/nonexistent"}
-        if path == "/update_weight_version":
-            self.version = body["new_version"]
-            return 200, {"success": True}
-        if path == "/generate":
-            prompts = body["input_ids"]
-            params = body["sampling_params"]
-            n = params["n"] if isinstance(params, dict) else 1
-            return 200, [
-                _answer([p[0] + 100 + j], self.version) for p in prompts for j in range(n)
-            ]
-        return 404, {"error": f"no route {path}"}
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -393,6 +319,36 @@ def prompts(policy_dir: Path) -> list[list[int]]:
     tok = AutoTokenizer.from_pretrained(policy_dir)
     questions = ["What is 3 + 4?", "Compute 12 - 5.", "What is 7 * 8?", "What is 2 + 2?"]
     return [tok(chat_prompt(tok, q), add_special_tokens=False).input_ids for q in questions]
+
+
+# The evaluation CLI runs first, against the fresh server (weights and model path as launched).
+@needs_sglang
+@pytest.mark.sglang
+def test_evaluate_cli_on_real_server(server: SGLangServer, policy_dir: Path,
+                                     tmp_path: Path) -> None:
+    argv = ["--model", str(policy_dir), "--benchmarks", "synthetic", "--k", "2", "--limit", "8",
+            "--max-new-tokens", "24", "--rollout", "sglang", "--sglang-url", server.url,
+            "--out", str(tmp_path / "results.json")]
+    done = run_evaluate(argv)
+    report = check_report(tmp_path / "results.json", argv)
+    synthetic = report["benchmarks"]["synthetic"]
+    assert synthetic["num_samples"] == 16
+    assert str(synthetic["weight_version"]) == str(
+        requests_json(server.url + "/model_info")["weight_version"])
+    assert "synthetic" in done.stdout and "avg@2" in done.stdout
+
+
+@needs_sglang
+@pytest.mark.sglang
+@pytest.mark.parametrize(
+    "argv", [pytest.param(a, id=f"readme-{i}") for i, a in readme_commands("sglang")]
+)
+def test_readme_sglang_commands_run(argv: list[str], server: SGLangServer,
+                                    policy_dir: Path, tmp_path: Path) -> None:
+    """The README's SGLang evaluation command(s), on the tiny policy and the offline fixtures."""
+    local = localize(argv, policy_dir, tmp_path / "results.json", sglang_url=server.url)
+    run_evaluate(local)
+    check_report(tmp_path / "results.json", local)
 
 
 def _hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:

@@ -25,7 +25,9 @@ the trainer's job.
 
 Weight versions. Every answer carries SGLang's ``meta_info.weight_version``; the engine checks it
 against the version of its last :meth:`~SGLangRolloutEngine.sync_weights` and raises
-:class:`StaleWeightsError` on any difference: stale answers are never used silently.
+:class:`StaleWeightsError` on any difference: stale answers are never used silently. A read-only
+client (``scripts/evaluate.py``) passes ``weight_version=None`` and no ``weights_dir``: it adopts
+the servers' live version and never syncs.
 
 Weight sync (``sync_mode``):
 
@@ -207,6 +209,20 @@ def parse_generate_response(body: Any, n_rows: int, url: str = "?") -> list[_Ans
 
 
 
+def _model_key(model: str | Path) -> str:
+    """What :meth:`SGLangRolloutEngine.check_model` compares: a resolved local path, or a hub
+    id (also for a hub cache snapshot directory)."""
+    text = str(model).rstrip("/")
+    if not text:
+        return ""  # a server that reports no model_path matches nothing
+    parts = Path(text).parts
+    for k, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[k + 1] == "snapshots":
+            return part[len("models--"):].replace("--", "/")
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
 def row_seed(seed: int, row: int) -> int:
     """Per-row ``sampling_seed`` for SGLang: a stable hash of ``(seed, row)`` in [0, 2**31)."""
     digest = hashlib.sha256(f"strace_ds:{seed}:{row}".encode()).digest()
@@ -222,7 +238,8 @@ class SGLangRolloutEngine:
     Args:
         urls: one server URL, a comma-separated list, or a list (``http://host:port``).
         weights_dir: where ``sync_mode="disk"`` writes ``v<version>`` checkpoints; must be
-            readable by every server under the same path.
+            readable by every server under the same path. None (default) for a client that
+            never syncs by disk (evaluation, ``sync_mode="tensor"``): such a sync then raises.
         timeout_s: read timeout of one HTTP request (generation of a whole group included).
         max_retries: retries of a failed request (connection error, timeout, 429/502/503/504).
         backoff_s: first retry delay; it doubles each retry.
@@ -233,6 +250,8 @@ class SGLangRolloutEngine:
             on this machine.
         weight_version: the version of the weights the servers hold now. A fresh server
             reporting SGLang's ``"default"`` is re-labelled with it (``/update_weight_version``).
+            None: adopt the servers' live version (``/model_info``; they must all agree, and
+            ``"default"`` is re-labelled 0), for a read-only client such as evaluation.
         max_concurrency: concurrent requests per server.
         shard_bytes: largest safetensors shard (and tensor bucket) held in memory during sync.
         save_dtype: cast tensors to this dtype before writing/sending (None: as given).
@@ -241,14 +260,14 @@ class SGLangRolloutEngine:
     def __init__(
         self,
         urls: str | Sequence[str],
-        weights_dir: str | Path,
+        weights_dir: str | Path | None = None,
         timeout_s: float = 600.0,
         max_retries: int = 3,
         backoff_s: float = 1.0,
         sync_mode: str = "disk",
         keep_versions: int = 2,
         base_model_dir: str | Path | None = None,
-        weight_version: int = 0,
+        weight_version: int | None = 0,
         max_concurrency: int = 32,
         shard_bytes: int = 1 << 30,
         save_dtype: torch.dtype | None = None,
@@ -266,12 +285,12 @@ class SGLangRolloutEngine:
                                  ("shard_bytes", shard_bytes, 1)):
             if value < low:
                 raise ValueError(f"SGLangRolloutEngine: {name} must be >= {low}, got {value}")
-        self.weights_dir = Path(weights_dir)
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self.sync_mode = sync_mode
         self.keep_versions = keep_versions
         self.shard_bytes = shard_bytes
         self.save_dtype = save_dtype
-        self.weight_version: int | None = weight_version
+        self.weight_version: int | str | None = weight_version
         self.last_sync_s: float | None = None
         """Wall time of the last :meth:`sync_weights` (write + load), seconds."""
         self.last_sync_breakdown: dict[str, float] = {}
@@ -280,6 +299,8 @@ class SGLangRolloutEngine:
         self._pool = cf.ThreadPoolExecutor(max_concurrency * len(self.urls),
                                            thread_name_prefix="sglang-rollout")
         self._owned: list[Any] = []  # SGLangServer objects to stop on close()
+        self.model_infos: list[dict[str, Any]] = []
+        """Each server's ``/model_info`` at construction (live ``model_path``, version, ...)."""
         infos = self._check_servers()
         self.tp_sizes = [int(i.get("tp_size", 1) or 1) for i in infos]
         self.deterministic = all(bool(i.get("enable_deterministic_inference")) for i in infos)
@@ -309,20 +330,52 @@ class SGLangRolloutEngine:
                 " --model-path DIR` (or the trainer's --sglang-launch PYTHON) and pass its URL."
             )
         infos = []
-        for url in self.urls:
-            # /server_info holds the launch arguments (model_path, tp_size, ...); the live
-            # weight version is only in /model_info (/server_info keeps the launch value).
+        # /server_info holds the launch arguments (model_path, tp_size, ...); the live weight
+        # version and model path are only in /model_info (/server_info keeps launch values).
+        self.model_infos = [self._http.call("GET", url, "/model_info") or {}
+                            for url in self.urls]
+        if self.weight_version is None:
+            self.weight_version = self._adopt_live_version()
+        for url, model_info in zip(self.urls, self.model_infos):
             info = self._http.call("GET", url, "/server_info")
-            live = self._http.call("GET", url, "/model_info").get("weight_version")
-            if str(live) == "default" and self.weight_version is not None:
+            if str(model_info.get("weight_version")) == "default":
                 self._http.call("POST", url, "/update_weight_version", {
                     "new_version": str(self.weight_version), "abort_all_requests": False})
+                model_info["weight_version"] = str(self.weight_version)
             infos.append(info)
         return infos
 
+    def _adopt_live_version(self) -> int | str:
+        """The version every server reports (``"default"`` counts as 0); an int when it is one."""
+        live = {url: str(i.get("weight_version")) for url, i in zip(self.urls, self.model_infos)}
+        versions = {"0" if v == "default" else v for v in live.values()}
+        if len(versions) != 1:
+            raise SGLangError(
+                "SGLangRolloutEngine: the servers hold different weight versions ("
+                + ", ".join(f"{u}: {v!r}" for u, v in live.items())
+                + "); answers from them would mix policies. Point every URL at the same weights."
+            )
+        version = versions.pop()
+        return int(version) if version.lstrip("-").isdigit() else version
+
+    def check_model(self, model: str | Path) -> None:
+        """Raise :class:`SGLangError` unless every server serves ``model`` (its ``/model_info``
+        ``model_path``: the same local directory, or the same hub id; a hub cache snapshot
+        ``.../models--org--name/snapshots/<rev>`` counts as ``org/name``)."""
+        want = _model_key(model)
+        wrong = {url: i.get("model_path") for url, i in zip(self.urls, self.model_infos)
+                 if _model_key(i.get("model_path") or "") != want}
+        if wrong:
+            raise SGLangError(
+                f"the SGLang server(s) do not serve --model {str(model)!r}: "
+                + ", ".join(f"{u} serves {p!r}" for u, p in wrong.items())
+                + ". Start the server with --model-path set to the model you evaluate, or pass "
+                "the served path as --model (its tokenizer encodes the prompts)."
+            )
+
     @classmethod
     def launch(
-        cls, python: str | Path, model_path: str | Path, weights_dir: str | Path,
+        cls, python: str | Path, model_path: str | Path, weights_dir: str | Path | None = None,
         device: str = "cpu", extra_args: Sequence[str] = (), num_servers: int = 1,
         **kwargs: Any,
     ) -> SGLangRolloutEngine:
@@ -437,6 +490,12 @@ class SGLangRolloutEngine:
         taken. On failure ``weight_version`` becomes None (unknown): every answer is then
         rejected as stale until a sync succeeds, whichever servers did load the new weights.
         """
+        if self.sync_mode == "disk" and self.weights_dir is None:
+            raise ValueError(
+                "SGLangRolloutEngine.sync_weights: sync_mode='disk' needs weights_dir (where the "
+                "v<version> checkpoints are written, readable by every server); this engine was "
+                "built without one (a read-only client). Pass weights_dir=... to the engine."
+            )
         start = time.perf_counter()
         self.weight_version = None  # mid-sync: no answer can match
         if self.sync_mode == "disk":
@@ -447,6 +506,7 @@ class SGLangRolloutEngine:
         self.last_sync_s = time.perf_counter() - start
 
     def _sync_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        assert self.weights_dir is not None  # checked by sync_weights
         t0 = time.perf_counter()
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         final = self.weights_dir / f"v{version}"
