@@ -1,10 +1,30 @@
-"""Shared fixtures: the embedded tiny policy (shipped with the package)."""
+"""Shared fixtures: the embedded tiny policy (shipped with the package), and a guard that keeps
+one test's in-process rendezvous variables from leaking into later tests' subprocesses."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# What strace_ds.trainer.init_distributed (and the deepspeed launcher) put in os.environ.
+_RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+               "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _restore_rendezvous_env():
+    """A test that starts torch.distributed in-process sets RANK/MASTER_PORT in os.environ;
+    every later subprocess (training runs, notebook kernels) would inherit them and try to
+    listen on the port this process's store already holds (EADDRINUSE, seen in CI)."""
+    before = {k: os.environ.get(k) for k in _RENDEZVOUS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
