@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     try:
         return TrainConfig.from_args(args)
     except ValueError as err:
-        parser.error(str(err))
+        # One line, exit 2, like argparse's own errors but without the 35-line usage: the
+        # message already names the field (or file and position) and the fix.
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -62,6 +65,17 @@ class TrainConfig:
     sglang_launch: str | None = _f(None, "python of an SGLang env: start a local server with it")
     sglang_sync: str = _f("disk", "SGLang weight sync: 'disk' (versioned safetensors + "
                           "/update_weights_from_disk) or 'tensor' (colocated servers only)")
+    sglang_timeout_s: float = _f(
+        600.0,
+        "overall deadline in seconds of one SGLang request (a group's generation, a weight "
+        "load, a health check; retries included): a hung or dead server fails the step within "
+        "it, naming the URL and the operation",
+    )
+    sglang_max_retries: int = _f(
+        3, "retries of a failed SGLang request (refused connection, HTTP 429/502/503/504), "
+        "within sglang_timeout_s"
+    )
+    sglang_max_concurrency: int = _f(32, "concurrent /generate requests per SGLang server")
     prompts_per_step: int = _f(32, "prompts sampled per step (across all ranks)")
     group_size: int = _f(8, "answers sampled per prompt (G)")
     max_new_tokens: int = _f(40, "answer length cap in tokens")
@@ -123,6 +137,20 @@ class TrainConfig:
     stop_after: int | None = _f(
         None, "stop (after checkpointing) once this step is done; for preemption tests"
     )
+    # --- reliability -----------------------------------------------------------------------
+    max_bad_gold_frac: float = _f(
+        0.5,
+        "abort at start-up when more than this fraction of the training golds cannot be parsed "
+        "by math-verify (their answers can only be grading errors; 1 = never abort)",
+    )
+    max_grading_error_frac: float = _f(
+        0.5,
+        "stop the run (after a checkpoint) when more than this fraction of a step's answers "
+        "fail to grade for grading_error_patience consecutive steps",
+    )
+    grading_error_patience: int = _f(
+        3, "consecutive steps above max_grading_error_frac before the run stops (0 = never)"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,6 +179,7 @@ class TrainConfig:
     # --- validation -------------------------------------------------------------------------
     def validate(self, world_size: int | None = None) -> None:
         """Raise ``ValueError`` naming the first bad field; ``world_size`` adds divisibility."""
+        self._validate_field_types()
         _choice("loss", self.loss, tuple(PRESETS))
         _choice("advantage", self.advantage, ADVANTAGE_METHODS)
         _choice("overlong", self.overlong, OVERLONG_MODES)
@@ -193,6 +222,20 @@ class TrainConfig:
         for name in ("lr", "reward_timeout_s", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(
+                f"stop_after must be >= 1 (a step number; steps count from 1) or null, "
+                f"got {self.stop_after}"
+            )
+        model = self.model
+        if model and _looks_like_path(model) and not Path(model).expanduser().exists():
+            raise ValueError(
+                f"model: local path {model!r} does not exist (working directory "
+                f"{os.getcwd()}); pass an existing model directory, a hub id such as "
+                "Qwen/Qwen3-1.7B, or leave --model out for the embedded tiny policy"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.min_lr_ratio and self.lr_schedule == "constant":
@@ -215,14 +258,57 @@ class TrainConfig:
             raise ValueError(
                 "sglang_url/sglang_launch are set but rollout='hf'; add --rollout sglang"
             )
+        if not self.sglang_timeout_s > 0:
+            raise ValueError(
+                f"sglang_timeout_s must be > 0 (seconds a request to an SGLang server may take, "
+                f"retries included), got {self.sglang_timeout_s}"
+            )
+        if self.sglang_max_retries < 0:
+            raise ValueError(f"sglang_max_retries must be >= 0, got {self.sglang_max_retries}")
+        if self.sglang_max_concurrency < 1:
+            raise ValueError(
+                f"sglang_max_concurrency must be >= 1, got {self.sglang_max_concurrency}"
+            )
         if self.overlong == "soft" and self.overlong_buffer >= self.max_new_tokens:
             raise ValueError(
                 f"overlong_buffer ({self.overlong_buffer}) must be < max_new_tokens "
                 f"({self.max_new_tokens})"
             )
+        for name in ("max_bad_gold_frac", "max_grading_error_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.grading_error_patience < 0:
+            raise ValueError(
+                f"grading_error_patience must be >= 0 (0 = never stop), got "
+                f"{self.grading_error_patience}"
+            )
         self.trace_config()  # a bad override names its field
         if world_size is not None:
             self._validate_sizes(world_size)
+
+    def _validate_field_types(self) -> None:
+        """Checks every field gets from its annotation (new fields included).
+
+        A field whose type has no ``| None`` must not be null (YAML ``steps: null``). A float
+        field must hold a real, finite number: NaN and infinity make no sense as a rate, width,
+        temperature or timeout (``reward_timeout_s: inf`` would never kill a hung grader). A
+        field where infinity is meaningful opts out with ``_f(..., allow_inf=True)``.
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            base = _base_type(f.type)
+            if value is None:
+                if not _is_optional(f.type):
+                    default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                    raise ValueError(
+                        f"{f.name} must not be null; give {_TYPE_WORDS.get(base, base.__name__)} "
+                        f"or leave it out for the default ({default!r})"
+                    )
+            elif base is float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                if math.isnan(value) or (math.isinf(value) and not f.metadata.get("allow_inf")):
+                    raise ValueError(f"{f.name} must be a finite number, got {value}")
 
     def _validate_sizes(self, world_size: int) -> None:
         if self.prompts_per_step % world_size:
@@ -256,8 +342,25 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        where = f"config file {str(path)!r}"
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where} is not UTF-8 text: {_bad_byte(raw, exc)}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{where}: {_yaml_error(exc)}") from None
+        if data is None:
+            raise ValueError(f"{where} is empty; write one 'field: value' per line (see --help)")
         if not isinstance(data, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of field: value")
         return cls.from_dict({**data, **overrides})
@@ -265,7 +368,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)  # YAML keys may be numbers
         if unknown:
             raise ValueError(
                 f"unknown config field(s) {', '.join(unknown)}; "
@@ -313,6 +416,40 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+# A hub repo id: ``name`` or ``namespace/name`` (letters, digits, '-', '_', '.').
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _looks_like_path(value: str) -> bool:
+    """``--model`` meant as a local path (./x, ../x, ~/x, /x, a/b/c), not a hub id (org/name)."""
+    if value.startswith((".", "~")) or os.path.isabs(value) or value.startswith("/"):
+        return True
+    if os.sep in value or (os.altsep and os.altsep in value) or "/" in value:
+        return not _HUB_ID.fullmatch(value)
+    return False
+
+
+def _bad_byte(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a UTF-8 decode failed, as an editor shows it: byte, line, column."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    return (
+        f"byte 0x{raw[exc.start]:02x} on line {line}, column {column} is not valid UTF-8; "
+        "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: position (1-based) and the parser's reason."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    reason = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is None or reason is None:
+        return "invalid YAML: " + " ".join(str(exc).split())
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {reason}"
+
+
 def _divisors_hint(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
@@ -323,6 +460,13 @@ def _base_type(annotation: Any) -> type:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0]
     return hint
+
+
+def _is_optional(annotation: Any) -> bool:
+    """True when the field's annotation admits None (``X | None``)."""
+    hint = _field_hints()[annotation] if isinstance(annotation, str) else annotation
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return union and type(None) in typing.get_args(hint)
 
 
 @functools.cache
@@ -362,6 +506,12 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 1e-4 and 5E3 as strings: a float field takes them as numbers.
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
     if base is bool and not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     if base is int and (isinstance(value, bool) or not isinstance(value, int)):

@@ -14,16 +14,34 @@ import torch
 
 
 class Monitor:
-    """A thin wrapper over ``SummaryWriter`` that skips NaN scalars and non-zero ranks."""
+    """A thin wrapper over ``SummaryWriter`` that skips NaN scalars and non-zero ranks.
+
+    The writer (and its event file) is opened on first use, so that a resumed run can first
+    call :meth:`resume_after`.
+    """
 
     def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
         self.enabled = enabled
         self.log_dir = Path(log_dir)
-        self.writer = None
-        if enabled:
+        self._writer: Any = None
+        self.purge_step: int | None = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
+        return self._writer
+
+    def resume_after(self, step: int) -> None:
+        """The run continues after ``step`` (a resume): TensorBoard drops whatever an earlier
+        run logged at later steps (``SummaryWriter(purge_step=step + 1)``), so each re-run step
+        appears once, with its new values."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.purge_step = step + 1
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if not self.writer:
@@ -45,12 +63,12 @@ class Monitor:
             self.writer.add_figure(tag, figure, step, close=True)
 
     def flush(self) -> None:
-        if self.writer:
-            self.writer.flush()
+        if self._writer:
+            self._writer.flush()
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        if self._writer:
+            self._writer.close()
 
 
 def credit_figure(tokens: list[str], credit: list[float], title: str) -> Any:

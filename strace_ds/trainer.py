@@ -55,6 +55,11 @@ MISMATCH_THRESHOLD = 0.1
 """|rollout log-prob - trainer log-prob| above which a token counts as mismatched."""
 
 
+class RunAbortedError(RuntimeError):
+    """The run stopped itself because going on would waste it (e.g. answers that cannot be
+    graded); a checkpoint of the last step was saved first."""
+
+
 @dataclass
 class StepBatch:
     """One rank's rollouts of one step, with everything the updates need."""
@@ -176,7 +181,38 @@ class Trainer:
                 subset=cfg.dataset_subset,
             )
         self._log(f"data: {len(data)} prompts from {data.source} ({data.skipped} rows skipped)")
+        self._check_golds(data)
         return data
+
+    def _check_golds(self, data: PromptDataset) -> None:
+        """Parse every distinct gold as the grader does (the ranks share the work); report the
+        unparseable ones, and abort when more than ``max_bad_gold_frac`` of the prompts have
+        one: each of their answers would be a grading error, reward 0 and no gradient."""
+        from strace_ds.data.loading import unparseable_golds
+
+        t0 = time.perf_counter()
+        golds = list(dict.fromkeys(ex.answer for ex in data.examples))
+        mine = unparseable_golds(golds[self.rank :: self.world])
+        bad = {g for part in dist_utils.all_gather_objects(mine) for g in part}
+        if not bad:
+            return
+        rows = [i for i, ex in enumerate(data.examples) if ex.answer in bad]
+        frac = len(rows) / len(data)
+        first = data.examples[rows[0]]
+        where = f"row {first.meta.get('row', rows[0])}"
+        summary = (
+            f"{len(rows)} of {len(data)} training golds ({100 * frac:.1f}%) cannot be parsed by "
+            f"math-verify, e.g. {where}: {first.answer[:80]!r} ({len(bad)} distinct; checked in "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
+        if frac > self.cfg.max_bad_gold_frac:
+            raise ValueError(
+                f"data: {summary}, more than max_bad_gold_frac={self.cfg.max_bad_gold_frac}. "
+                "Every answer to those prompts is a grading error (reward 0, no gradient). Check "
+                "--answer_column (the answer, or a solution with \\boxed{}), write golds as "
+                "LaTeX (e.g. \\frac{1}{2}), or raise --max_bad_gold_frac to train anyway"
+            )
+        self._log(f"data: {summary}; their answers will grade as errors (reward 0)")
 
     def _load_eval_data(self) -> PromptDataset | None:
         cfg = self.cfg
@@ -287,18 +323,27 @@ class Trainer:
         """Run (or resume) the configured number of steps; returns the last step's metrics."""
         cfg = self.cfg
         if cfg.resume:
-            found = ckpt.find_checkpoint(cfg.resume, self.ckpt_dir)
+            # Verified against its manifest; a broken ``latest`` falls back (and says so).
+            found = ckpt.find_checkpoint(cfg.resume, self.ckpt_dir, log=self._log)
             if found is not None:
-                self.state = ckpt.load_checkpoint(self.engine, found)
+                self.state = ckpt.load_checkpoint(self.engine, found, verify=False)
                 self._log(f"resumed from {found} at step {self.state.step}")
             else:
                 self._log(f"resume=auto: no checkpoint in {self.ckpt_dir}, starting fresh")
+            # Steps after the checkpoint's are re-run: TensorBoard drops their old points.
+            self.monitor.resume_after(self.state.step if found is not None else -1)
         if self.state.step >= cfg.steps:
             # A relaunch of a finished run: saving again would only risk the last checkpoint.
             self._log(f"run {cfg.name} already finished at step {self.state.step} "
                       f"(steps={cfg.steps}): nothing to train")
-            if cfg.export and not (cfg.run_dir / "final" / "config.json").is_file():
-                self.export(cfg.run_dir / "final")
+            if cfg.export:
+                from strace_ds.manifest import check_manifest
+
+                problems = check_manifest(cfg.run_dir / "final")
+                if problems:
+                    self._log(f"export {cfg.run_dir / 'final'}: {'; '.join(problems)}; "
+                              "exporting it again")
+                    self.export(cfg.run_dir / "final")
             return next((h for h in reversed(self.state.history) if "reward/mean" in h), {})
         self.sync_weights(self.state.step)
         if self.state.step == 0 and self.eval_data is not None:
@@ -324,6 +369,7 @@ class Trainer:
                     if k in last
                 }
             )
+            self._stop_on_grading_errors(bar)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
                 self.evaluate(step=step, label=f"step {step}")
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
@@ -341,6 +387,33 @@ class Trainer:
             self.export(cfg.run_dir / "final")
         self.monitor.flush()
         return last
+
+    def _stop_on_grading_errors(self, bar: Any) -> None:
+        """Save and raise :class:`RunAbortedError` when more than ``max_grading_error_frac`` of the
+        answers failed to grade in each of the last ``grading_error_patience`` steps (counted
+        from the history, so a resume continues the count). Every rank decides the same."""
+        cfg = self.cfg
+        fracs = grading_error_streak(
+            self.state.history,
+            rows=cfg.prompts_per_step * cfg.group_size,
+            max_frac=cfg.max_grading_error_frac,
+            patience=cfg.grading_error_patience,
+        )
+        if fracs is None:
+            return
+        self.save()
+        bar.close()
+        last = getattr(self, "_last_grading_error", None)
+        raise RunAbortedError(
+            f"stopping at step {self.state.step}: more than max_grading_error_frac="
+            f"{cfg.max_grading_error_frac} of the answers failed to grade in "
+            f"{cfg.grading_error_patience} consecutive steps (error fractions "
+            f"{', '.join(f'{f:.2f}' for f in fracs)}), so the run trains on zero reward. "
+            + (f"Last grading error: {last[:300]}. " if last else "")
+            + f"A checkpoint of step {self.state.step} was saved; fix the golds or the grader "
+            "and --resume auto (or raise --max_grading_error_frac / set "
+            "--grading_error_patience 0)"
+        )
 
     def prompts_for_step(self, step: int) -> list[int]:
         """Indices of this rank's prompts at ``step``: a seeded permutation, epoch by epoch.
@@ -396,6 +469,7 @@ class Trainer:
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
         golds = [self.train_data[indices[i]].answer for i in generation.prompt_index]
         graded = self.reward_pool.score(texts, golds)
+        self._last_grading_error = next((e for e in graded.errors if e), None)
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
         correct = rewards.clone()
         lengths = torch.tensor([len(t) for t in generation.token_ids], dtype=torch.float32)
@@ -731,6 +805,11 @@ class Trainer:
             module = self.engine.module
             module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
+        # Sizes and checksums of the export (every rank hashes a share), written last.
+        from strace_ds.manifest import write_manifest
+
+        write_manifest(out_dir.with_name(f".tmp-{out_dir.name}"))
+        if self.is_main:
             publish_dir(tmp, out_dir)
             self._log(f"exported the policy to {out_dir}")
         dist_utils.barrier()
@@ -740,6 +819,20 @@ class Trainer:
         self.monitor.close()
         self.reward_pool.close()
         self.rollout.close()
+
+
+def grading_error_streak(
+    history: list[dict[str, float]], rows: int, max_frac: float, patience: int
+) -> list[float] | None:
+    """The error fractions of the last ``patience`` training steps of ``history`` when each is
+    above ``max_frac`` (``reward/errors`` over ``rows`` answers per step), else None."""
+    if patience < 1:
+        return None
+    steps = [h["reward/errors"] for h in history if "reward/errors" in h][-patience:]
+    if len(steps) < patience:
+        return None
+    fracs = [e / max(rows, 1) for e in steps]
+    return fracs if all(f > max_frac for f in fracs) else None
 
 
 def _check_version(got: int | None, expected: int) -> None:
@@ -781,4 +874,4 @@ def run(config: TrainConfig) -> dict[str, float]:
         trainer.close()
 
 
-__all__ = ["METRIC_NAMES", "Trainer", "TrainConfig", "run", "step_seed"]
+__all__ = ["METRIC_NAMES", "RunAbortedError", "Trainer", "TrainConfig", "run", "step_seed"]

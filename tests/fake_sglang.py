@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+HANG = "hang"
+"""A scripted status: read the request, then never answer (until :meth:`FakeSGLang.close`)."""
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """A scripted status: answer 200 with the body, the whole response (status line and headers
+    included) one byte every ``interval_s`` seconds: no socket read ever waits long."""
+
+    interval_s: float = 1.0
 
 
 def sglang_answer(ids: list[int], version: str = "0", reason: str = "length") -> dict[str, Any]:
@@ -26,6 +38,8 @@ class FakeSGLang:
     ``script[path]`` is a list of ``(status, body)`` consumed in order (the last one repeats);
     ``/generate`` without a script answers like SGLang: one answer per row, prompt-major,
     each answer ``[first prompt token + 100 + row-in-group]``, at ``self.version``.
+    A scripted body may be ``bytes`` (sent as is, e.g. non-JSON); a scripted status may be
+    :data:`HANG` (never answer) or a :class:`Trickle` (answer one byte at a time).
     """
 
     def __init__(self) -> None:
@@ -34,6 +48,7 @@ class FakeSGLang:
         self.version = "0"
         self.model_path = "/nonexistent"
         """What ``/server_info`` and ``/model_info`` report as the served model."""
+        self._closing = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,12 +60,30 @@ class FakeSGLang:
                 body = json.loads(self.rfile.read(length)) if length else None
                 fake.requests.append((self.command, self.path, body))
                 status, out = fake.answer(self.path, body)
-                data = b"" if out is None else json.dumps(out).encode()
+                if status == HANG:
+                    fake._closing.wait()
+                    return
+                data = out if isinstance(out, bytes) else (
+                    b"" if out is None else json.dumps(out).encode())
+                if isinstance(status, Trickle):
+                    self._trickle(data, status.interval_s)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _trickle(self, data: bytes, interval_s: float) -> None:
+                raw = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+                try:
+                    for k in range(len(raw)):
+                        self.wfile.write(raw[k:k + 1])
+                        if fake._closing.wait(interval_s):
+                            return
+                except OSError:  # the client gave up
+                    pass
 
             do_GET = do_POST = _reply  # noqa: N815 (http.server naming)
 
@@ -82,5 +115,6 @@ class FakeSGLang:
         return 404, {"error": f"no route {path}"}
 
     def close(self) -> None:
+        self._closing.set()  # releases HANG and Trickle handlers
         self.httpd.shutdown()
         self.httpd.server_close()

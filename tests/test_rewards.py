@@ -97,6 +97,146 @@ def test_grade_answer(response: str, gold: str, expected: float) -> None:
     assert grade_answer(response, gold) == expected
 
 
+@pytest.mark.parametrize(
+    "response",
+    [
+        # math-verify alone keeps the right-hand side of a relation when gold is not one:
+        r"\boxed{43 = 42}",
+        r"\boxed{41 = 42}",
+        r"\boxed{1 + 1 = 42}",
+        r"\boxed{x^2 = 42}",  # x = sqrt(42)
+        r"\boxed{x = 43 = 42}",  # a chain: every left operand counts
+        r"\boxed{43 = x = 42}",
+        r"\boxed{\frac{43 = 42}{1}}",  # nested in a group
+        r"\boxed{\left( 43 = 42 \right)}",
+        r"\boxed{x = (43 = 42)}",
+        r"\boxed{43 &= 42}",
+        r"\boxed{43 \,=\, 42}",
+        r"\boxed{43 == 42}",
+        r"\boxed{43 \coloneqq 42}",
+        r"\boxed{43 \equiv 42 \pmod{5}}",
+        r"\boxed{43 \in 42}",
+        r"\boxed{43 \approx 42}",
+        # relations that never state a value
+        r"\boxed{43 \le 42}",
+        r"\boxed{43 < 42}",
+        r"\boxed{43 \neq 42}",
+        r"\boxed{43 ≠ 42}",
+        r"\boxed{x \le 42}",
+        # unparsable LaTeX: math-verify's plain-expression fallback took the last number
+        r"\boxed{43 \Rightarrow 42}",
+        r"\boxed{43 \implies x = 42}",
+        r"\boxed{43 \to 42}",
+        r"\boxed{43 → 42}",
+        r"\boxed{43 \therefore 42}",
+        r"\boxed{43 \\ 42}",
+        r"\boxed{43 \stackrel{?}{=} 42}",
+        r"\boxed{43 \foo 42}",
+    ],
+)
+def test_grade_answer_relation_is_not_its_right_hand_side(response: str) -> None:
+    assert grade_answer(response, "42") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        (r"\boxed{x = 42}", "42"),  # a bare name on the left
+        (r"\boxed{y=42}", "42"),
+        (r"\boxed{a_1 = 42}", "42"),
+        (r"\boxed{x_{1} = 42}", "42"),
+        (r"\boxed{\alpha = 42}", "42"),
+        (r"\boxed{x' = 42}", "42"),
+        (r"\boxed{AB = 42}", "42"),
+        (r"\boxed{\overline{AB} = 42}", "42"),
+        (r"\boxed{m\angle ABC = 42}", "42"),
+        (r"\boxed{f(2) = 42}", "42"),
+        (r"\boxed{\text{x} = 42}", "42"),
+        (r"\boxed{x \approx 42}", "42"),
+        (r"\boxed{a = b = 42}", "42"),
+        (r"\boxed{x = 2 \cdot 21 = 42}", "42"),  # a left operand equal to the gold
+        (r"\boxed{6 \cdot 7 = 42}", "42"),
+        (r"\boxed{42 = 42}", "42"),
+        (r"\boxed{x = 1, y = 2}", "(1, 2)"),
+        (r"\boxed{(x, y) = (1, 2)}", "(1, 2)"),
+        (r"\boxed{\left(x, y\right) = \left(1, 2\right)}", "(1, 2)"),
+        (r"\boxed{x \in (1, 2)}", "(1, 2)"),
+        (r"\boxed{x = 42 \text{ and } y = 3}", "42, 3"),
+        # gold is a relation: math-verify compares the relations
+        (r"\boxed{x = 5}", "x = 5"),
+        (r"\boxed{5}", "x = 5"),
+        (r"\boxed{5 \ge x}", r"x \le 5"),
+        (r"\boxed{1 < x < 2}", "1 < x < 2"),
+        # sentence punctuation inside the box (false negatives before)
+        (r"\boxed{42.}", "42"),
+        (r"\boxed{42,}", "42"),
+        (r"\boxed{42\,}", "42"),
+        (r"\boxed{\{1, 2\}.}", r"\{1,2\}"),
+        (r"\boxed{x = 42.}", "42"),
+    ],
+)
+def test_grade_answer_accepts_named_and_punctuated_answers(response: str, gold: str) -> None:
+    assert grade_answer(response, gold) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        (r"\boxed{41 = 42}", "x = 42"),  # gold a relation: compared as relations, still wrong
+        (r"\boxed{3 = 1, 2}", "1, 2"),
+        (r"\boxed{1, 3 = 2}", "1, 2"),
+        (r"\boxed{.}", "42"),
+        (r"\boxed{42.5}", "42"),
+    ],
+)
+def test_grade_answer_relation_and_punctuation_negatives(response: str, gold: str) -> None:
+    assert grade_answer(response, gold) == 0.0
+
+
+def test_find_relations_operands() -> None:
+    from strace_ds.rewards.relations import find_relations
+
+    def ops(text: str) -> list[tuple[str, str, bool]]:
+        return [(r.op, r.lhs, r.lhs_is_name) for r in find_relations(text)]
+
+    assert ops("42") == []
+    assert ops(r"\frac{1}{2}") == []
+    assert ops("[0, 1)") == []
+    assert ops("x = 2 \\cdot 21 = 42") == [("=", "x", True), ("=", "2 \\cdot 21", False)]
+    assert ops("x = 1, y = 2") == [("=", "x", True), ("=", "y", True)]
+    assert ops(r"\frac{43 = 42}{1}") == [("=", "43", False)]
+    assert ops(r"(x, y) \le (1, 2)") == [("\\le", "(x, y)", True)]
+    assert ops(r"\left< 1 \right> = 2") == [("=", "\\left< 1 \\right>", False)]
+    assert ops("= 42") == [("=", "", False)]
+    # Linear on adversarial nesting (a quadratic scan takes minutes here).
+    t0 = time.monotonic()
+    deep = "(" * 100_000 + "x" + ")=1" * 100_000
+    assert len(find_relations(deep)) == 100_000
+    assert time.monotonic() - t0 < 10.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("42.", "42"),
+        ("42,", "42"),
+        ("42 . ", "42"),
+        ("42;.", "42"),
+        (r"42\,", "42"),
+        (r"42\ ", "42"),
+        (r"\{1, 2\}.", r"\{1, 2\}"),
+        ("3.5", "3.5"),
+        (r"1 \\", r"1 \\"),  # an escaped backslash is content
+        (r"a\}", r"a\}"),
+        ("...", ""),
+    ],
+)
+def test_strip_trailing_punctuation(text: str, expected: str) -> None:
+    from strace_ds.rewards.grading import strip_trailing_punctuation
+
+    assert strip_trailing_punctuation(text) == expected
+
+
 def test_grade_answer_bad_gold_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="gold answer is empty"):
         grade_answer(r"\boxed{1}", "  ")

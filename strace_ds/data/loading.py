@@ -8,6 +8,9 @@ usable) raise ValueError with the fix.
 
 from __future__ import annotations
 
+import codecs
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,98 @@ def _local_builder(path: Path) -> tuple[str, dict[str, Any]]:
     return builders.pop(), {"data_dir": str(path)}
 
 
+def _data_files(path: Path) -> list[Path]:
+    """The data files ``_local_builder`` reads for a file or a directory."""
+    if path.is_file():
+        return [path]
+    return sorted(f for f in path.rglob("*") if f.suffix.lower() in FILE_BUILDERS)
+
+
+def _diagnose_file(path: Path) -> str | None:
+    """Why a local data file cannot be read, naming it and the line; None if it looks fine.
+
+    Runs only after ``datasets`` failed, so a good file costs nothing. JSON Lines are checked
+    line by line; a ``.json`` file that is one document (an array) is parsed whole.
+    """
+    where = f"file {str(path)!r}"
+    kind = path.suffix.lower()
+    if path.stat().st_size == 0:
+        return f"{where} is empty (no rows)"
+    if kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 - not readable as parquet: datasets' reason stands
+            return None
+        return f"{where} is empty (no rows)" if rows == 0 else None
+    lines: list[str] = []  # all lines of a .json file, for the whole-document parse
+    first_bad: str | None = None  # the first non-blank line that is not JSON on its own
+    row = 0  # non-blank lines so far: the row index of a JSON Lines file
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (
+                    f"{where} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {number}, "
+                    f"column {exc.start + 1} is not valid UTF-8; re-save the file as UTF-8 "
+                    "(e.g. iconv -f latin1 -t utf-8, or pandas to_json/to_parquet)"
+                )
+            if kind == ".json":
+                lines.append(line)
+            if not line.strip():
+                continue
+            if kind != ".csv" and first_bad is None:
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    first_bad = (
+                        f"{where} line {number} (row {row}) is not valid JSON: {exc.msg} at "
+                        f"column {exc.colno}; fix or delete that line"
+                    )
+            row += 1
+    if row == 0:
+        return f"{where} is empty (no rows)"
+    if kind == ".csv" and row == 1:
+        return f"{where} has a header line but no rows"
+    if kind == ".json":
+        nonblank = [line for line in lines if line.strip()]
+        if not (len(nonblank) > 1 and _parses(nonblank[0])):  # one document, not JSON Lines
+            try:
+                doc = json.loads("".join(lines))
+            except json.JSONDecodeError as exc:
+                return (
+                    f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                    f"column {exc.colno}"
+                )
+            if doc in ([], {}):
+                return f"{where} is empty (the JSON document {doc!r} has no rows)"
+            return None  # valid JSON: the failure was something else
+    return first_bad
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether the whole file decodes as UTF-8 (1 MiB chunks; about 1 s per GB)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _looks_local(source: str) -> bool:
     """A source that names a file path (but was not found) rather than a hub id."""
     return source.startswith(("/", ".", "~")) or Path(source).suffix.lower() in FILE_BUILDERS
@@ -59,10 +154,28 @@ def _load_raw(source: str, split: str, subset: str | None) -> tuple[datasets.Dat
         builder, kwargs = _local_builder(path)
         if "data_files" in kwargs:  # one file is whatever split was asked for
             kwargs["data_files"] = {split: kwargs["data_files"]}
+        for file in _data_files(path):
+            # pyarrow's JSON reader keeps invalid UTF-8 and fails only when a row is read.
+            if file.suffix.lower() != ".parquet" and not _is_utf8(file):
+                problem = _diagnose_file(file) or f"file {str(file)!r} is not UTF-8 text"
+                raise ValueError(f"load_prompt_dataset: {problem}")
         try:
             return datasets.load_dataset(builder, split=split, **kwargs), str(path)
-        except ValueError as exc:  # e.g. Unknown split "test". Should be one of ['train'].
-            raise ValueError(f"load_prompt_dataset: {source!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one named ValueError
+            # Empty, not UTF-8, broken JSON: name the file and line, not the builder's internals.
+            problem = next(filter(None, map(_diagnose_file, _data_files(path))), None)
+            if problem:
+                raise ValueError(f"load_prompt_dataset: {problem}") from exc
+            if isinstance(exc, ValueError):  # e.g. Unknown split "test". Should be one of ...
+                raise ValueError(f"load_prompt_dataset: {source!r}: {exc}") from exc
+            root = exc
+            while root.__cause__ is not None or root.__context__ is not None:
+                root = root.__cause__ or root.__context__  # type: ignore[assignment]
+            reason = str(root).strip().splitlines()[0] if str(root).strip() else ""
+            raise ValueError(
+                f"load_prompt_dataset: could not read {source!r}: "
+                f"{type(root).__name__}: {reason[:300]}"
+            ) from exc
     if _looks_local(source):
         raise ValueError(f"load_prompt_dataset: local source {source!r} does not exist")
     try:
@@ -91,6 +204,30 @@ def _answer_text(value: Any, answer_format: str) -> str | None:
         answer_format == "auto" and ("\\boxed" in text or "\\fbox" in text)
     )
     return extract_boxed_answer(text) if wants_box else text
+
+
+def _check_answer_cells(ds: datasets.Dataset, name: str, answer_column: str) -> None:
+    """A list or dict in the answer column is an error naming its row, not a gold "[1, 2]".
+
+    A plain ``Value`` column (string/number) cannot hold one, so only other feature types
+    (lists, structs, mixed JSON) are scanned.
+    """
+    if isinstance(ds.features.get(answer_column), datasets.Value):
+        return
+    row = 0
+    for batch in ds.select_columns([answer_column]).iter(batch_size=_BATCH):
+        for value in batch[answer_column]:
+            if isinstance(value, (list, tuple, dict)):
+                kind = "dict" if isinstance(value, dict) else "list"
+                shown = repr(value if kind == "dict" else list(value))
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                raise ValueError(
+                    f"load_prompt_dataset: {name!r} row {row} (counting from 0): "
+                    f"answer_column={answer_column!r} holds a {kind} ({shown}), expected one gold "
+                    f"answer (a string or a number); pick a column of single answers or turn "
+                    f"each {kind} into one string first"
+                )
+            row += 1
 
 
 def _check_columns(ds: datasets.Dataset, source: str, columns: dict[str, str]) -> None:
@@ -144,6 +281,7 @@ def load_prompt_dataset(
         )
     ds, name = _load_raw(source, split, subset)
     _check_columns(ds, name, {"prompt_column": prompt_column, "answer_column": answer_column})
+    _check_answer_cells(ds, name, answer_column)  # before shuffling: rows as in the file
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=shuffle_seed)
     examples, skipped = _collect(ds, name, prompt_column, answer_column, answer_format, limit)
@@ -155,6 +293,26 @@ def load_prompt_dataset(
             + "); check the column names or answer_format"
         )
     return PromptDataset(examples=examples, source=name, skipped=skipped)
+
+
+def unparseable_golds(golds: Iterable[str]) -> list[str]:
+    """The golds (each once, in first-seen order) that the grader cannot parse.
+
+    Each gold goes through :func:`strace_ds.rewards.grading.grade_answer` itself, which parses
+    the gold first and raises ``ValueError`` when math-verify finds nothing in it: every answer
+    to such a prompt is a grading error (reward 0, no gradient). With an empty response the
+    call stops right after the gold's parse, so this costs one math-verify parse per distinct
+    gold (a few ms).
+    """
+    from strace_ds.rewards.grading import grade_answer
+
+    bad = []
+    for gold in dict.fromkeys(golds):
+        try:
+            grade_answer("", gold)
+        except Exception:  # ValueError: unparseable; anything else fails grading the same way
+            bad.append(gold)
+    return bad
 
 
 def _collect(

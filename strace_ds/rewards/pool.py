@@ -12,6 +12,16 @@ reaped and replaced (asynchronously: the replacement gets work once it reports r
 other workers carry on. A private pipe per worker (instead of a shared queue) also means killing
 a worker can never leave a shared lock held.
 
+Limits inside each worker (Linux; skipped where ``resource`` cannot set them): its address space
+is capped (``RLIMIT_AS``) at what it maps once loaded plus ``memory_limit_gib``, so a memory
+blow-up raises MemoryError in the grader (the item scores 0 with an error) instead of swapping
+the machine; and each item may use
+at most ``cpu_limit_factor * timeout_s`` CPU seconds (``RLIMIT_CPU``, re-armed before every
+item), a backstop that kills the worker even if the parent stops watching. Worker log records
+and warnings (math-verify logs the whole offending answer, e.g. a 1,000,000-character line per
+parsing timeout) go through a handler that truncates every line and shows only the first few
+records of each call site, counting the rest.
+
 Caveat of "spawn": every worker re-imports the launching script as ``__mp_main__``, so scripts
 must keep heavy imports and work under ``if __name__ == "__main__":`` (thin scripts do).
 """
@@ -19,6 +29,8 @@ must keep heavy imports and work under ``if __name__ == "__main__":`` (thin scri
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -37,6 +49,17 @@ from strace_ds.rewards.grading import grade_answer
 
 START_METHODS = ("spawn", "forkserver")
 _MAX_ERROR_CHARS = 500  # error text may quote the (untrusted, possibly huge) response
+DEFAULT_MEMORY_LIMIT_GIB = 2.0
+"""Address space (``RLIMIT_AS``) a worker may add to what it maps once it has loaded the grader
+(about 0.1 GiB for the default grader, more when the launching script imports torch)."""
+DEFAULT_CPU_LIMIT_FACTOR = 3.0
+"""CPU seconds one item may use, as a multiple of ``timeout_s`` (``RLIMIT_CPU``)."""
+LOG_LINE_CHARS = 500
+"""Worker log lines are cut to this many characters, then ``... [N chars]``."""
+LOG_RECORDS_SHOWN = 3
+"""Records shown per logging call site and worker; later ones are counted, not printed."""
+LOG_RECORD_LINES = 12
+"""At most this many lines of one record (a traceback) are printed: the first and last half."""
 
 
 @dataclass
@@ -62,18 +85,168 @@ class RewardResult:
         return sum(e is not None for e in self.errors)
 
 
-def _worker_main(conn: Connection, grader_bytes: bytes) -> None:
+@dataclass(frozen=True)
+class _WorkerLimits:
+    """What :func:`_init_worker` applies in each worker (None: that limit is off)."""
+
+    memory_bytes: int | None
+    """Address space a worker may map beyond what it maps once loaded (RLIMIT_AS)."""
+    cpu_s: int | None
+
+
+def _truncate_line(line: str, limit: int = LOG_LINE_CHARS) -> str:
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit]}... [{len(line)} chars]"
+
+
+class _BoundedLogHandler(logging.Handler):
+    """Writes worker log records to stderr with every line truncated and repeats counted.
+
+    Each call site (logger, file, line; for warnings, the warning's own location) prints its
+    first :data:`LOG_RECORDS_SHOWN` records; after that only a count, when the total reaches
+    10, 100, 1000, ... and when the worker exits normally.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.counts: dict[tuple[Any, ...], int] = {}
+        self.reported: dict[tuple[Any, ...], int] = {}
+
+    @staticmethod
+    def _key(record: logging.LogRecord) -> tuple[Any, ...]:
+        if record.name == "py.warnings":  # message starts with "file:line: Category: ..."
+            return (record.name, *str(record.msg)[:300].split(": ", 2)[:2])
+        return (record.name, record.levelno, record.pathname, record.lineno)
+
+    def _write(self, text: str) -> None:
+        stream = sys.stderr
+        if stream is not None:
+            stream.write(text + "\n")
+            stream.flush()
+
+    def _summary(self, key: tuple[Any, ...], n: int) -> str:
+        where = f"{key[0]} at {key[2]}:{key[3]}" if len(key) == 4 else ": ".join(key)
+        return (
+            f"[reward worker {os.getpid()}] {n - LOG_RECORDS_SHOWN} more log records from "
+            f"{_truncate_line(where)} suppressed ({n} in all)"
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            key = self._key(record)
+            n = self.counts[key] = self.counts.get(key, 0) + 1
+            if n <= LOG_RECORDS_SHOWN:
+                lines = [_truncate_line(line) for line in self.format(record).splitlines()]
+                if len(lines) > LOG_RECORD_LINES:
+                    half = LOG_RECORD_LINES // 2
+                    skipped = f"... [{len(lines) - 2 * half} lines]"
+                    lines = [*lines[:half], skipped, *lines[-half:]]
+                self._write("\n".join(lines))
+            elif n == 10 ** round(math.log10(n)):  # 10, 100, 1000, ...
+                self.reported[key] = n
+                self._write(self._summary(key, n))
+        except Exception as exc:  # say so in one bounded line, never a traceback per record
+            with contextlib.suppress(Exception):
+                self._write(
+                    f"[reward worker {os.getpid()}] a log record from {record.name!r} could not "
+                    f"be written: {_truncate_line(f'{type(exc).__name__}: {exc}')}"
+                )
+
+    def write_totals(self) -> None:
+        """Report the counts that the last power-of-ten summary did not cover."""
+        for key, n in self.counts.items():
+            if n > LOG_RECORDS_SHOWN and self.reported.get(key) != n:
+                self._write(self._summary(key, n))
+
+
+_log_handler: _BoundedLogHandler | None = None
+
+
+def _install_bounded_logging() -> None:
+    """Route this worker's log records and warnings through a :class:`_BoundedLogHandler`."""
+    global _log_handler
+    _log_handler = _BoundedLogHandler()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(_log_handler)
+    logging.raiseExceptions = False  # a failing handler must not print a traceback per record
+    logging.captureWarnings(True)
+
+
+def _address_space_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _apply_limits(limits: _WorkerLimits) -> None:
+    """Cap the address space (RLIMIT_AS) at what the loaded worker maps plus the headroom, and
+    set RLIMIT_CORE to 0 (a SIGXCPU kill must not write a core file). No-op off Linux.
+
+    The cap is relative because the baseline is not ours to choose: under "spawn" a worker
+    re-imports the launching script, and a CUDA build of torch alone maps gigabytes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import resource
+    except ImportError:
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    used = _address_space_bytes()
+    if limits.memory_bytes is None or used is None:
+        return
+    cap = used + limits.memory_bytes
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _arm_cpu_limit(cpu_s: int | None) -> None:
+    """Let the next item use ``cpu_s`` more CPU seconds; past them the kernel sends SIGXCPU,
+    which ends the worker. RLIMIT_CPU counts the process's whole life, hence re-armed per item."""
+    if cpu_s is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_s
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ImportError, ValueError, OSError):
+        return
+
+
+def _init_worker() -> None:
+    """Worker initializer, run before the grader is loaded: signals and bounded logging."""
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _install_bounded_logging()
+
+
+def _worker_main(conn: Connection, grader_bytes: bytes, limits: _WorkerLimits) -> None:
     """Worker loop: load the grader, say ready, then grade ``(idx, response, gold)`` forever.
 
     Exits on ``None`` (orderly close) or when the parent's end of the pipe closes (parent died).
     """
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker()
     try:
         grader = pickle.loads(grader_bytes)
     except Exception:
         conn.send(("failed", traceback.format_exc()))
         return
+    _apply_limits(limits)  # after the imports: the cap is headroom over the loaded worker
     conn.send(("ready", None))
     while True:
         try:
@@ -83,10 +256,11 @@ def _worker_main(conn: Connection, grader_bytes: bytes) -> None:
         if msg is None:
             _fast_exit()
         idx, response, gold = msg
+        _arm_cpu_limit(limits.cpu_s)
         try:
             reward, error = float(grader(response, gold)), None
         except Exception as exc:  # the grader is allowed to fail on bad input; we record it
-            reward, error = 0.0, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+            reward, error = 0.0, _truncate_line(f"{type(exc).__name__}: {exc}", _MAX_ERROR_CHARS)
         conn.send((idx, reward, error))
 
 
@@ -95,6 +269,9 @@ def _fast_exit() -> None:
 
     Safe because a worker holds no state worth finalizing: results went out over the pipe.
     """
+    if _log_handler is not None:
+        with contextlib.suppress(Exception):
+            _log_handler.write_totals()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -159,6 +336,13 @@ class RewardPool:
             server is up; the server imports ``__main__`` once).
         start_timeout_s: how long a worker may take to import and report ready before the pool
             gives up with a RuntimeError.
+        memory_limit_gib: address space each worker may map beyond what it maps once it has
+            loaded the grader (``RLIMIT_AS``, Linux); an item that needs more fails with
+            MemoryError (reward 0.0, counted in ``errors``) or, if the allocation kills the
+            worker, as ``WorkerDied``. None: no cap.
+        cpu_limit_factor: each item may use ``ceil(cpu_limit_factor * timeout_s)`` CPU seconds
+            (``RLIMIT_CPU``, Linux) before the kernel ends its worker (``WorkerDied``, SIGXCPU):
+            a backstop behind the wall-clock timeout. None: no CPU limit.
 
     Not thread-safe: call ``score`` from one thread at a time.
     """
@@ -170,6 +354,8 @@ class RewardPool:
         grader: Callable[[str, str], float] = grade_answer,
         start_method: str = "spawn",
         start_timeout_s: float = 120.0,
+        memory_limit_gib: float | None = DEFAULT_MEMORY_LIMIT_GIB,
+        cpu_limit_factor: float | None = DEFAULT_CPU_LIMIT_FACTOR,
     ) -> None:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"RewardPool: num_workers must be an int >= 1, got {num_workers!r}")
@@ -177,6 +363,12 @@ class RewardPool:
             raise ValueError(f"RewardPool: timeout_s must be > 0 seconds, got {timeout_s!r}")
         if not start_timeout_s > 0:
             raise ValueError(f"RewardPool: start_timeout_s must be > 0, got {start_timeout_s!r}")
+        for name, value in (
+            ("memory_limit_gib", memory_limit_gib),
+            ("cpu_limit_factor", cpu_limit_factor),
+        ):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"RewardPool: {name} must be > 0 or None (off), got {value!r}")
         if start_method not in START_METHODS:
             raise ValueError(
                 f"RewardPool: start_method {start_method!r} is not allowed; choose one of "
@@ -192,6 +384,12 @@ class RewardPool:
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
+        cpu_s = None if cpu_limit_factor is None else math.ceil(cpu_limit_factor * timeout_s)
+        self.limits = _WorkerLimits(
+            memory_bytes=None if memory_limit_gib is None else int(memory_limit_gib * 2**30),
+            cpu_s=None if cpu_s is None else max(1, cpu_s),
+        )
+        """The per-worker limits in force (bytes of address space, CPU seconds per item)."""
         self.num_restarts = 0
         """Workers replaced so far (after timeouts or crashes), over the pool's lifetime."""
         self._ctx = mp.get_context(start_method)
@@ -208,7 +406,7 @@ class RewardPool:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._grader_bytes),
+            args=(child_conn, self._grader_bytes, self.limits),
             name="strace_ds-reward-worker",
             daemon=True,  # never outlive the trainer
         )
@@ -340,7 +538,11 @@ class RewardPool:
                 "guard its work with `if __name__ == '__main__':`)"
             )
         if w.task is not None and result is not None:
-            result.errors[w.task] = f"WorkerDied: worker process exited with code {code}"
+            why = ""
+            sigxcpu = getattr(signal, "SIGXCPU", None)
+            if sigxcpu is not None and code == -sigxcpu and self.limits.cpu_s is not None:
+                why = f" (SIGXCPU: the item used its {self.limits.cpu_s} s of CPU time)"
+            result.errors[w.task] = f"WorkerDied: worker process exited with code {code}{why}"
         self._replace(w)
 
     def _enforce_deadlines(self, result: RewardResult | None) -> None:

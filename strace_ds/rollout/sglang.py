@@ -47,17 +47,32 @@ Weight sync (``sync_mode``):
 * NCCL broadcast (``/init_weights_update_group`` + ``/update_weights_from_distributed``, the
   fastest path for separate GPU servers) is **not provided yet**.
 
-Errors. Every request has a timeout; connection failures, timeouts and HTTP 429/502/503/504 are
-retried ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``), so a dead
-server fails in bounded time with :class:`SGLangServerError` naming its URL. Other HTTP errors
-fail at once with the server's message. There is no fail-over between servers.
+Errors. Every HTTP call has ONE wall-clock deadline, ``timeout_s`` (the trainer's
+``--sglang_timeout_s``), retries and backoffs included: a watchdog shuts the socket down when it
+passes, so a server that trickles bytes, never answers or refuses connections fails the call
+within the deadline with :class:`SGLangServerError` naming the URL and the operation
+(``generate``, ``update_weights``, ``health``). Within it, connection failures and HTTP
+429/502/503/504 are retried up to ``max_retries`` times with exponential backoff
+(``backoff_s * 2**attempt``; a retry that could not finish in time is not made). Other HTTP
+errors fail at once with the server's message. :meth:`~SGLangRolloutEngine.generate` fails on
+the first failed request. There is no fail-over between servers.
+
+Replies are validated, never trusted (:func:`parse_generate_response`): token ids are integers
+in ``[0, vocab_size)``, answers at most ``max_new_tokens`` long, log-probs finite and <= 0, the
+number of answers and every ``meta_info`` field as requested; anything else is
+:class:`SGLangReplyError` (a ``ValueError``) naming the URL and the field, and is not retried.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
+import http.client
+import json
+import math
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -66,8 +81,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
 import torch
 
 from strace_ds.rollout.base import (
@@ -85,12 +100,24 @@ from strace_ds.rollout.sglang_weights import (
 
 RETRY_STATUS = (429, 502, 503, 504)
 """HTTP statuses worth retrying (overload, gateway); any other error status fails at once."""
+CONNECT_TIMEOUT_S = 10.0
+"""Longest TCP connect of one attempt (within the call's deadline)."""
+HEALTH_TIMEOUT_S = 10.0
+"""Deadline of the start-up ``/health`` probe (or the engine's ``timeout_s`` when shorter)."""
+LOGPROB_TOLERANCE = 1e-4
+"""Largest positive log-prob accepted (float noise on a near-certain token; clamped to 0)."""
+
+
 class SGLangError(RuntimeError):
     """Base class of the engine's errors."""
 
 
 class SGLangServerError(SGLangError):
     """A server is unreachable, timed out, or answered with an error."""
+
+
+class SGLangReplyError(SGLangServerError, ValueError):
+    """A server answered, but the reply is malformed (types, shapes, values); not retried."""
 
 
 class StaleWeightsError(SGLangError):
@@ -100,63 +127,181 @@ class StaleWeightsError(SGLangError):
 # --------------------------------------------------------------------------- HTTP
 
 
+def operation(path: str) -> str:
+    """What a request to ``path`` does, as errors name it: ``generate``, ``update_weights``
+    (every weight-sync endpoint), ``health``, or the path itself (``model_info``, ...)."""
+    if path == "/generate":
+        return "generate"
+    if path == "/health":
+        return "health"
+    if "weight" in path:  # /update_weights_from_*, /begin|end_weight_update, /update_weight_version
+        return "update_weights"
+    return path.strip("/")
+
+
+class _AbandonedError(Exception):
+    """An attempt cut off by the watchdog (deadline) or by :meth:`_Http.close`."""
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    """Wake whatever thread is blocked on ``conn``'s socket (connect, send or recv)."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class _Http:
-    """``requests`` with per-request timeouts and bounded retries; one session per thread."""
+    """JSON over HTTP/1.1 where every call has ONE wall-clock deadline, retries included.
+
+    A per-socket-read timeout bounds nothing against a server that trickles bytes, and retries
+    multiply it; here each attempt gets what is left of the call's budget (``timeout_s``), a
+    watchdog timer shuts the socket down when the deadline passes (waking a blocked connect,
+    send or recv), and a retry whose backoff would end past the deadline is not made. So a call
+    returns or raises :class:`SGLangServerError` (URL, operation, attempts) within ``timeout_s``
+    plus scheduling noise, whatever the server does. One connection per request (no pooling:
+    the requests are few and long, and a connection a watchdog killed is never reused).
+    Proxies (``HTTP_PROXY``) are not used. Hostname resolution is not covered by the deadline.
+    """
 
     def __init__(self, timeout_s: float, max_retries: int, backoff_s: float) -> None:
-        self.timeout = (min(10.0, timeout_s), timeout_s)  # (connect, read)
+        self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._local = threading.local()
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Any] = {}  # id -> abort(reason), for close()
+        self._closed = False
 
     def call(
         self, method: str, url: str, path: str, payload: Any = None,
         timeout_s: float | None = None, retries: int | None = None,
     ) -> Any:
-        """Send one request, retrying transient failures; return the decoded JSON body (None
-        for an empty body)."""
-        timeout = self.timeout if timeout_s is None else (min(10.0, timeout_s), timeout_s)
+        """Send one request, retrying transient failures (connection errors, HTTP 429/502/503/
+        504) within one deadline; return the decoded JSON body (None for an empty body)."""
+        budget = self.timeout_s if timeout_s is None else timeout_s
         retries = self.max_retries if retries is None else retries
+        op = operation(path)
+        data = None if payload is None else json.dumps(payload, allow_nan=False).encode()
         start = time.monotonic()
-        last = ""
+        deadline = start + budget
+        last, attempts, timed_out = "", 0, False
         for attempt in range(retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                if time.monotonic() + delay >= deadline:
+                    timed_out = True  # the retry could not finish in time: do not make it
+                    last += f"; no retry: its {delay:g} s backoff would end past the deadline"
+                    break
+                time.sleep(delay)
+            if self._closed:
+                break
+            attempts += 1
             try:
-                r = self._session().request(method, url + path, json=payload, timeout=timeout)
-            except requests.RequestException as e:
+                status, body = self._send(method, url, path, data, deadline)
+            except _AbandonedError as e:
+                last, timed_out = str(e), not self._closed
+                break
+            except (OSError, http.client.HTTPException) as e:
                 last = f"{type(e).__name__}: {e}"
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
                 continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
+            text = body.decode("utf-8", errors="replace")
+            if status in RETRY_STATUS:
+                last = f"HTTP {status}: {text[:300]}"
                 continue
-            if r.status_code >= 400:
+            if status >= 400:
                 raise SGLangServerError(
-                    f"SGLang server {url} answered {method} {path} with HTTP {r.status_code}: "
-                    f"{r.text[:1000]}"
+                    f"SGLang server {url} answered {method} {path} ({op}) with HTTP {status}: "
+                    f"{text[:1000]}"
                 )
-            if not r.content:
+            if not body.strip():
                 return None  # e.g. GET /health answers 200 with an empty body
             try:
-                return r.json()
+                return json.loads(body)
             except ValueError as e:
-                raise SGLangServerError(
-                    f"SGLang server {url} answered {method} {path} with non-JSON: {r.text[:300]}"
+                raise SGLangReplyError(
+                    f"SGLang server {url} answered {method} {path} ({op}) with non-JSON: "
+                    f"{text[:300]}"
                 ) from e
+        elapsed = time.monotonic() - start
+        hint = (f"Is the server at {url} running and reachable? Start one with "
+                "scripts/launch_sglang.py.")
+        if self._closed:
+            raise SGLangServerError(
+                f"SGLang server {url}: {method} {path} ({op}) abandoned after {elapsed:.1f} s: "
+                "the rollout engine was closed"
+            )
+        if timed_out:
+            raise SGLangServerError(
+                f"SGLang server {url} failed {method} {path} ({op}): no complete answer within "
+                f"the {budget:g} s deadline (sglang_timeout_s; {attempts} attempt(s) in "
+                f"{elapsed:.1f} s, last: {last or 'none'}). {hint} If it is only slow, raise "
+                "--sglang_timeout_s (the engine's timeout_s)."
+            )
         raise SGLangServerError(
-            f"SGLang server {url} failed {method} {path} {retries + 1} times in "
-            f"{time.monotonic() - start:.1f} s (last: {last}). Is the server at {url} running "
-            "and reachable? Start one with scripts/launch_sglang.py."
+            f"SGLang server {url} failed {method} {path} {attempts} times in {elapsed:.1f} s "
+            f"({op}; last: {last}). {hint}"
         )
 
+    def _send(self, method: str, url: str, path: str, data: bytes | None,
+              deadline: float) -> tuple[int, bytes]:
+        """One attempt: ``(status, body)``, or :class:`_AbandonedError` once the deadline passes."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _AbandonedError("no time left in the deadline")
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port,
+                   timeout=min(CONNECT_TIMEOUT_S, remaining))
+        why: list[str] = []
+
+        def abort(reason: str) -> None:
+            why.append(reason)
+            _shutdown(conn)
+
+        watchdog = threading.Timer(remaining, abort, ("deadline passed mid-request",))
+        watchdog.daemon = True
+        key = id(watchdog)
+        with self._lock:
+            self._inflight[key] = abort
+        if self._closed:  # close() ran since call() checked: do not start
+            why.append("the rollout engine was closed")
+        watchdog.start()
+        try:
+            conn.connect()
+            if why:
+                raise _AbandonedError(why[0])
+            # A backstop per recv; the watchdog bounds the whole exchange.
+            conn.sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+            headers = {"Accept": "application/json", "Connection": "close"}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, parts.path.rstrip("/") + path, body=data, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException) as e:
+            if why:
+                raise _AbandonedError(f"{why[0]} ({type(e).__name__}: {e})") from e
+            raise
+        finally:
+            watchdog.cancel()
+            with self._lock:
+                self._inflight.pop(key, None)
+            conn.close()
+        if why:  # shut down at the very end: a body without Content-Length may be cut
+            raise _AbandonedError(why[0])
+        return status, body
+
     def close(self) -> None:
-        if hasattr(self._local, "session"):
-            self._local.session.close()
+        """Abandon every request in flight (their calls raise at once) and refuse new ones."""
+        self._closed = True
+        with self._lock:
+            aborts = list(self._inflight.values())
+        for abort in aborts:
+            abort("the rollout engine was closed")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -170,40 +315,136 @@ class _Answer:
     weight_version: str
 
 
-def parse_generate_response(body: Any, n_rows: int, url: str = "?") -> list[_Answer]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_generate_response(
+    body: Any, n_rows: int, url: str = "?", vocab_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> list[_Answer]:
     """Answers of one ``/generate`` response (a dict, or a list for batches / ``n > 1``).
 
-    Checks that there are ``n_rows`` answers, that every ``output_ids`` has one log-prob entry
-    ``[logprob, token_id, text]`` with the same token id, and maps ``finish_reason.type`` onto
-    :data:`~strace_ds.rollout.base.FINISH_REASONS`.
+    Nothing of a reply is trusted. It must hold ``n_rows`` answers, each a dict with
+    ``output_ids`` (integer token ids in ``[0, vocab_size)``, at most ``max_new_tokens``; the
+    bounds are skipped when None) and ``meta_info`` with ``output_token_logprobs`` (one
+    ``[logprob, token_id, text]`` per output token, the same token id, the log-prob a finite
+    number <= 0: up to :data:`LOGPROB_TOLERANCE` of float noise is accepted and clamped to 0),
+    ``weight_version`` (a string or integer) and ``finish_reason.type`` (one of
+    :data:`~strace_ds.rollout.base.FINISH_REASONS`). Anything else raises
+    :class:`SGLangReplyError` (a ``ValueError``) naming the URL, the answer and the field.
     """
     items = body if isinstance(body, list) else [body]
     if len(items) != n_rows:
-        raise SGLangServerError(f"{url}/generate returned {len(items)} answers, expected {n_rows}")
-    answers = []
-    for k, item in enumerate(items):
-        try:
-            ids = [int(t) for t in item["output_ids"]]
-            meta = item["meta_info"]
-            entries = meta["output_token_logprobs"]
-            reason = (meta.get("finish_reason") or {}).get("type")
-            version = str(meta["weight_version"])
-        except (KeyError, TypeError) as e:
-            raise SGLangServerError(
-                f"{url}/generate answer {k} lacks {e} (was return_logprob sent?): "
-                f"{str(item)[:300]}"
-            ) from e
-        if [int(e[1]) for e in entries] != ids:
-            raise SGLangServerError(
-                f"{url}/generate answer {k}: output_token_logprobs token ids do not match "
-                f"output_ids ({len(entries)} vs {len(ids)} tokens)"
-            )
-        if reason not in FINISH_REASONS:
-            raise SGLangServerError(
-                f"{url}/generate answer {k}: unknown finish_reason {meta.get('finish_reason')!r}"
-            )
-        answers.append(_Answer(ids, [float(e[0]) for e in entries], reason, version))
-    return answers
+        raise SGLangReplyError(
+            f"{url}/generate returned {len(items)} answers, expected {n_rows} (one per sample "
+            f"requested): {str(body)[:300]}"
+        )
+    return [_parse_answer(item, k, url, vocab_size, max_new_tokens)
+            for k, item in enumerate(items)]
+
+
+def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
+                  max_new_tokens: int | None) -> _Answer:
+    def bad(what: str) -> SGLangReplyError:
+        return SGLangReplyError(f"{url}/generate answer {k}: {what}; answer: {str(item)[:300]}")
+
+    if not isinstance(item, dict):
+        raise bad(f"expected a dict with output_ids and meta_info, got {type(item).__name__}")
+    if "output_ids" not in item:
+        raise bad("output_ids missing")
+    ids = item["output_ids"]
+    if not isinstance(ids, list):
+        raise bad(f"output_ids must be a list of token ids, got {type(ids).__name__}")
+    meta = item.get("meta_info")
+    if not isinstance(meta, dict):
+        raise bad(f"meta_info missing or not a dict (got {type(meta).__name__})")
+    if "output_token_logprobs" not in meta:
+        raise bad("meta_info.output_token_logprobs missing (was return_logprob sent?)")
+    entries = meta["output_token_logprobs"]
+    if not isinstance(entries, list):
+        raise bad("meta_info.output_token_logprobs must be a list of [logprob, token_id, text], "
+                  f"got {type(entries).__name__}")
+    version = meta.get("weight_version")
+    if not (_is_int(version) or isinstance(version, str)):
+        raise bad(f"meta_info.weight_version missing or not a string/integer: {version!r}")
+    if "finish_reason" not in meta:
+        raise bad("meta_info.finish_reason missing")
+    reason = meta["finish_reason"]
+    if not isinstance(reason, dict) or reason.get("type") not in FINISH_REASONS:
+        raise bad(f"meta_info.finish_reason {reason!r}: unknown finish_reason, expected "
+                  f"{{'type': one of {', '.join(FINISH_REASONS)}}}")
+    if max_new_tokens is not None and len(ids) > max_new_tokens:
+        raise bad(f"output_ids has {len(ids)} tokens, more than max_new_tokens = "
+                  f"{max_new_tokens}")
+    for j, t in enumerate(ids):
+        if not _is_int(t):
+            raise bad(f"output_ids[{j}] must be an integer token id, got {t!r}")
+        if t < 0 or (vocab_size is not None and t >= vocab_size):
+            raise bad(f"output_ids[{j}] = {t} is not a token id of the vocabulary "
+                      f"(0 <= id < vocab_size = {vocab_size})")
+    if len(entries) != len(ids):
+        raise bad(f"meta_info.output_token_logprobs has {len(entries)} entries for {len(ids)} "
+                  "tokens in output_ids")
+    logprobs = []
+    for j, (entry, t) in enumerate(zip(entries, ids)):
+        field = f"meta_info.output_token_logprobs[{j}]"
+        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
+            raise bad(f"{field} must be [logprob, token_id, text], got {entry!r}")
+        lp, tid = entry[0], entry[1]
+        if not _is_int(tid):
+            raise bad(f"{field} token id must be an integer, got {tid!r}")
+        if tid != t:
+            raise bad(f"output_token_logprobs token ids do not match output_ids ({field} has "
+                      f"{tid}, output_ids[{j}] = {t})")
+        if not _is_number(lp):
+            raise bad(f"{field} log-prob must be a number, got {lp!r}")
+        lp = float(lp)
+        if not math.isfinite(lp):
+            raise bad(f"{field} log-prob = {lp} is not finite")
+        if lp > LOGPROB_TOLERANCE:
+            raise bad(f"{field} log-prob = {lp:g} > 0: a log-probability must be <= 0 "
+                      f"(float noise up to {LOGPROB_TOLERANCE:g} is accepted)")
+        logprobs.append(min(lp, 0.0))
+    return _Answer(list(ids), logprobs, reason["type"], str(version))
+
+
+def _expect_dict(body: Any, url: str, path: str, empty_ok: bool = True) -> dict[str, Any]:
+    """``body`` if it is a JSON object (None -> ``{}`` when ``empty_ok``), else
+    :class:`SGLangReplyError` naming the URL and the endpoint."""
+    if body is None and empty_ok:
+        return {}
+    if not isinstance(body, dict):
+        raise SGLangReplyError(
+            f"{url}{path}: expected a JSON object (dict) in the reply, got "
+            f"{type(body).__name__}: {str(body)[:300]}"
+        )
+    return body
+
+
+def _config_vocab_size(model: str | Path | None) -> int | None:
+    """``vocab_size`` of a model's ``config.json``: a local directory, or a hub id whose config
+    is in the local Hugging Face cache (never downloads); None when it cannot be read."""
+    if not model:
+        return None
+    try:
+        path = Path(model).expanduser() / "config.json"
+        if not path.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model), "config.json")
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+        config = json.loads(path.read_text())
+        size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    except Exception:  # noqa: BLE001 - an unreadable config just leaves the bound unknown
+        return None
+    return size if _is_int(size) and size > 0 else None
 
 
 
@@ -240,8 +481,11 @@ class SGLangRolloutEngine:
         weights_dir: where ``sync_mode="disk"`` writes ``v<version>`` checkpoints; must be
             readable by every server under the same path. None (default) for a client that
             never syncs by disk (evaluation, ``sync_mode="tensor"``): such a sync then raises.
-        timeout_s: read timeout of one HTTP request (generation of a whole group included).
-        max_retries: retries of a failed request (connection error, timeout, 429/502/503/504).
+        timeout_s: overall wall-clock deadline of one HTTP call (generation of a whole group, or
+            one weight load), retries and backoffs included; past it the call raises
+            :class:`SGLangServerError` naming the URL and the operation.
+        max_retries: retries of a failed request (connection error, 429/502/503/504) within
+            that deadline.
         backoff_s: first retry delay; it doubles each retry.
         sync_mode: ``"disk"`` or ``"tensor"`` (colocated servers only).
         keep_versions: checkpoint versions kept in ``weights_dir`` (the newest ones).
@@ -255,6 +499,10 @@ class SGLangRolloutEngine:
         max_concurrency: concurrent requests per server.
         shard_bytes: largest safetensors shard (and tensor bucket) held in memory during sync.
         save_dtype: cast tensors to this dtype before writing/sending (None: as given).
+        vocab_size: the policy's vocabulary size (its config's ``vocab_size``): answers' token
+            ids must lie in ``[0, vocab_size)``. None: read from ``base_model_dir``'s (or the
+            served model's, when local or in the hub cache) ``config.json``; when that fails
+            too, a warning, and ids are only checked to be non-negative integers.
     """
 
     def __init__(
@@ -271,18 +519,25 @@ class SGLangRolloutEngine:
         max_concurrency: int = 32,
         shard_bytes: int = 1 << 30,
         save_dtype: torch.dtype | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         self.urls = [u.strip().rstrip("/") for u in (urls.split(",") if isinstance(urls, str)
                                                       else urls) if u.strip()]
         if not self.urls:
             raise ValueError("SGLangRolloutEngine: urls must name at least one server")
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"SGLangRolloutEngine: server URL {url!r} must look like "
+                                 "http://host:port")
         if sync_mode not in ("disk", "tensor"):
             raise ValueError(f"SGLangRolloutEngine: sync_mode must be 'disk' or 'tensor', "
                              f"got {sync_mode!r}")
         for name, value, low in (("timeout_s", timeout_s, 1e-3), ("max_retries", max_retries, 0),
                                  ("backoff_s", backoff_s, 0), ("keep_versions", keep_versions, 1),
                                  ("max_concurrency", max_concurrency, 1),
-                                 ("shard_bytes", shard_bytes, 1)):
+                                 ("shard_bytes", shard_bytes, 1),
+                                 ("vocab_size", 1 if vocab_size is None else vocab_size, 1)):
             if value < low:
                 raise ValueError(f"SGLangRolloutEngine: {name} must be >= {low}, got {value}")
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
@@ -295,6 +550,9 @@ class SGLangRolloutEngine:
         """Wall time of the last :meth:`sync_weights` (write + load), seconds."""
         self.last_sync_breakdown: dict[str, float] = {}
         """``{"write_s", "load_s"}`` of the last disk sync, ``{"send_s"}`` of a tensor sync."""
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
         self._http = _Http(timeout_s, max_retries, backoff_s)
         self._pool = cf.ThreadPoolExecutor(max_concurrency * len(self.urls),
                                            thread_name_prefix="sglang-rollout")
@@ -309,6 +567,18 @@ class SGLangRolloutEngine:
         if base_model_dir is None and model_path and Path(model_path).is_dir():
             base_model_dir = model_path
         self.base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
+        if vocab_size is None:
+            vocab_size = _config_vocab_size(self.base_model_dir) or _config_vocab_size(
+                self.model_infos[0].get("model_path"))
+        if vocab_size is None:
+            warnings.warn(
+                "SGLangRolloutEngine: vocabulary size unknown (pass vocab_size=..., or a "
+                "base_model_dir / served model whose config.json is readable here): answers' "
+                "token ids are only checked to be non-negative integers.",
+                stacklevel=2,
+            )
+        self.vocab_size: int | None = vocab_size
+        """Answers' token ids must be below it (None: unknown, not checked)."""
         if sync_mode == "tensor":
             torch.multiprocessing.set_sharing_strategy("file_system")
 
@@ -320,7 +590,8 @@ class SGLangRolloutEngine:
         down = []
         for url in self.urls:
             try:
-                self._http.call("GET", url, "/health", timeout_s=10.0, retries=1)
+                self._http.call("GET", url, "/health",
+                                timeout_s=min(HEALTH_TIMEOUT_S, self._http.timeout_s), retries=1)
             except SGLangServerError as e:
                 down.append(f"  {url}: {e}")
         if down:
@@ -332,12 +603,12 @@ class SGLangRolloutEngine:
         infos = []
         # /server_info holds the launch arguments (model_path, tp_size, ...); the live weight
         # version and model path are only in /model_info (/server_info keeps launch values).
-        self.model_infos = [self._http.call("GET", url, "/model_info") or {}
-                            for url in self.urls]
+        self.model_infos = [_expect_dict(self._http.call("GET", url, "/model_info"),
+                                         url, "/model_info") for url in self.urls]
         if self.weight_version is None:
             self.weight_version = self._adopt_live_version()
         for url, model_info in zip(self.urls, self.model_infos):
-            info = self._http.call("GET", url, "/server_info")
+            info = _expect_dict(self._http.call("GET", url, "/server_info"), url, "/server_info")
             if str(model_info.get("weight_version")) == "default":
                 self._http.call("POST", url, "/update_weight_version", {
                     "new_version": str(self.weight_version), "abort_all_requests": False})
@@ -423,8 +694,10 @@ class SGLangRolloutEngine:
                 for j in range(n)])
         return body
 
-    def _generate_group(self, url: str, body: dict[str, Any], n: int) -> list[_Answer]:
-        answers = parse_generate_response(self._http.call("POST", url, "/generate", body), n, url)
+    def _generate_group(self, url: str, body: dict[str, Any], n: int,
+                        max_new_tokens: int) -> list[_Answer]:
+        answers = parse_generate_response(self._http.call("POST", url, "/generate", body), n, url,
+                                          self.vocab_size, max_new_tokens)
         expected = str(self.weight_version)
         for a in answers:
             if a.weight_version != expected:
@@ -450,8 +723,15 @@ class SGLangRolloutEngine:
         for i, prompt in enumerate(prompt_ids):
             body = self._payload([int(t) for t in prompt], i * n, n, sampling)
             url = self.urls[i % len(self.urls)]
-            futures.append(self._pool.submit(self._generate_group, url, body, n))
+            futures.append(self._pool.submit(self._generate_group, url, body, n,
+                                             sampling.max_new_tokens))
         try:
+            # The first failure (deadline, bad reply, ...) ends the call at once, whichever
+            # prompt it was; queued requests are cancelled, running ones end by their deadline.
+            done, _ = cf.wait(futures, return_when=cf.FIRST_EXCEPTION)
+            for f in futures:
+                if f in done and f.exception() is not None:
+                    raise f.exception()
             groups = [f.result() for f in futures]
         finally:
             for f in futures:
@@ -554,7 +834,9 @@ class SGLangRolloutEngine:
                         "flush_cache": True,
                         "abort_all_requests": False,
                     }
-                    body = self._http.call("POST", url, "/update_weights_from_tensor", payload)
+                    body = _expect_dict(
+                        self._http.call("POST", url, "/update_weights_from_tensor", payload),
+                        url, "/update_weights_from_tensor", empty_ok=False)
                     if not body.get("success", False):
                         raise SGLangServerError(
                             f"{url}/update_weights_from_tensor: {body.get('message')}")

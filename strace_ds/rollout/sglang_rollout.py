@@ -57,18 +57,23 @@ def build_sglang_rollout(cfg: Any, model_path: str, is_main: bool) -> Any:
     weights_dir = Path(cfg.output_dir) / cfg.name / "sglang_weights"
     # Only rank 0 writes checkpoints, with the base model's config/tokenizer files.
     base_dir = _local_model_dir(model_path) if is_main else model_path
+    # Deadlines and retries (--sglang_timeout_s, ...), and the policy's vocabulary size: every
+    # answer's token ids are checked against it before they reach the model.
+    options = {"sync_mode": cfg.sglang_sync, "timeout_s": cfg.sglang_timeout_s,
+               "max_retries": cfg.sglang_max_retries,
+               "max_concurrency": cfg.sglang_max_concurrency,
+               "vocab_size": _vocab_size(model_path)}
     engine = None
     urls = cfg.sglang_url
     if cfg.sglang_launch:
         if is_main:
             engine = SGLangRolloutEngine.launch(cfg.sglang_launch, model_path, weights_dir,
                                                 device=_server_device(), base_model_dir=base_dir,
-                                                sync_mode=cfg.sglang_sync)
+                                                **options)
             urls = ",".join(engine.urls)
         urls = dist_utils.broadcast_object(urls)
     if engine is None:
-        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=base_dir,
-                                     sync_mode=cfg.sglang_sync)
+        engine = SGLangRolloutEngine(urls, weights_dir, base_model_dir=base_dir, **options)
     single = dist_utils.world_size() == 1
     if single:
         return engine
@@ -85,6 +90,16 @@ def _local_model_dir(model_path: str) -> str:
 
     return snapshot_download(model_path, allow_patterns=[
         "*.json", "*.txt", "*.model", "*.py", "*.jinja", "*.tiktoken"])
+
+
+def _vocab_size(model_path: str) -> int:
+    """The policy's vocabulary size (its model config's, as the trainer loads it): the bound
+    on SGLang's token ids (the embedding has that many rows)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    size = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
+    return int(size)
 
 
 def _server_device() -> str:
