@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 
 from strace_ds import distributed as dist_utils
 from strace_ds.manifest import MANIFEST, check_manifest, write_manifest
-from strace_ds.publish import aside_path, publish_dir, recover_dir
+from strace_ds.publish import aside_path, atomic_write_text, publish_dir, recover_dir
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
@@ -93,17 +92,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last: int) -> Path:

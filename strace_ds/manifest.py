@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
+
+from strace_ds.publish import atomic_write_text
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -81,15 +82,6 @@ def _shares(sizes: list[int], world: int) -> list[list[int]]:
     return shares
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(root: Path) -> dict[str, Any]:
     """Hash every file under ``root`` and write ``root/manifest.json`` (atomically, rank 0).
 
@@ -118,7 +110,7 @@ def write_manifest(root: Path) -> dict[str, Any]:
         "files": {n: {"size": local[n][0], "crc32": local[n][1]} for n in names},
     }
     if rank == 0:
-        _atomic_write(root / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 FAULT_ENV = "STRACE_DS_PUBLISH_FAULT"
@@ -95,3 +96,14 @@ def publish_dir(tmp: Path, target: Path, replace: bool = True) -> None:
 def _fault(point: str) -> None:
     if os.environ.get(FAULT_ENV) == point:
         os._exit(FAULT_EXIT_CODE)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -27,6 +27,16 @@ def _restore_rendezvous_env():
             os.environ[key] = value
 
 
+@pytest.fixture
+def fake():
+    """A fake SGLang HTTP server (``tests/fake_sglang.py``) on a free port, closed after."""
+    from fake_sglang import FakeSGLang
+
+    server = FakeSGLang()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_policy() -> Path:
     """The default warm-started tiny Qwen3 policy: the pinned copy in ``strace_ds/assets``."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ from strace_ds.rollout.sglang import SGLangRolloutEngine, SGLangServerError
 
 DEADLINE_S = 1.5
 VOCAB = 452  # the embedded tiny policy's
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSGLang]:
-    server = FakeSGLang()
-    yield server
-    server.close()
 
 
 def _engine(url: str, tmp_path: Path, **kw: Any) -> SGLangRolloutEngine:

@@ -46,13 +46,6 @@ Measured max on the tiny policy: 6.6e-6 (``test_logprobs_match_teacher_forcing``
 # --------------------------------------------------------------------------- fake server
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeSGLang]:
-    server = FakeSGLang()
-    yield server
-    server.close()
-
-
 def _engine(url: str, tmp_path: Path, **kw: Any) -> SGLangRolloutEngine:
     kw = {"max_retries": 2, "backoff_s": 0.05, "timeout_s": 5.0, **kw}
     return SGLangRolloutEngine(url, tmp_path / "weights", **kw)

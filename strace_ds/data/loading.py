@@ -248,6 +248,7 @@ def load_prompt_dataset(
     limit: int | None = None,
     shuffle_seed: int | None = None,
     answer_format: str = "auto",
+    list_answers: bool = False,
 ) -> PromptDataset:
     """Load question/answer rows from a hub dataset id or a local file/directory.
 
@@ -265,6 +266,9 @@ def load_prompt_dataset(
         answer_format: ``"raw"`` uses the cell as the answer; ``"boxed"`` extracts the last
             ``\\boxed{}`` (rows without one are skipped); ``"auto"`` extracts only when the cell
             contains ``\\boxed``/``\\fbox`` (answers like ``"42"`` and full solutions both work).
+        list_answers: accept a list in the answer column, stringified for a normaliser that
+            joins it (the evaluation registry's ``joined_answer_list``); by default a list or
+            dict answer is an error naming its row.
 
     Returns:
         A :class:`PromptDataset`; each example's ``meta`` holds the row's other columns, its
@@ -281,7 +285,8 @@ def load_prompt_dataset(
         )
     ds, name = _load_raw(source, split, subset)
     _check_columns(ds, name, {"prompt_column": prompt_column, "answer_column": answer_column})
-    _check_answer_cells(ds, name, answer_column)  # before shuffling: rows as in the file
+    if not list_answers:
+        _check_answer_cells(ds, name, answer_column)  # before shuffling: rows as in the file
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=shuffle_seed)
     examples, skipped = _collect(ds, name, prompt_column, answer_column, answer_format, limit)

@@ -261,6 +261,8 @@ def load_benchmark(
             subset=spec.subset if data_dir is None else None,
             limit=limit,
             answer_format="raw",
+            # a list gold (OlympiadBench's final_answer) is joined by its normaliser
+            list_answers=spec.normalize is joined_answer_list,
         )
     return _normalized(dataset, spec)
 
