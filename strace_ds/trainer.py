@@ -74,6 +74,11 @@ class StepBatch:
     selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
     entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
 
+    @property
+    def loss_tokens(self) -> torch.Tensor:
+        """``[N, R]`` bool: the valid answer tokens of the rows that enter the loss."""
+        return self.batch.response_mask & self.loss_rows.unsqueeze(-1)
+
 
 def init_distributed() -> None:
     """Start torch.distributed through DeepSpeed; a plain ``python`` run becomes one rank."""
@@ -552,7 +557,7 @@ class Trainer:
         q = self.trace_cfg.entropy_top_quantile
         if q is None or entropy is None:
             return None, math.nan
-        valid = sb.batch.response_mask & sb.loss_rows.unsqueeze(-1)
+        valid = sb.loss_tokens
         values = dist_utils.all_gather_cat(entropy[valid], device=self.engine.device)
         tau = entropy_threshold(values, q)
         selected, _ = select_tokens(valid, entropy, q, threshold=tau)
@@ -576,7 +581,7 @@ class Trainer:
                 logp, entropy = answer_logprobs(
                     self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True
                 )
-                mask = part.response_mask.to(device) & sb.loss_rows[r].to(device).unsqueeze(-1)
+                mask = sb.loss_tokens[r].to(device)
                 selected = None if sb.selected is None else sb.selected[r].to(device)
                 out = policy_loss(
                     logp,
@@ -606,9 +611,8 @@ class Trainer:
             collected["policy/lr"].append(lr)
         if sb.selected is not None:
             # The step's one selection: its threshold and exact share over all ranks.
-            valid = sb.batch.response_mask & sb.loss_rows.unsqueeze(-1)
             n_sel, n_valid = dist_utils.all_reduce_sum(
-                [float(sb.selected.sum()), float(valid.sum())]
+                [float(sb.selected.sum()), float(sb.loss_tokens.sum())]
             )
             collected["select/entropy_threshold"] = [sb.entropy_threshold]
             collected["select/frac"] = [n_sel / n_valid if n_valid else math.nan]
@@ -623,7 +627,7 @@ class Trainer:
         (the selected ones when the loss is on the selection only).
         """
         tc = self.trace_cfg
-        mask = sb.batch.response_mask[rows] & sb.loss_rows[rows].unsqueeze(-1)
+        mask = sb.loss_tokens[rows]
         if tc.loss_on_selected_only and sb.selected is not None:
             mask = mask & sb.selected[rows]
         local = loss_denominator(mask, tc.loss_agg, self.cfg.max_new_tokens, sb.loss_rows[rows])
