@@ -94,8 +94,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last: int) -> Path:
-    """Save the engine and ``state`` atomically; every rank must call it. Returns the dir."""
+def save_checkpoint(
+    engine: Any,
+    ckpt_dir: Path,
+    state: TrainerState,
+    keep_last: int,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save the engine and ``state`` atomically; every rank must call it. Returns the dir.
+
+    ``extra(tag_dir)`` runs on every rank before the manifest is written: files it adds to
+    the staging directory are published (and checksummed) with the checkpoint.
+    """
     tag = tag_for(state.step)
     staging_root = ckpt_dir / f".tmp-{tag}"
     final = ckpt_dir / tag
@@ -105,6 +115,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainerState, keep_last:
         staging_root.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
+    if extra is not None:
+        extra(staging_root / tag)
     dist_utils.barrier()
     if dist_utils.rank() == 0:
         state.rng = capture_rng()

@@ -23,10 +23,10 @@ import yaml
 
 from strace_ds.losses import LOSS_AGGREGATIONS, PRESETS, TraceConfig
 from strace_ds.lr_schedule import LR_SCHEDULES
+from strace_ds.rollout import ROLLOUT_ENGINES
 
 ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
 OVERLONG_MODES = ("none", "mask", "soft")
-ROLLOUTS = ("hf", "sglang")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -98,6 +98,16 @@ class TrainConfig:
     # --- optimisation ----------------------------------------------------------------------
     steps: int = _f(30, "training steps (rollout + updates + weight sync)")
     mini_batches: int = _f(2, "policy updates per step, each on 1/mini_batches of the rollouts")
+    epochs: int = _f(
+        1,
+        "passes over each step's rollouts (TRL num_iterations, verl ppo_epochs); each pass makes "
+        "mini_batches updates, the mini-batches re-shuffled after the first pass",
+    )
+    max_staleness: int = _f(
+        0,
+        "asynchronous rollouts: answers of step t come from policy version max(0, t-1-K) and are "
+        "generated while earlier steps train (0 = synchronous, on-policy up to the mini-batches)",
+    )
     micro_batch_size: int = _f(64, "rows per forward/backward on each rank")
     lr: float = _f(2e-4, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -183,7 +193,7 @@ class TrainConfig:
         _choice("loss", self.loss, tuple(PRESETS))
         _choice("advantage", self.advantage, ADVANTAGE_METHODS)
         _choice("overlong", self.overlong, OVERLONG_MODES)
-        _choice("rollout", self.rollout, ROLLOUTS)
+        _choice("rollout", self.rollout, ROLLOUT_ENGINES)
         _choice("sglang_sync", self.sglang_sync, ("disk", "tensor"))
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.loss_agg is not None:
@@ -194,6 +204,7 @@ class TrainConfig:
             "max_new_tokens",
             "steps",
             "mini_batches",
+            "epochs",
             "micro_batch_size",
             "reward_workers",
             "eval_size",
@@ -211,6 +222,7 @@ class TrainConfig:
             "sample_every",
             "overlong_buffer",
             "logprob_chunk_size",
+            "max_staleness",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

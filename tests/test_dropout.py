@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import types
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,8 @@ def test_without_dropout_train_and_eval_log_probs_are_identical(dropout_policy):
 
 
 def test_the_trainer_engine_has_dropout_off(dropout_policy):
-    from strace_ds.trainer import Trainer, init_distributed
+    from strace_ds.builders import build_policy_engine
+    from strace_ds.trainer import init_distributed
 
     init_distributed()
     cfg = TrainConfig(
@@ -72,9 +72,8 @@ def test_the_trainer_engine_has_dropout_off(dropout_policy):
         micro_batch_size=2,
         ds_config=str(REPO / "ds_configs" / "zero3.json"),
     )
-    stub = types.SimpleNamespace(cfg=cfg, world=1, model_path=str(dropout_policy), logged=[])
-    stub._log = stub.logged.append
-    engine, _ = Trainer._build_engine(stub)
+    logged: list[str] = []
+    engine = build_policy_engine(cfg, str(dropout_policy), world=1, log=logged.append).engine
     assert engine.module.config.attention_dropout == 0.0
-    assert [line for line in stub.logged if line.startswith("dropout: disabled")]
+    assert [line for line in logged if line.startswith("dropout: disabled")]
     assert torch.equal(_logprobs(engine, True), _logprobs(engine, False))

@@ -1,6 +1,6 @@
 """The learning-rate schedule: exact values of the pure function, and what DeepSpeed applies.
 
-The engine tests build the trainer's real engine (``Trainer._build_engine``: the embedded tiny
+The engine tests build the trainer's real engine (``builders.build_policy_engine``: the tiny
 policy under ZeRO-3 on CPU) and read ``engine.get_lr()`` before each optimizer update, i.e.
 the learning rate that update uses.
 """
@@ -16,9 +16,10 @@ import torch
 
 from strace_ds import checkpoint as ckpt
 from strace_ds import distributed as dist_utils
+from strace_ds.builders import build_policy_engine
 from strace_ds.config import TrainConfig
 from strace_ds.lr_schedule import lr_at, lr_multiplier
-from strace_ds.trainer import Trainer, init_distributed
+from strace_ds.trainer import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 LR = 1e-3
@@ -112,13 +113,12 @@ def test_ds_config_scheduler_is_dropped_or_rejected():
 
 # ----------------------------------------------------------------------------- the engine
 def _engine(tiny_policy, **overrides):
-    """The trainer's own engine, built by ``Trainer._build_engine`` on a stand-in trainer."""
+    """The trainer's own engine, built by ``builders.build_policy_engine``."""
     init_distributed()
     cfg = TrainConfig(**{**SMALL, **overrides})
-    stub = types.SimpleNamespace(cfg=cfg, world=1, model_path=str(tiny_policy), logged=[])
-    stub._log = stub.logged.append
-    engine, _ = Trainer._build_engine(stub)
-    return engine, stub
+    stub = types.SimpleNamespace(cfg=cfg, logged=[])
+    policy = build_policy_engine(cfg, str(tiny_policy), world=1, log=stub.logged.append)
+    return policy.engine, stub
 
 
 def _updates(engine, n: int) -> list[float]:

@@ -331,20 +331,16 @@ def _jsonl(path: Path, golds: list[str]) -> Path:
 
 
 class _DataTrainer:
-    """Just enough of a Trainer to run its data loading."""
+    """The trainer's data loading (``builders.load_train_data``), with what it said."""
 
-    def __new__(cls, cfg: TrainConfig):
-        from strace_ds.trainer import Trainer
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.logged: list[str] = []
 
-        class T(Trainer):
-            def __init__(self) -> None:
-                self.cfg, self.rank, self.world, self.is_main = cfg, 0, 1, True
-                self.logged: list[str] = []
+    def _load_train_data(self):
+        from strace_ds.builders import load_train_data
 
-            def _log(self, msg: str) -> None:
-                self.logged.append(msg)
-
-        return T()
+        return load_train_data(self.cfg, log=self.logged.append)
 
 
 def test_start_up_aborts_when_the_golds_do_not_parse(tmp_path: Path) -> None:

@@ -1,12 +1,46 @@
-"""Rollout engines behind one protocol, chosen by name through :func:`build_rollout_engine`."""
+"""Rollout engines behind one protocol, chosen by name.
+
+:func:`build_rollout_engine` builds an engine from its own keyword arguments (evaluation,
+notebooks); :func:`build_run_rollout` builds the one a training run configures
+(``--rollout``), through the same registry of names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from strace_ds.rollout.base import FINISH_REASONS, Generation, RolloutEngine, SamplingParams
 
-ROLLOUT_ENGINES = ("hf", "sglang")
+
+def _hf_for_run(cfg: Any, model_path: str, tokenizer: Any, is_main: bool, device: str) -> Any:
+    return build_rollout_engine(
+        "hf", model=model_path, tokenizer=tokenizer, device=device,
+        max_batch_size=cfg.rollout_batch_size,
+    )  # fmt: skip
+
+
+def _sglang_for_run(cfg: Any, model_path: str, tokenizer: Any, is_main: bool, device: str) -> Any:
+    from strace_ds.rollout.sglang_rollout import build_sglang_rollout
+
+    return build_sglang_rollout(cfg, model_path, is_main=is_main)
+
+
+RUN_BUILDERS: dict[str, Callable[..., Any]] = {"hf": _hf_for_run, "sglang": _sglang_for_run}
+"""``--rollout`` name -> builder of that engine for a training run (one per rank)."""
+
+ROLLOUT_ENGINES = tuple(RUN_BUILDERS)
+
+
+def build_run_rollout(
+    cfg: Any, model_path: str, tokenizer: Any, is_main: bool, device: str = "cpu"
+) -> Any:
+    """The rollout engine of a training run: ``cfg.rollout`` looked up in :data:`RUN_BUILDERS`."""
+    if cfg.rollout not in RUN_BUILDERS:
+        raise ValueError(
+            f"rollout: unknown engine {cfg.rollout!r}; choose one of {', '.join(ROLLOUT_ENGINES)}"
+        )
+    return RUN_BUILDERS[cfg.rollout](cfg, model_path, tokenizer, is_main, device)
 
 
 def build_rollout_engine(kind: str, **kwargs: Any) -> RolloutEngine:
@@ -29,6 +63,8 @@ __all__ = [
     "Generation",
     "ROLLOUT_ENGINES",
     "RolloutEngine",
+    "RUN_BUILDERS",
     "SamplingParams",
     "build_rollout_engine",
+    "build_run_rollout",
 ]
