@@ -12,7 +12,11 @@ Written from the papers' formulas and `docs/ALGORITHMS.md` without reading
 * `ref_causal_trace_long` -- the same recursion looped over t but batched over rows (and
   several lam values at once), for T = 32k.
 * `ref_trace_loss`  -- trace log-ratio -> clipped objective -> aggregation, composed from the
-  pieces above (the whole contract, loop-based).
+  pieces above (the whole contract, loop-based); optionally with per-token behaviour weights
+  and a KL-to-reference term.
+* `ref_behaviour_weights` -- the behaviour correction (none / token / sequence / trace, cap by
+  truncation or two-sided mask), one token at a time.
+* `ref_kl` -- Schulman's k1 / k2 / k3 estimators of KL(pi || pi_ref), one token at a time.
 """
 
 from __future__ import annotations
@@ -146,8 +150,13 @@ def ref_select(mask, entropy, q):
     return (entropy >= tau) & mask, float(tau)
 
 
-def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normalizer=None):
-    """Whole contract from the loops: select -> trace -> clipped loss -> aggregate."""
+def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normalizer=None,
+                   weight=None, ref=None, beta=0.0, estimator="k3"):
+    """Whole contract from the loops: select -> trace -> clipped loss -> aggregate.
+
+    ``weight`` [B, T] multiplies each clipped term; ``beta * ref_kl(logp, ref)`` is added to
+    each term (unweighted); the denominators do not change.
+    """
     mask = mask.bool()
     m, _ = ref_select(mask, entropy, cfg.entropy_top_quantile)
     delta = logp - old
@@ -157,9 +166,69 @@ def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normaliz
         ell = ref_sequence_trace(delta, m)
     r = torch.exp(ell)  # the tests keep |ell| far below any clamp bound
     L = clipped_token_loss(r, _adv_bt(A, logp.shape), cfg.clip_low, cfg.clip_high)
+    if weight is not None:
+        L = L * weight
+    if ref is not None and beta != 0.0:
+        L = L + beta * ref_kl(logp, ref, estimator, mask=mask)
     M = m if cfg.loss_on_selected_only else mask
     return ref_aggregate(L, M, cfg.loss_agg, max_len=max_len, normalizer=normalizer)
 
+
+def ref_kl(logp, ref, estimator, mask=None):
+    """Per token, x = log pi_ref - log pi on a token drawn from pi (Schulman 2020):
+    k1 = -x, k2 = x**2 / 2, k3 = e**x - 1 - x. Differentiable in logp; [B, T]; 0 (never
+    computed) outside ``mask``."""
+    B, T = logp.shape
+    rows = []
+    for i in range(B):
+        row = []
+        for t in range(T):
+            if mask is not None and not bool(mask[i, t]):
+                row.append(logp.new_zeros(()))
+                continue
+            x = ref[i, t] - logp[i, t]
+            if estimator == "k1":
+                row.append(-x)
+            elif estimator == "k2":
+                row.append(0.5 * x * x)
+            elif estimator == "k3":
+                row.append(torch.exp(x) - 1.0 - x)
+            else:
+                raise AssertionError(estimator)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def ref_behaviour_weights(prox, behav, mask, correction, cap, mode, lam=0.0, m=None):
+    """Behaviour weights from the loops; [B, T] float64, 1 outside mask.
+
+    d_t = prox_t - behav_t on valid tokens. token: exp(d_t); sequence: exp(mean of the row's
+    d); trace: exp(ell_t) with ell the causal trace recursion of d over the selection m (all
+    valid tokens when m is None). truncate: min(w, cap); mask: w if 1/cap <= w <= cap else 0.
+    """
+    mask = mask.bool()
+    m = mask if m is None else m.bool()
+    B, T = prox.shape
+    d = torch.where(mask, prox.double() - behav.double(), torch.zeros(B, T, dtype=torch.float64))
+    ell = ref_causal_trace(d, m, lam) if correction == "trace" else None
+    w = torch.ones(B, T, dtype=torch.float64)
+    for i in range(B):
+        idx = [t for t in range(T) if bool(mask[i, t])]
+        for t in idx:
+            if correction == "none":
+                continue
+            if correction == "token":
+                v = math.exp(float(d[i, t]))
+            elif correction == "sequence":
+                v = math.exp(sum(float(d[i, k]) for k in idx) / len(idx))
+            else:
+                v = math.exp(float(ell[i, t]))
+            if mode == "truncate":
+                v = min(v, cap)
+            elif not 1.0 / cap <= v <= cap:
+                v = 0.0
+            w[i, t] = v
+    return w
 
 def make_batch(B, T, seed, scale=0.3, holes=False, adv_per_token=False, min_len=1):
     """A random float64 batch with right padding (and optional holes).

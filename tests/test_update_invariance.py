@@ -54,9 +54,10 @@ def probes(tmp_path_factory) -> Path:
     return out
 
 
-def _grads(out: Path, preset: str, micro: int, world: int) -> list[torch.Tensor]:
-    grads = torch.load(out / f"{preset}-m{micro}-w{world}.pt")["grads"]
-    assert len(grads) == 2  # two mini-batches: two optimizer updates
+def _grads(out: Path, preset: str, micro: int, world: int, epochs: int = 1) -> list[torch.Tensor]:
+    suffix = f"-e{epochs}" if epochs > 1 else ""
+    grads = torch.load(out / f"{preset}-m{micro}-w{world}{suffix}.pt")["grads"]
+    assert len(grads) == 2 * epochs  # two mini-batches per epoch: one optimizer update each
     return grads
 
 
@@ -68,6 +69,22 @@ def test_update_is_independent_of_micro_batch_and_ranks(probes: Path, preset: st
             assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
             rel = float((got - want).norm() / want.norm())
             assert rel <= RTOL, f"{preset} micro {micro} x {world} rank(s), update {update}: {rel}"
+
+
+@pytest.mark.parametrize("preset", ["grpo", "s_trace"])
+def test_epochs_reshuffle_the_same_way_for_any_rank_count(probes: Path, preset: str) -> None:
+    """``--epochs 2``: the second pass re-shuffles groups between mini-batches; its updates
+    are the same for micro-batch 4 or 64 and for 1 or 2 ranks, and differ from the first
+    pass's (the shuffle moved groups and the policy moved)."""
+    reference = _grads(probes, preset, 64, 1, epochs=2)
+    assert torch.equal(reference[0], _grads(probes, preset, 64, 1)[0])  # epoch 0 is today's
+    for micro, world in ((4, 1), (4, 2), (32, 2)):
+        got_all = _grads(probes, preset, micro, world, epochs=2)
+        for update, (got, want) in enumerate(zip(got_all, reference)):
+            rel = float((got - want).norm() / want.norm())
+            assert rel <= RTOL, f"{preset} epochs 2, micro {micro} x {world}, #{update}: {rel}"
+    for later in reference[2:]:
+        assert float((later - reference[0]).norm() / reference[0].norm()) > 1e-3
 
 
 def test_selection_keeps_the_configured_share(probes: Path) -> None:

@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--micro", default="4,16,64", help="micro-batch sizes (rows per rank)")
     p.add_argument("--mini_batches", type=int, default=2)
     p.add_argument("--prompts_per_step", type=int, default=32)
+    p.add_argument("--epoch_presets", default="grpo,s_trace",
+                   help="presets also probed with --epochs 2 (re-shuffled second pass)")
     args, _ = p.parse_known_args()  # the launcher appends --local_rank
 
     from strace_ds.config import TrainConfig
@@ -78,31 +80,35 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    for preset in args.presets.split(","):
-        for micro in (int(m) for m in args.micro.split(",")):
-            cfg = TrainConfig(
-                loss=preset, micro_batch_size=micro, mini_batches=args.mini_batches,
-                prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
-                eval_every=-1,
-                export=False, image_every=0, sample_every=0, reward_workers=1,
-                ds_config=str(REPO / "ds_configs" / "zero3.json"),
-                output_dir=str(args.out / "outputs"), log_dir=str(args.out / "runs"),
-                run_name=f"{preset}-m{micro}",
+    runs = [(preset, micro, epochs)
+            for preset in args.presets.split(",")
+            for epochs in ([1, 2] if preset in args.epoch_presets.split(",") else [1])
+            for micro in (int(m) for m in args.micro.split(","))]
+    for preset, micro, epochs in runs:
+        suffix = f"-e{epochs}" if epochs > 1 else ""
+        cfg = TrainConfig(
+            loss=preset, micro_batch_size=micro, mini_batches=args.mini_batches, epochs=epochs,
+            prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
+            eval_every=-1,
+            export=False, image_every=0, sample_every=0, reward_workers=1,
+            ds_config=str(REPO / "ds_configs" / "zero3.json"),
+            output_dir=str(args.out / "outputs"), log_dir=str(args.out / "runs"),
+            run_name=f"{preset}-m{micro}{suffix}",
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        try:
+            trainer.rollout.generate = split_independent(trainer.rollout.generate)
+            grads = capture_update_gradients(trainer.engine)
+            metrics = trainer.train_step(1)
+        finally:
+            trainer.close()
+        if trainer.is_main:
+            torch.save(
+                {"grads": grads, "select_frac": metrics.get("select/frac"),
+                 "reward": metrics["reward/mean"]},
+                args.out / f"{preset}-m{micro}-w{trainer.world}{suffix}.pt",
             )  # fmt: skip
-            trainer = Trainer(cfg)
-            try:
-                trainer.rollout.generate = split_independent(trainer.rollout.generate)
-                grads = capture_update_gradients(trainer.engine)
-                metrics = trainer.train_step(1)
-            finally:
-                trainer.close()
-            if trainer.is_main:
-                torch.save(
-                    {"grads": grads, "select_frac": metrics.get("select/frac"),
-                     "reward": metrics["reward/mean"]},
-                    args.out / f"{preset}-m{micro}-w{trainer.world}.pt",
-                )  # fmt: skip
-            del trainer
+        del trainer
     print("probe done", os.environ.get("RANK", "0"), file=sys.stderr)
 
 

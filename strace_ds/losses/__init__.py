@@ -7,10 +7,20 @@ Pure torch, no trainer imports, usable as a drop-in by any RL library::
                       entropy=entropy, config=TraceConfig.preset("s_trace"))
     out.loss.backward()
 
+The behaviour correction (rollout engine -> proximal policy) is :func:`behaviour_weights`,
+the KL to a reference policy :func:`kl_penalty` (``docs/ALGORITHMS.md``).
+
 The P-trace/S-trace formulas are this project's formalisation of the paper's abstract
 ("Beyond Uniform Credit Assignment: Selective Eligibility Traces for RLVR", Mou et al., 2026).
 """
 
+from strace_ds.losses.behaviour import (
+    BEHAVIOUR_CAP,
+    BEHAVIOUR_CORRECTIONS,
+    BEHAVIOUR_METRIC_NAMES,
+    BEHAVIOUR_MODES,
+    behaviour_weights,
+)
 from strace_ds.losses.config import (
     LOG_RATIO_CLAMP,
     LOSS_AGGREGATIONS,
@@ -18,11 +28,18 @@ from strace_ds.losses.config import (
     WINDOWS,
     TraceConfig,
 )
+from strace_ds.losses.kl import (
+    KL_ESTIMATORS,
+    KL_IN,
+    KL_METRIC_NAMES,
+    approx_kl_k3,
+    kl_penalty,
+    sequence_kl_penalty,
+)
 from strace_ds.losses.objective import (
     METRIC_NAMES,
     PolicyLossOutput,
     aggregate_loss,
-    approx_kl_k3,
     clipped_surrogate,
     loss_denominator,
     policy_loss,
@@ -31,6 +48,13 @@ from strace_ds.losses.objective import (
 from strace_ds.losses.trace import entropy_threshold, select_tokens, trace_log_ratio
 
 __all__ = [
+    "BEHAVIOUR_CAP",
+    "BEHAVIOUR_CORRECTIONS",
+    "BEHAVIOUR_METRIC_NAMES",
+    "BEHAVIOUR_MODES",
+    "KL_ESTIMATORS",
+    "KL_IN",
+    "KL_METRIC_NAMES",
     "LOG_RATIO_CLAMP",
     "LOSS_AGGREGATIONS",
     "METRIC_NAMES",
@@ -40,11 +64,14 @@ __all__ = [
     "TraceConfig",
     "aggregate_loss",
     "approx_kl_k3",
+    "behaviour_weights",
     "clipped_surrogate",
     "entropy_threshold",
+    "kl_penalty",
     "loss_denominator",
     "policy_loss",
     "select_tokens",
+    "sequence_kl_penalty",
     "token_credit",
     "trace_log_ratio",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from strace_ds.losses.config import TraceConfig
+from strace_ds.losses.kl import approx_kl_k3, kl_penalty
 from strace_ds.losses.trace import select_tokens, trace_log_ratio
 
 METRIC_NAMES = (
@@ -38,9 +39,10 @@ class PolicyLossOutput:
     loss: torch.Tensor
     """Scalar, differentiable w.r.t. ``logprobs``."""
     metrics: dict[str, float]
-    """Figures named in ``METRIC_NAMES``."""
+    """Figures named in ``METRIC_NAMES``, and ``KL_METRIC_NAMES`` when a reference is given."""
     token_loss: torch.Tensor
-    """``[B, T]`` per-token loss ``L_t`` (before masking and aggregation)."""
+    """``[B, T]`` per-token term that enters the aggregate, ``w_t L_t + beta kl_t`` (``L_t``
+    without a behaviour weight or a KL term), before masking and aggregation."""
     loss_mask: torch.Tensor
     """``[B, T]`` bool, the tokens ``M`` whose loss terms enter the aggregate."""
     selected: torch.Tensor
@@ -124,15 +126,6 @@ def aggregate_loss(
     return total / normalizer
 
 
-def approx_kl_k3(delta: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of ``KL(pi_old || pi_theta)`` per token, from old samples.
-
-    With ``r = pi_theta / pi_old = exp(delta)``: ``k3 = (r - 1) - log r = exp(delta) - 1 - delta``
-    (unbiased, always >= 0).
-    """
-    return torch.expm1(delta) - delta
-
-
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -143,6 +136,10 @@ def policy_loss(
     max_len: int | None = None,
     normalizer: float | torch.Tensor | None = None,
     selected: torch.Tensor | None = None,
+    behaviour_weight: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
 ) -> PolicyLossOutput:
     """The trace policy loss for a batch of answers.
 
@@ -152,6 +149,12 @@ def policy_loss(
         r_t = exp(clamp(ell_t, -c, c))                       (c = config.log_ratio_clamp)
         L_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)
         loss = aggregate over M = (m if loss_on_selected_only else response_mask)
+               of  w_t L_t + beta kl_t
+
+    with the optional detached behaviour weight ``w`` (:func:`behaviour_weights`; 1 when not
+    given) and the optional KL-to-reference term ``kl_t = kl_penalty(logprobs, ref, estimator)``
+    (:func:`kl_penalty`; ``beta = kl_coef``, 0 when not given). Both leave the denominator of
+    the aggregation as it is; without them the loss is exactly the plain trace loss.
 
     Why a trace: the exact off-policy gradient of token t carries the historical weight
     ``W_t = prod_{k<t} rho_k``; PPO/GRPO drop it (``lam = 0``), the full product is unbiased
@@ -176,6 +179,13 @@ def policy_loss(
             ``response_mask``. When given, ``entropy`` is only reported and the
             ``select/entropy_threshold`` metric is NaN (the caller knows its threshold).
             Without it the quantile is taken over the valid tokens of the tensors passed in.
+        behaviour_weight: ``[B, T]`` detached weights from :func:`behaviour_weights` (the
+            behaviour -> proximal correction), multiplying each policy term ``L_t``.
+        ref_logprobs: ``[B, T]`` log-probs under the reference policy (detached inside); when
+            given, ``policy/kl_ref`` (mean ``kl_t`` over ``M``) is reported even at
+            ``kl_coef = 0``.
+        kl_coef: ``beta >= 0``, the weight of the KL term in the loss (``--kl_in loss``).
+        kl_estimator: one of ``KL_ESTIMATORS`` (``k1``, ``k2``, ``k3``).
 
     Computation runs in float32 for half-precision inputs (float64 stays float64); the
     returned loss has that dtype.
@@ -183,6 +193,7 @@ def policy_loss(
     if config is None:
         config = TraceConfig.preset("s_trace" if entropy is not None else "p_trace")
     _check_inputs(logprobs, old_logprobs, advantages, response_mask, entropy)
+    _check_extras(logprobs, behaviour_weight, ref_logprobs, kl_coef)
     work = torch.float64 if logprobs.dtype == torch.float64 else torch.float32
     logp = logprobs.to(work)
     old = old_logprobs.detach().to(work)
@@ -200,7 +211,21 @@ def policy_loss(
     ell = ell.clamp(-config.log_ratio_clamp, config.log_ratio_clamp)
     ratio = torch.exp(ell)  # [B, T]
     token_loss = clipped_surrogate(ratio, adv, config.clip_low, config.clip_high)
+    if behaviour_weight is not None:  # padding gets 1: its garbage must not reach the sum
+        w = behaviour_weight.detach().to(device=logp.device, dtype=work)
+        token_loss = token_loss * torch.where(valid, w, torch.ones_like(w))
     loss_mask = selected if config.loss_on_selected_only else valid
+    kl_ref = None
+    if ref_logprobs is not None:
+        # Zero both log-probs at padding before the estimator: exp of garbage there would give
+        # inf, and 0 * inf = NaN in the backward pass even through a masked-out branch.
+        zero = torch.zeros_like(logp)
+        ref = ref_logprobs.detach().to(device=logp.device, dtype=work)
+        kl_ref = kl_penalty(
+            torch.where(valid, logp, zero), torch.where(valid, ref, zero), kl_estimator
+        )  # [B, T]
+        if kl_coef != 0.0:  # beta = 0 leaves the loss and its gradient bit-identical
+            token_loss = token_loss + kl_coef * kl_ref
     loss = aggregate_loss(token_loss, loss_mask, config.loss_agg, max_len, normalizer)
 
     metrics = _loss_metrics(
@@ -215,6 +240,8 @@ def policy_loss(
         tau,
         config,
     )
+    if kl_ref is not None:
+        metrics["policy/kl_ref"] = _masked_mean(kl_ref.detach(), loss_mask.to(work))
     return PolicyLossOutput(
         loss=loss,
         metrics=metrics,
@@ -234,17 +261,23 @@ def token_credit(
     config: TraceConfig | None = None,
     max_len: int | None = None,
     selected: torch.Tensor | None = None,
+    behaviour_weight: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
 ) -> torch.Tensor:
     """Credit each token receives: ``-d loss / d logprobs``, ``[B, T]``.
 
     A gradient-ascent step moves ``logp(y_t)`` up by this amount (times the learning rate),
     so positive credit reinforces the token. GRPO gives every token of an answer the same
-    credit ``A / N``; traces redistribute it along the answer.
+    credit ``A / N``; traces redistribute it along the answer. ``behaviour_weight`` and the
+    KL arguments are :func:`policy_loss`'s (the credit then includes ``-beta d kl / d logp``).
     """
     logp = logprobs.detach().clone().requires_grad_(True)
     out = policy_loss(
         logp, old_logprobs, advantages, response_mask, entropy, config, max_len,
-        selected=selected,
+        selected=selected, behaviour_weight=behaviour_weight, ref_logprobs=ref_logprobs,
+        kl_coef=kl_coef, kl_estimator=kl_estimator,
     )
     (grad,) = torch.autograd.grad(out.loss, logp)
     return -grad
@@ -309,6 +342,28 @@ def _check_selection(selected: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
             "the valid tokens (and them with the mask first)"
         )
     return selected
+
+
+def _check_extras(
+    logprobs: torch.Tensor,
+    behaviour_weight: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    kl_coef: float,
+) -> None:
+    shape = tuple(logprobs.shape)
+    for name, t in (("behaviour_weight", behaviour_weight), ("ref_logprobs", ref_logprobs)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(
+                f"{name} must have the shape of logprobs {shape}, got {tuple(t.shape)}"
+            )
+    if (
+        isinstance(kl_coef, bool)
+        or not isinstance(kl_coef, (int, float))
+        or not 0.0 <= kl_coef < math.inf
+    ):
+        raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
+    if kl_coef != 0.0 and ref_logprobs is None:
+        raise ValueError("kl_coef != 0 needs ref_logprobs (the reference policy's log-probs)")
 
 
 def _check_inputs(
