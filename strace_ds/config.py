@@ -21,12 +21,20 @@ from typing import Any
 
 import yaml
 
-from strace_ds.losses import LOSS_AGGREGATIONS, PRESETS, TraceConfig
+from strace_ds.losses import (
+    BEHAVIOUR_CAP,
+    BEHAVIOUR_CORRECTIONS,
+    BEHAVIOUR_MODES,
+    LOSS_AGGREGATIONS,
+    PRESETS,
+    TraceConfig,
+)
 from strace_ds.lr_schedule import LR_SCHEDULES
 from strace_ds.rollout import ROLLOUT_ENGINES
 
 ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
 OVERLONG_MODES = ("none", "mask", "soft")
+OLD_LOGPROBS = ("trainer", "rollout")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -91,6 +99,23 @@ class TrainConfig:
     loss_agg: str | None = _f(
         None, "override the preset's aggregation: " + ", ".join(LOSS_AGGREGATIONS)
     )
+    old_logprobs: str = _f(
+        "trainer",
+        "the ratio's denominator (proximal policy): 'trainer' recomputes it before the step's "
+        "updates; 'rollout' takes the rollout engine's sampling log-probs and skips that forward "
+        "(still run for the entropies when the preset selects tokens)",
+    )
+    behaviour_correction: str = _f(
+        "none",
+        "weight of each token's loss term for the gap between the sampling (behaviour) policy and "
+        "the proximal one: " + ", ".join(BEHAVIOUR_CORRECTIONS) + " (docs/ALGORITHMS.md)",
+    )
+    behaviour_cap: float = _f(
+        BEHAVIOUR_CAP, "cap C of the behaviour weight (truncate: min(w, C); mask: 0 outside "
+        "[1/C, C])", allow_inf=True,
+    )
+    behaviour_mode: str = _f("truncate", "behaviour weights above the cap: " + ", ".join(
+        BEHAVIOUR_MODES) + " (TIS / MIS)")
     advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
     filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
     overlong: str = _f("none", "truncated answers: " + ", ".join(OVERLONG_MODES))
@@ -196,6 +221,14 @@ class TrainConfig:
         _choice("rollout", self.rollout, ROLLOUT_ENGINES)
         _choice("sglang_sync", self.sglang_sync, ("disk", "tensor"))
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("old_logprobs", self.old_logprobs, OLD_LOGPROBS)
+        _choice("behaviour_correction", self.behaviour_correction, BEHAVIOUR_CORRECTIONS)
+        _choice("behaviour_mode", self.behaviour_mode, BEHAVIOUR_MODES)
+        if not self.behaviour_cap > 1:
+            raise ValueError(
+                f"behaviour_cap must be > 1 (weights are capped at C and, with mask, below 1/C), "
+                f"got {self.behaviour_cap}; use inf for no cap"
+            )
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         for name in (

@@ -23,6 +23,7 @@ import torch
 
 from strace_ds import distributed as dist_utils
 from strace_ds.losses import (
+    behaviour_weights,
     entropy_threshold,
     loss_denominator,
     policy_loss,
@@ -46,6 +47,8 @@ class StepBatch:
     golds: list[str]
     selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
     entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
+    behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction
+    behaviour_metrics: dict[str, float] | None = None
 
     @property
     def loss_tokens(self) -> torch.Tensor:
@@ -137,12 +140,30 @@ class PolicyUpdater:
         return torch.cat(logps), (torch.cat(entropies) if entropies else None)
 
     def prepare(self, exp: Any) -> StepBatch:
-        """The step's :class:`StepBatch`: proximal log-probs and the step's selection."""
-        old, entropy = self.score(exp.batch)
+        """The step's :class:`StepBatch`: proximal log-probs, the step's selection and the
+        behaviour weights (``docs/ALGORITHMS.md``, "Three policies").
+
+        ``--old_logprobs rollout`` takes the behaviour log-probs as the proximal ones (every
+        behaviour correction is then 1); the scoring forward still runs when the preset
+        selects by entropy, for the entropies alone.
+        """
+        cfg, tc = self.cfg, self.trace_cfg
+        behaviour = exp.batch.rollout_logprobs
+        if cfg.old_logprobs == "rollout":
+            old = behaviour.clone()
+            entropy = self.score(exp.batch)[1] if tc.uses_entropy else None
+        else:
+            old, entropy = self.score(exp.batch)
         sb = StepBatch(
             exp.batch, exp.rewards, exp.advantages, exp.loss_rows, old, exp.texts, exp.golds
         )
         sb.selected, sb.entropy_threshold = self.selection(sb, entropy)
+        if cfg.behaviour_correction != "none":
+            sb.behaviour_weight, sb.behaviour_metrics = behaviour_weights(
+                old, behaviour, exp.batch.response_mask, cfg.behaviour_correction,
+                cap=cfg.behaviour_cap, mode=cfg.behaviour_mode, lam=tc.lam,
+                selected=sb.selected, window=tc.window, loss_mask=sb.loss_tokens,
+            )  # fmt: skip
         return sb
 
     def selection(
@@ -197,6 +218,7 @@ class PolicyUpdater:
                     )  # fmt: skip
                     mask = sb.loss_tokens[r].to(device)
                     selected = None if sb.selected is None else sb.selected[r].to(device)
+                    weight = sb.behaviour_weight
                     out = policy_loss(
                         logp,
                         sb.old_logprobs[r].to(device),
@@ -207,6 +229,7 @@ class PolicyUpdater:
                         max_len=cfg.max_new_tokens,
                         normalizer=normalizer,
                         selected=selected,
+                        behaviour_weight=None if weight is None else weight[r].to(device),
                     )
                     self.engine.backward(out.loss, scale_wrt_gas=False)
                     self.engine.step()
@@ -225,6 +248,8 @@ class PolicyUpdater:
                     float(self.engine.get_global_grad_norm() or 0.0)
                 )
                 collected["policy/lr"].append(lr)
+        for k, v in (sb.behaviour_metrics or {}).items():
+            collected[k] = [v]
         if sb.selected is not None:
             # The step's one selection: its threshold and exact share over all ranks.
             n_sel, n_valid = dist_utils.all_reduce_sum(

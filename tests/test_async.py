@@ -49,3 +49,26 @@ def test_staleness_zero_is_the_synchronous_loop_and_k1_shares_its_first_step(tin
     assert k1[0] == sync[0]  # step 1 is made by version 0 either way
     assert k1[1]["rollout/staleness_max"] == 1.0
     assert k1[1]["reward/mean"] != sync[1]["reward/mean"]  # step 2: the old policy's answers
+
+
+def test_stale_answers_get_behaviour_weights_and_rollout_logprobs_skip_scoring(tiny_policy,
+                                                                              tmp_path):
+    common = _common(tiny_policy, "--max_staleness", "1", "--epochs", "2")
+    common[common.index("--steps") + 1] = "3"
+    _train([*common, "--run_name", "trace", "--behaviour_correction", "trace",
+            "--behaviour_cap", "1.5"], cwd=tmp_path)  # fmt: skip
+    hist = _state(tmp_path / "out" / "trace")["history"]
+    # Step 1: behaviour = proximal policy up to the engines' numerics; later steps: one
+    # version stale, so the weights move away from 1 and some reach the cap.
+    assert abs(hist[0]["behaviour/weight_mean"] - 1) < 1e-3 and hist[0]["behaviour/kl"] < 1e-4
+    for h in hist[1:]:
+        assert h["behaviour/kl"] > 10 * hist[0]["behaviour/kl"]
+        assert 0 < h["behaviour/weight_mean"] <= 1.5 and h["behaviour/weight_max"] > 1
+    assert len(hist) == 3 and all(h["policy/lr"] > 0 for h in hist)
+    common[common.index("--loss") + 1] = "grpo"
+    _train([*common, "--run_name", "rollout", "--old_logprobs", "rollout",
+            "--behaviour_correction", "token"], cwd=tmp_path)  # fmt: skip
+    hist = _state(tmp_path / "out" / "rollout")["history"]
+    for h in hist:  # the proximal policy is the behaviour one: weight 1, no mismatch
+        assert h["behaviour/weight_mean"] == 1.0 and h["behaviour/kl"] == 0.0
+        assert h["rollout/logprob_diff_max"] == 0.0
