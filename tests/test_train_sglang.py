@@ -166,15 +166,17 @@ def _probe_main(argv: list[str]) -> int:
     from strace_ds.rollout import SamplingParams
 
     out = Path(os.environ[PROBE_ENV])
-    build_engine, sync_weights = trainer_mod.Trainer._build_engine, trainer_mod.Trainer.sync_weights
+    build_engine = trainer_mod.builders.build_policy_engine
+    sync_weights = trainer_mod.Trainer.sync_weights
+    plain: dict[str, Any] = {}
 
-    def probed_build_engine(self: Any) -> Any:
+    def probed_build_engine(cfg: Any, model_path: str, *args: Any, **kwargs: Any) -> Any:
         from transformers import AutoModelForCausalLM
 
         # A plain copy, loaded before HfDeepSpeedConfig exists (else zero.Init partitions it).
-        self._probe_model = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=torch.float32).eval()
-        return build_engine(self)
+        plain["model"] = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.float32).eval()
+        return build_engine(cfg, model_path, *args, **kwargs)
 
     @torch.no_grad()
     def probed_sync_weights(self: Any, version: int) -> None:
@@ -183,13 +185,14 @@ def _probe_main(argv: list[str]) -> int:
         named = dict(dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3))
         if not self.is_main:
             return
-        missing, unexpected = self._probe_model.load_state_dict(named, strict=False)
+        probe_model = plain["model"]
+        missing, unexpected = probe_model.load_state_dict(named, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
         prompts = [list(p) for p in self.prompt_ids[:PROBE_PROMPTS]]
         gen = self.rollout.generate(prompts, n=1, sampling=SamplingParams(
             max_new_tokens=PROBE_MAX_NEW_TOKENS, temperature=0.0))
         engine = getattr(self.rollout, "engine", self.rollout)  # LeaderSync wraps it
-        mismatches, ties = compare_greedy(self._probe_model, prompts, gen.token_ids,
+        mismatches, ties = compare_greedy(probe_model, prompts, gen.token_ids,
                                           PROBE_MAX_NEW_TOKENS)
         record = {
             "version": version,
@@ -202,13 +205,13 @@ def _probe_main(argv: list[str]) -> int:
             "sglang": gen.token_ids,
             "mismatches": mismatches,
             "ties": ties,
-            "logprob_diff_max": teacher_forced_diff(self._probe_model, prompts, gen.token_ids,
+            "logprob_diff_max": teacher_forced_diff(probe_model, prompts, gen.token_ids,
                                                     gen.logprobs),
         }
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    trainer_mod.Trainer._build_engine = probed_build_engine
+    trainer_mod.builders.build_policy_engine = probed_build_engine
     trainer_mod.Trainer.sync_weights = probed_sync_weights
     sys.path.insert(0, str(TRAIN.parent))
     import train  # scripts/train.py
@@ -452,6 +455,30 @@ def test_killed_server_fails_cleanly_and_resume_continues(policy_dir: Path,
         print(f"final greedy: SGLang == transformers on {len(prompts)} prompts ({len(ties)} "
               f"tolerated near ties); teacher-forced max |diff| {worst:.1e}")
         assert worst < LOGPROB_DIFF_MAX_BOUND
+
+
+
+def test_async_rollouts_respect_the_staleness_bound_across_a_resume(policy_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """``--max_staleness 1`` (two ranks when the launcher is installed): the server generates
+    the next step over HTTP while DeepSpeed trains; every step after the first trains on
+    answers one version old, weighted by the behaviour correction; a checkpoint holds the
+    answers in flight and ``--resume auto`` (a fresh server) trains on them, never older."""
+    run = "async"
+    args = [*_launcher(), str(TRAIN), "--model", str(policy_dir), "--run_name", run, *SMALL,
+            "--sglang-launch", str(SGLANG_PYTHON), "--max_staleness", "1",
+            "--behaviour_correction", "token"]
+    args[args.index("--steps") + 1] = "4"
+    _run([*args, "--stop_after", "2"], cwd=tmp_path)
+    ckpt_dir = tmp_path / "out" / run / "checkpoints"
+    inflight = sorted(p.name for p in (ckpt_dir / "step_000002").glob("inflight-rank*.pt"))
+    assert inflight == [f"inflight-rank{r}.pt" for r in range(len(inflight))] and inflight
+    _run([*args, "--resume", "auto"], cwd=tmp_path)
+    history = _steps_logged(_state(ckpt_dir))
+    assert [h["rollout/staleness_max"] for h in history] == [0.0, 1.0, 1.0, 1.0]
+    assert all(h["behaviour/kl"] > history[0]["behaviour/kl"] for h in history[1:])
+    assert all(h["perf/generator_idle_s"] >= 0 for h in history)
+    assert _state(ckpt_dir)["step"] == 4
 
 
 if __name__ == "__main__":
