@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build SGLang's OWN virtual environment, separate from the trainer's.
 #
-#   scripts/setup_sglang_env.sh [ENV_DIR] [--cpu|--gpu] [--force]
+#   scripts/setup_sglang_env.sh [ENV_DIR] [--cpu|--gpu] [--force] [--unlocked]
 #
 # ENV_DIR defaults to .venv-sglang in the repository root. The trainer talks to SGLang over
 # HTTP only, so the two environments never share packages: sglang 0.5.23 pins torch==2.14.1,
@@ -15,7 +15,11 @@
 #        torch 2.14.1 + torchvision 0.29.1 (on the CI machines' local disk for Python 3.11),
 #        `pip install --no-deps sglang==0.5.23`, its non-GPU dependencies at sglang's pins, and
 #        the test-only sgl_kernel stub from tests/sglang_cpu_stub (sglang-kernel has no CPU
-#        wheel). Meant for tests and development; real rollouts run on GPUs.
+#        wheel). Meant for tests and development; real rollouts run on GPUs. Every package is
+#        held at the version locked in constraints/sglang-cpu.txt (pip -c; refreshed by
+#        scripts/lock.sh), so a rebuild gets the env that was tested.
+# --unlocked  --cpu without constraints/sglang-cpu.txt: the newest releases that the steps allow
+#        (what scripts/lock.sh freezes). --gpu builds are not locked: sglang pins its own core.
 # --force  delete ENV_DIR first.
 #
 # Idempotent: if ENV_DIR already holds a finished build of the same variant that imports, it
@@ -27,13 +31,16 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 env_dir=""
 mode=""
 force=0
+unlocked=0
 for arg in "$@"; do
   case "$arg" in
     --cpu) mode=cpu ;;
     --gpu) mode=gpu ;;
     --force) force=1 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "setup_sglang_env: unknown option $arg (use --cpu, --gpu, --force)" >&2; exit 2 ;;
+    --unlocked) unlocked=1 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -*) echo "setup_sglang_env: unknown option $arg (use --cpu, --gpu, --force, --unlocked)" >&2
+        exit 2 ;;
     *) [[ -z "$env_dir" ]] || { echo "setup_sglang_env: one ENV_DIR only" >&2; exit 2; }
        env_dir="$arg" ;;
   esac
@@ -52,6 +59,21 @@ if [[ $mode == cpu ]]; then
   stub_hash="$(cd "$repo_root/tests/sglang_cpu_stub" && find . -type f \( -name '*.py' -o -name '*.toml' \) \
                -not -path './build/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)"
   want_stamp="$want_stamp stub=$stub_hash"
+  # The locked versions too: a changed lock means a rebuild (pip then changes only what moved).
+  lock_file="$repo_root/constraints/sglang-cpu.txt"
+  lock=()
+  if [[ $unlocked == 1 ]]; then
+    want_stamp="$want_stamp lock=none"
+  else
+    locked_sglang="$(sed -n 's/^sglang==//p' "$lock_file")"
+    if [[ "$locked_sglang" != "$sglang_version" ]]; then
+      echo "setup_sglang_env: SGLANG_VERSION=$sglang_version but $lock_file locks" \
+           "sglang==$locked_sglang; pass --unlocked, or refresh the lock (scripts/lock.sh sglang)" >&2
+      exit 2
+    fi
+    lock=(-c "$repo_root/constraints/sglang-cpu.txt")
+    want_stamp="$want_stamp lock=$(sha256sum "$lock_file" | cut -c1-12)"
+  fi
 fi
 start_s=$SECONDS
 
@@ -96,6 +118,7 @@ else
   # 1. torch first, from the local disk on the CI machines. PyPI's torch 2.14.1 is the CUDA
   #    build (about 5.5 GB with its nvidia-* wheels) but runs on CPU; it is what sglang pins,
   #    and torchvision 0.29.1 is the build that loads beside it.
+  pip+=("${lock[@]}")
   "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
   # 2. sglang itself without its dependency list: that list drags in sglang-kernel (373 MB,
   #    CUDA only), flashinfer, flash-attn, cutlass and other GPU-only wheels.

@@ -308,7 +308,11 @@ def test_pool_reuses_workers_across_calls(pool: RewardPool) -> None:
         result = pool.score(responses, golds)
         assert result.rewards == [0.0 if i % 3 == 0 else 1.0 for i in range(12)]
     assert pool.worker_pids == pids
-    assert pool.score([], []) == RewardResult(rewards=[], timed_out=[], errors=[])
+    empty = {"faulty_grader": []}  # one component, named after the grader
+    assert pool.score([], []) == RewardResult(
+        rewards=[], timed_out=[], errors=[], components=empty, component_timed_out=empty,
+        component_errors=empty,
+    )
 
 
 def test_pool_rejects_bad_batches(pool: RewardPool) -> None:

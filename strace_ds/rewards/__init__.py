@@ -1,4 +1,5 @@
-"""Rewards: boxed-answer extraction, math-verify grading in a timed worker pool, DAPO overlong.
+"""Rewards: boxed-answer extraction, math-verify grading, named and user rewards (``--reward``)
+graded in a timed worker pool, DAPO overlong.
 
 ``overlong`` needs torch; it is imported lazily so that grading workers (which import this
 package) start without paying for torch.
@@ -11,6 +12,12 @@ from typing import TYPE_CHECKING, Any
 from strace_ds.rewards.extract import extract_boxed_answer
 from strace_ds.rewards.grading import grade_answer
 from strace_ds.rewards.pool import RewardPool, RewardResult
+from strace_ds.rewards.registry import (
+    REWARDS,
+    RewardTerm,
+    load_reward,
+    parse_reward_spec,
+)
 
 if TYPE_CHECKING:
     from strace_ds.rewards.overlong import OVERLONG_MODES, apply_overlong, overlong_penalty
@@ -28,10 +35,14 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "OVERLONG_MODES",
+    "REWARDS",
     "RewardPool",
     "RewardResult",
+    "RewardTerm",
     "apply_overlong",
     "extract_boxed_answer",
     "grade_answer",
+    "load_reward",
     "overlong_penalty",
+    "parse_reward_spec",
 ]

@@ -22,6 +22,11 @@ and warnings (math-verify logs the whole offending answer, e.g. a 1,000,000-char
 parsing timeout) go through a handler that truncates every line and shows only the first few
 records of each call site, counting the rest.
 
+Rewards: the pool grades with one or more reward functions (:mod:`strace_ds.rewards.registry`,
+``fn(response, gold, example) -> float``), math-verify alone by default. Every (item, reward)
+pair is one task with its own timeout, so a hung user function costs only its own term of that
+item; the item's reward is the weighted sum of its terms, and each term is reported apart.
+
 Caveat of "spawn": every worker re-imports the launching script as ``__mp_main__``, so scripts
 must keep heavy imports and work under ``if __name__ == "__main__":`` (thin scripts do).
 """
@@ -32,6 +37,7 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import numbers
 import os
 import pickle
 import signal
@@ -40,12 +46,13 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from strace_ds.rewards.grading import grade_answer
+from strace_ds.rewards.registry import DEFAULT_SPEC, RewardFn, RewardTerm, load_rewards
 
 START_METHODS = ("spawn", "forkserver")
 _MAX_ERROR_CHARS = 500  # error text may quote the (untrusted, possibly huge) response
@@ -67,12 +74,21 @@ class RewardResult:
     """Per-item outcome of :meth:`RewardPool.score`, aligned with its inputs (length N)."""
 
     rewards: list[float]
-    """The grader's reward, or 0.0 for an item that timed out or raised."""
+    """The reward: ``sum_k weight_k * components[label_k][i]`` (math-verify alone by default:
+    the grader's reward), where a term that timed out or raised counts 0.0."""
     timed_out: list[bool]
-    """True where the item ran past ``timeout_s`` and its worker was killed."""
+    """True where a reward of the item ran past ``timeout_s`` and its worker was killed."""
     errors: list[str | None]
-    """``"ExcType: message"`` where the grader raised (or its worker died), else None.
-    Timed-out items have None here: timeouts and errors are counted apart."""
+    """``"ExcType: message"`` where a reward raised, returned a non-finite or non-number, or its
+    worker died, else None; with several rewards, ``"label: ExcType: message"`` joined by
+    ``"; "``. Timed-out items have None here: timeouts and errors are counted apart."""
+    components: dict[str, list[float]] = field(default_factory=dict)
+    """Each reward's own value per item, unweighted, by label (the trainer's ``reward/<label>``);
+    0.0 where that reward timed out or raised."""
+    component_timed_out: dict[str, list[bool]] = field(default_factory=dict)
+    """Per reward label: True where that reward timed out on the item."""
+    component_errors: dict[str, list[str | None]] = field(default_factory=dict)
+    """Per reward label: that reward's ``"ExcType: message"`` on the item, else None."""
 
     @property
     def num_timeouts(self) -> int:
@@ -235,14 +251,36 @@ def _init_worker() -> None:
     _install_bounded_logging()
 
 
+class _PairGrader:
+    """Adapts a ``(response, gold) -> float`` grader (``RewardPool(grader=...)``) to the reward
+    signature; pickles by reference to the wrapped module-level function."""
+
+    def __init__(self, grader: Callable[[str, str], float]) -> None:
+        self.grader = grader
+
+    def __call__(self, response: str, gold: str, example: dict[str, Any]) -> float:
+        return self.grader(response, gold)
+
+
+def _checked_reward(value: Any) -> float:
+    """``value`` as a float; raises when it is not a finite real number (bool counts as 0/1)."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"the reward returned {type(value).__name__}; return a finite float")
+    reward = float(value)
+    if not math.isfinite(reward):
+        raise ValueError(f"the reward returned {reward}; return a finite float")
+    return reward
+
+
 def _worker_main(conn: Connection, grader_bytes: bytes, limits: _WorkerLimits) -> None:
-    """Worker loop: load the grader, say ready, then grade ``(idx, response, gold)`` forever.
+    """Worker loop: load the rewards, say ready, then run task
+    ``(task, k, response, gold, example)`` with reward ``k``, forever.
 
     Exits on ``None`` (orderly close) or when the parent's end of the pipe closes (parent died).
     """
     _init_worker()
     try:
-        grader = pickle.loads(grader_bytes)
+        rewards: list[RewardFn] = pickle.loads(grader_bytes)
     except Exception:
         conn.send(("failed", traceback.format_exc()))
         return
@@ -255,13 +293,13 @@ def _worker_main(conn: Connection, grader_bytes: bytes, limits: _WorkerLimits) -
             msg = None
         if msg is None:
             _fast_exit()
-        idx, response, gold = msg
+        task, k, response, gold, example = msg
         _arm_cpu_limit(limits.cpu_s)
         try:
-            reward, error = float(grader(response, gold)), None
-        except Exception as exc:  # the grader is allowed to fail on bad input; we record it
+            reward, error = _checked_reward(rewards[k](response, gold, example)), None
+        except Exception as exc:  # a reward is allowed to fail on bad input; we record it
             reward, error = 0.0, _truncate_line(f"{type(exc).__name__}: {exc}", _MAX_ERROR_CHARS)
-        conn.send((idx, reward, error))
+        conn.send((task, reward, error))
 
 
 def _fast_exit() -> None:
@@ -286,7 +324,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     task: int | None = None
-    """Index (in the current ``score`` call) of the item in flight, None when idle."""
+    """Task (in the current ``score`` call) in flight, None when idle; see :class:`_Tasks`."""
     deadline: float = 0.0
 
 
@@ -316,6 +354,20 @@ def _shutdown(workers: list[_Worker], grace_s: float) -> None:
         _stop_worker(workers.pop())
 
 
+@dataclass
+class _Tasks:
+    """Outcomes of one ``score`` call's tasks. Task ``t`` is item ``t // K`` graded by reward
+    ``t % K`` (K rewards), so ``values[k::K]`` is reward k over the items."""
+
+    values: list[float]
+    timed_out: list[bool]
+    errors: list[str | None]
+
+    @classmethod
+    def empty(cls, n_tasks: int) -> _Tasks:
+        return cls(values=[0.0] * n_tasks, timed_out=[False] * n_tasks, errors=[None] * n_tasks)
+
+
 class RewardPool:
     """A reusable pool of grading processes; ``score`` grades a batch with per-item timeouts.
 
@@ -325,13 +377,19 @@ class RewardPool:
             result = pool.score(responses, golds)   # RewardResult, aligned with the inputs
             rewards = torch.tensor(result.rewards)  # [N]
 
+        # Several rewards (see strace_ds.rewards.registry for the spec grammar):
+        with RewardPool(rewards="math_verify,format:0.1,my_pkg.rewards:length_penalty:-0.5") as p:
+            result = p.score(responses, golds, examples)  # examples: one dict per response
+            result.components["length_penalty"]            # [N], unweighted
+
     Args:
         num_workers: worker processes (each grades one item at a time).
-        timeout_s: wall-clock limit per item, counted from the moment a worker receives it
-            (queueing behind other items does not count). Past it the worker is killed and
-            replaced, and the item scores 0.0 with ``timed_out`` True.
+        timeout_s: wall-clock limit per item and reward, counted from the moment a worker
+            receives it (queueing behind other items does not count). Past it the worker is
+            killed and replaced, and that reward of the item scores 0.0 with ``timed_out`` True.
         grader: ``(response, gold) -> float``; must be picklable, i.e. a module-level function
-            (it is re-imported by name in each worker).
+            (it is re-imported by name in each worker). Reported under its function's name.
+            Use ``rewards`` instead for anything but a single grader.
         start_method: ``"spawn"`` (default) or ``"forkserver"`` (faster replacements once its
             server is up; the server imports ``__main__`` once).
         start_timeout_s: how long a worker may take to import and report ready before the pool
@@ -343,6 +401,11 @@ class RewardPool:
         cpu_limit_factor: each item may use ``ceil(cpu_limit_factor * timeout_s)`` CPU seconds
             (``RLIMIT_CPU``, Linux) before the kernel ends its worker (``WorkerDied``, SIGXCPU):
             a backstop behind the wall-clock timeout. None: no CPU limit.
+        rewards: a ``--reward`` spec such as ``"math_verify,format:0.1"``, or parsed terms
+            (:func:`strace_ds.rewards.registry.parse_reward_spec`); every function is imported
+            here, so a missing one is a ValueError now, not a failure in the workers. Default
+            (neither this nor ``grader``): ``"math_verify"``, the same results as ``grader``'s
+            default.
 
     Not thread-safe: call ``score`` from one thread at a time.
     """
@@ -356,6 +419,7 @@ class RewardPool:
         start_timeout_s: float = 120.0,
         memory_limit_gib: float | None = DEFAULT_MEMORY_LIMIT_GIB,
         cpu_limit_factor: float | None = DEFAULT_CPU_LIMIT_FACTOR,
+        rewards: str | Sequence[RewardTerm] | None = None,
     ) -> None:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"RewardPool: num_workers must be an int >= 1, got {num_workers!r}")
@@ -374,8 +438,22 @@ class RewardPool:
                 f"RewardPool: start_method {start_method!r} is not allowed; choose one of "
                 f"{', '.join(START_METHODS)} (fork is unsafe in a process holding torch threads)"
             )
+        if rewards is not None and grader is not grade_answer:
+            raise ValueError(
+                "RewardPool: pass either rewards (a spec of named rewards) or grader, not both; "
+                "name a custom grader in the spec as 'package.module:function'"
+            )
+        fns: list[Any]
+        if rewards is None and grader is not grade_answer:
+            name = f"{getattr(grader, '__module__', '?')}:{getattr(grader, '__qualname__', '?')}"
+            terms, fns = [RewardTerm(name)], [_PairGrader(grader)]
+        else:
+            loaded = load_rewards(DEFAULT_SPEC if rewards is None else rewards)
+            terms, fns = [term for term, _ in loaded], [fn for _, fn in loaded]
+        self.terms = terms
+        """The rewards graded (names, weights, labels), in the order of ``fns`` in the workers."""
         try:
-            self._grader_bytes = pickle.dumps(grader)
+            self._grader_bytes = pickle.dumps(fns)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             raise ValueError(
                 f"RewardPool: grader {grader!r} cannot be sent to worker processes ({exc}); "
@@ -428,6 +506,11 @@ class RewardPool:
             self._poll(result=None)
 
     @property
+    def labels(self) -> list[str]:
+        """The rewards' labels: the keys of :attr:`RewardResult.components`."""
+        return [term.label for term in self.terms]
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (they change only when a worker is replaced)."""
         return [w.process.pid for w in self._workers]
@@ -450,48 +533,90 @@ class RewardPool:
             raise RuntimeError("RewardPool: the pool is closed; create a new RewardPool")
 
     # ----------------------------------------------------------------- scoring
-    def score(self, responses: list[str], golds: list[str]) -> RewardResult:
-        """Grade ``responses[i]`` against ``golds[i]`` for all i, concurrently.
+    def score(
+        self,
+        responses: list[str],
+        golds: list[str],
+        examples: list[dict[str, Any]] | None = None,
+    ) -> RewardResult:
+        """Grade ``responses[i]`` against ``golds[i]`` with every reward, for all i, concurrently.
 
-        Returns a :class:`RewardResult` aligned with the inputs. A timeout or a grader exception
-        costs that item (reward 0.0, recorded) and never the batch.
+        ``examples[i]`` (a dict: the dataset row's other columns) is passed to each reward as
+        its third argument; None passes ``{}``. Returns a :class:`RewardResult` aligned with the
+        inputs. A timeout or an exception costs that reward of that item (0.0, recorded) and
+        never the batch.
         """
         self._check_open()
-        _validate_batch(responses, golds)
-        n = len(responses)
-        result = RewardResult(rewards=[0.0] * n, timed_out=[False] * n, errors=[None] * n)
-        pending = deque(range(n))
+        _validate_batch(responses, golds, examples)
+        rows = [{}] * len(responses) if examples is None else examples
+        tasks = _Tasks.empty(len(responses) * len(self.terms))
+        pending = deque(range(len(tasks.values)))
         try:
             while pending or any(w.task is not None for w in self._workers):
-                self._dispatch(pending, responses, golds)
-                self._poll(result)
+                self._dispatch(pending, responses, golds, rows)
+                self._poll(tasks)
         except BaseException:
             # Interrupted (e.g. Ctrl-C): items still in flight would answer into the next call.
             for w in list(self._workers):
                 if w.task is not None:
                     self._replace(w)
             raise
-        return result
+        return self._combine(tasks, len(responses))
 
-    def _dispatch(self, pending: deque[int], responses: list[str], golds: list[str]) -> None:
-        """Hand the next pending item to every ready, idle worker."""
+    def _combine(self, tasks: _Tasks, n: int) -> RewardResult:
+        """Per-item results from per-task ones: the weighted sum, and each reward apart."""
+        K = len(self.terms)
+        labels = self.labels
+        values = {label: tasks.values[k::K] for k, label in enumerate(labels)}
+        timed_out = {label: tasks.timed_out[k::K] for k, label in enumerate(labels)}
+        errors = {label: tasks.errors[k::K] for k, label in enumerate(labels)}
+        rewards = [
+            sum(term.weight * values[term.label][i] for term in self.terms) for i in range(n)
+        ]
+        if K == 1:
+            row_errors = list(errors[labels[0]])
+        else:
+            row_errors = [
+                "; ".join(f"{label}: {errors[label][i]}" for label in labels if errors[label][i])
+                or None
+                for i in range(n)
+            ]
+        return RewardResult(
+            rewards=rewards,
+            timed_out=[any(timed_out[label][i] for label in labels) for i in range(n)],
+            errors=row_errors,
+            components=values,
+            component_timed_out=timed_out,
+            component_errors=errors,
+        )
+
+    def _dispatch(
+        self,
+        pending: deque[int],
+        responses: list[str],
+        golds: list[str],
+        examples: list[dict[str, Any]],
+    ) -> None:
+        """Hand the next pending task to every ready, idle worker."""
+        K = len(self.terms)
         for w in list(self._workers):
             if not pending:
                 return
             if w.ready and w.task is None:
-                i = pending.popleft()
+                t = pending.popleft()
+                i, k = divmod(t, K)
                 try:
-                    w.conn.send((i, responses[i], golds[i]))
+                    w.conn.send((t, k, responses[i], golds[i], examples[i]))
                 except (OSError, ValueError):
-                    pending.appendleft(i)  # died while idle: the item never started
+                    pending.appendleft(t)  # died while idle: the task never started
                     self._replace(w)
                     continue
-                w.task, w.deadline = i, time.monotonic() + self.timeout_s
+                w.task, w.deadline = t, time.monotonic() + self.timeout_s
 
-    def _poll(self, result: RewardResult | None) -> None:
+    def _poll(self, result: _Tasks | None) -> None:
         """Wait for the next message, death or deadline, and act on everything that fired.
 
-        ``result`` is the batch being scored, None outside ``score`` (then no item is in flight).
+        ``result`` is the batch being scored, None outside ``score`` (then no task is in flight).
         """
         now = time.monotonic()
         deadlines = [w.started + self.start_timeout_s for w in self._workers if not w.ready]
@@ -507,7 +632,7 @@ class RewardPool:
                 self._on_death(w, result)
         self._enforce_deadlines(result)
 
-    def _receive(self, w: _Worker, result: RewardResult | None) -> None:
+    def _receive(self, w: _Worker, result: _Tasks | None) -> None:
         try:
             msg = w.conn.recv()
         except (EOFError, OSError):
@@ -517,15 +642,18 @@ class RewardPool:
             kind, detail = msg
             if kind != "ready":
                 self.close()
-                raise RuntimeError(f"RewardPool: a worker could not load the grader:\n{detail}")
+                raise RuntimeError(
+                    "RewardPool: a worker could not load the reward functions (each must import "
+                    f"in a fresh process: install its module or put it on PYTHONPATH):\n{detail}"
+                )
             w.ready = True
             return
-        idx, reward, error = msg
-        if result is not None and idx == w.task:
-            result.rewards[idx], result.errors[idx] = reward, error
+        task, reward, error = msg
+        if result is not None and task == w.task:
+            result.values[task], result.errors[task] = reward, error
         w.task = None
 
-    def _on_death(self, w: _Worker, result: RewardResult | None) -> None:
+    def _on_death(self, w: _Worker, result: _Tasks | None) -> None:
         """A worker exited on its own: a crash in the grader, or a failure at start-up."""
         w.process.join(1.0)  # the sentinel can fire before the exit code is collected
         code = w.process.exitcode
@@ -545,7 +673,7 @@ class RewardPool:
             result.errors[w.task] = f"WorkerDied: worker process exited with code {code}{why}"
         self._replace(w)
 
-    def _enforce_deadlines(self, result: RewardResult | None) -> None:
+    def _enforce_deadlines(self, result: _Tasks | None) -> None:
         now = time.monotonic()
         for w in list(self._workers):
             if not w.ready and now > w.started + self.start_timeout_s:
@@ -559,7 +687,9 @@ class RewardPool:
                 self._replace(w)
 
 
-def _validate_batch(responses: list[str], golds: list[str]) -> None:
+def _validate_batch(
+    responses: list[str], golds: list[str], examples: list[dict[str, Any]] | None
+) -> None:
     """Reject batches the workers could not grade, naming the argument and the fix."""
     if len(responses) != len(golds):
         raise ValueError(
@@ -573,3 +703,23 @@ def _validate_batch(responses: list[str], golds: list[str]) -> None:
                     f"RewardPool.score: {name}[{i}] is {type(item).__name__}, expected str; "
                     "convert answers with str() when loading the dataset"
                 )
+    if examples is None:
+        return
+    if len(examples) != len(responses):
+        raise ValueError(
+            f"RewardPool.score: examples ({len(examples)}) and responses ({len(responses)}) must "
+            "have the same length; repeat each example's dict once per sampled response"
+        )
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise ValueError(
+                f"RewardPool.score: examples[{i}] is {type(example).__name__}, expected a dict of "
+                "the dataset row's columns (or pass examples=None)"
+            )
+        try:
+            pickle.dumps(example)
+        except Exception as exc:
+            raise ValueError(
+                f"RewardPool.score: examples[{i}] cannot be sent to the grading workers "
+                f"({type(exc).__name__}: {exc}); keep plain data (str, numbers, lists, dicts)"
+            ) from exc
