@@ -10,7 +10,9 @@ Every flag is a field of strace_ds.config.TrainConfig (``--help`` lists them).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from strace_ds.config import TrainConfig
 
@@ -37,9 +39,21 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from strace_ds.trainer import run
+    from strace_ds.trainer import Trainer
 
-    run(config)
+    try:
+        trainer = Trainer(config)
+    except ValueError as err:
+        # Start-up checks (data, golds, rewards, model path) name the input and the fix: one
+        # line and exit 2. STRACE_DS_TRACEBACK=1 shows where it came from.
+        if os.environ.get("STRACE_DS_TRACEBACK"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
     return 0
 
 

@@ -153,10 +153,13 @@ def build_rollout(cfg: Any, model_path: str, tokenizer: Any, is_main: bool) -> A
     return build_run_rollout(cfg, model_path, tokenizer, is_main, device=local_device())
 
 
-def build_reward_pool(cfg: Any) -> Any:
+def build_reward_pool(cfg: Any, rewards: str | None = None) -> Any:
+    """The grading worker pool for ``--reward`` (or ``rewards``); user functions are imported
+    now, so a missing one is a start-up error naming it."""
     from strace_ds.rewards import RewardPool
 
-    return RewardPool(num_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s)
+    return RewardPool(num_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s,
+                      rewards=rewards or cfg.reward)
 
 
 @dataclass

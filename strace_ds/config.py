@@ -153,6 +153,12 @@ class TrainConfig:
     logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
                                  "(0 = auto: about 2**25 logits per chunk)")
     # --- rewards ---------------------------------------------------------------------------
+    reward: str = _f(
+        "math_verify",
+        "rewards as NAME[:WEIGHT],...: math_verify, format (a \\boxed{} answer present), "
+        "synthetic, or package.module:function (response, gold, example dict) -> float; "
+        "weighted sum, each logged as reward/<name> (README, 'Rewards')",
+    )
     reward_workers: int = _f(2, "grading worker processes per rank")
     reward_timeout_s: float = _f(10.0, "hard per-answer grading timeout (killed, scored 0)")
     # --- infrastructure --------------------------------------------------------------------
@@ -327,6 +333,9 @@ class TrainConfig:
                 f"grading_error_patience must be >= 0 (0 = never stop), got "
                 f"{self.grading_error_patience}"
             )
+        from strace_ds.rewards.registry import parse_reward_spec
+
+        parse_reward_spec(self.reward)  # syntax and names; functions are imported at start-up
         self.trace_config()  # a bad override names its field
         if world_size is not None:
             self._validate_sizes(world_size)

@@ -118,6 +118,7 @@ class Experience:
     num_errors: int = 0
     first_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # perf/rollout_s, perf/reward_s
+    components: dict[str, torch.Tensor] = field(default_factory=dict)  # each reward, unweighted
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -191,10 +192,17 @@ class ExperienceProducer:
 
         t0 = time.perf_counter()
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
-        golds = [self.data[indices[i]].answer for i in generation.prompt_index]
-        graded = self.reward_pool.score(texts, golds)
+        examples = [self.data[indices[i]] for i in generation.prompt_index]
+        golds = [ex.answer for ex in examples]
+        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples])
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
-        correct = rewards.clone()
+        components = {
+            label: torch.tensor(values, dtype=torch.float32)
+            for label, values in (graded.components or {}).items()
+        }
+        # Accuracy is the verifier's verdict, whatever else the reward adds.
+        verifier = next((k for k in ("math_verify", "synthetic") if k in components), None)
+        correct = components[verifier].clone() if verifier else rewards.clone()
         lengths = torch.tensor([len(t) for t in generation.token_ids], dtype=torch.float32)
         truncated = [r == "length" for r in generation.finish_reasons]
         from strace_ds.rewards import apply_overlong
@@ -225,6 +233,7 @@ class ExperienceProducer:
             num_errors=graded.num_errors,
             first_error=next((e for e in graded.errors if e), None),
             timings={"perf/rollout_s": rollout_s, "perf/reward_s": time.perf_counter() - t0},
+            components=components,
         )
 
 

@@ -43,6 +43,8 @@ def local_step_stats(
         "rollout/logprob_diff_mean": float(diff.sum()),
         "rollout/logprob_diff_frac": float((diff > MISMATCH_THRESHOLD).sum()),
     }
+    for label, values in getattr(exp, "components", {}).items():  # each --reward, unweighted
+        sums[f"reward/{label}"] = float(values.sum())
     return {
         "sums": sums,
         "rows": float(len(exp.rewards)),

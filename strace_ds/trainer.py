@@ -113,12 +113,13 @@ class Trainer:
         self.instruction = builders.run_instruction(config)
         self.train_data = builders.load_train_data(config, self.rank, self.world, self._log)
         self.prompt_ids = [self._encode(ex.prompt) for ex in self.train_data.examples]
+        # Before the model: a reward function that cannot be imported fails the start at once.
+        self.reward_pool = builders.build_reward_pool(config)
         # Before HfDeepSpeedConfig exists: the in-process engine loads a plain copy.
         self.rollout = builders.build_rollout(config, self.model_path, self.tokenizer, self.is_main)
         policy = builders.build_policy_engine(config, self.model_path, self.world, self._log)
         self.engine, self.zero3, self.on_cpu = policy.engine, policy.zero3, policy.on_cpu
         self.ds_config, self._hf_ds_config = policy.ds_config, policy.hf_ds_config
-        self.reward_pool = builders.build_reward_pool(config)
         self.producer = ExperienceProducer(
             config, self.rollout, self.reward_pool, self.tokenizer, self.train_data,
             self.prompt_ids, self.rank, self.world,
@@ -129,6 +130,10 @@ class Trainer:
         self.ckpt_dir = config.run_dir / "checkpoints"
         self.state = ckpt.TrainerState()
         self.eval_data = builders.load_eval_data(config)
+        # Held-out accuracy is the verifier's alone, whatever --reward trains on.
+        self.eval_pool = self.reward_pool
+        if self.eval_data is not None and config.reward != "math_verify":
+            self.eval_pool = builders.build_reward_pool(config, rewards="math_verify")
         self._inflight: list[Experience] = []
 
     def _log(self, msg: str) -> None:
@@ -322,7 +327,7 @@ class Trainer:
                 self.eval_data,
                 k=self.cfg.eval_k,
                 sampling=sampling,
-                reward_pool=self.reward_pool,
+                reward_pool=self.eval_pool,
                 instruction=self.instruction,
                 name=self.eval_name,
                 progress=False,
@@ -401,6 +406,8 @@ class Trainer:
         if self.experience is not None:
             self.experience.close()
         self.monitor.close()
+        if self.eval_pool is not self.reward_pool:
+            self.eval_pool.close()
         self.reward_pool.close()
         self.rollout.close()
 
