@@ -22,6 +22,7 @@ Log = Callable[[str], None]
 __all__ = [
     "PolicyEngine",
     "build_policy_engine",
+    "build_reference_engine",
     "build_reward_pool",
     "build_rollout",
     "check_golds",
@@ -236,3 +237,34 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
         f"micro-batch {micro} x {accum} accumulation x {world} rank(s)"
     )
     return PolicyEngine(engine, ds_config, zero3, on_cpu, hf_ds_config)
+
+
+def build_reference_engine(
+    cfg: Any, model_path: str, policy: PolicyEngine, log: Log = _quiet
+) -> Any:
+    """The frozen reference policy (``--kl_coef > 0``): the starting model in a DeepSpeed
+    engine without optimizer, partitioned like the policy under ZeRO-3 (offloaded when the
+    policy's parameters are), in eval mode. No gradient, no optimizer state."""
+    import deepspeed
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from strace_ds import dropout
+
+    ds_config = {k: v for k, v in policy.ds_config.items() if k not in ("optimizer", "scheduler")}
+    zero = dict(ds_config.get("zero_optimization", {}))
+    if zero.get("stage", 0) != 3:
+        zero = {"stage": 0}  # replicated: ZeRO-1/2 only partition optimizer state and grads
+    zero.pop("offload_optimizer", None)
+    ds_config["zero_optimization"] = zero
+    dtype = next(policy.engine.module.parameters()).dtype
+    model_config = AutoConfig.from_pretrained(model_path)
+    dropout.disable_dropout(model_config)
+    # policy.hf_ds_config is alive: under ZeRO-3 the weights load partitioned (zero.Init).
+    model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config, dtype=dtype)
+    model.config.use_cache = False
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    log(f"reference policy: {model_path}, frozen (ZeRO stage {zero.get('stage', 0)}), "
+        f"KL {cfg.kl_estimator} x {cfg.kl_coef} in the {cfg.kl_in}")
+    return engine

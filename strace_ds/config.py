@@ -25,6 +25,8 @@ from strace_ds.losses import (
     BEHAVIOUR_CAP,
     BEHAVIOUR_CORRECTIONS,
     BEHAVIOUR_MODES,
+    KL_ESTIMATORS,
+    KL_IN,
     LOSS_AGGREGATIONS,
     PRESETS,
     TraceConfig,
@@ -116,6 +118,14 @@ class TrainConfig:
     )
     behaviour_mode: str = _f("truncate", "behaviour weights above the cap: " + ", ".join(
         BEHAVIOUR_MODES) + " (TIS / MIS)")
+    kl_coef: float = _f(
+        0.0, "beta of the KL to the frozen reference policy (the starting model); 0 loads no "
+        "reference and changes nothing",
+    )
+    kl_estimator: str = _f("k3", "per-token KL estimator: " + ", ".join(KL_ESTIMATORS)
+                           + " (k3 is GRPO's)")
+    kl_in: str = _f("loss", "where the KL goes: 'loss' (beta * kl per token, with gradient) or "
+                    "'reward' (beta * sum of kl subtracted from each answer's reward)")
     advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
     filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
     overlong: str = _f("none", "truncated answers: " + ", ".join(OVERLONG_MODES))
@@ -230,6 +240,10 @@ class TrainConfig:
         _choice("old_logprobs", self.old_logprobs, OLD_LOGPROBS)
         _choice("behaviour_correction", self.behaviour_correction, BEHAVIOUR_CORRECTIONS)
         _choice("behaviour_mode", self.behaviour_mode, BEHAVIOUR_MODES)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("kl_in", self.kl_in, KL_IN)
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0 (0 = no reference), got {self.kl_coef}")
         if not self.behaviour_cap > 1:
             raise ValueError(
                 f"behaviour_cap must be > 1 (weights are capped at C and, with mask, below 1/C), "

@@ -124,7 +124,12 @@ class Trainer:
             config, self.rollout, self.reward_pool, self.tokenizer, self.train_data,
             self.prompt_ids, self.rank, self.world,
         )  # fmt: skip
-        self.updater = PolicyUpdater(self.engine, config, self.trace_cfg, self.rank, self.world)
+        reference = None
+        if config.kl_coef > 0:  # beta = 0 loads no reference and changes nothing
+            reference = builders.build_reference_engine(config, self.model_path, policy, self._log)
+        self.updater = PolicyUpdater(
+            self.engine, config, self.trace_cfg, self.rank, self.world, reference=reference
+        )
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
         self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
         self.ckpt_dir = config.run_dir / "checkpoints"

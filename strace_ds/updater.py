@@ -22,12 +22,15 @@ from typing import Any
 import torch
 
 from strace_ds import distributed as dist_utils
+from strace_ds.advantages import group_advantages
 from strace_ds.losses import (
     behaviour_weights,
     entropy_threshold,
+    kl_penalty,
     loss_denominator,
     policy_loss,
     select_tokens,
+    sequence_kl_penalty,
 )
 from strace_ds.rollout_batch import RolloutBatch, answer_logprobs
 
@@ -49,6 +52,8 @@ class StepBatch:
     entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
     behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction
     behaviour_metrics: dict[str, float] | None = None
+    ref_logprobs: torch.Tensor | None = None  # [N, R] the frozen reference (--kl_coef > 0)
+    kl_metrics: dict[str, float] | None = None  # --kl_in reward: policy/kl_ref
 
     @property
     def loss_tokens(self) -> torch.Tensor:
@@ -109,9 +114,13 @@ def _seed(seed: int, epoch: int, position: int) -> int:
 class PolicyUpdater:
     """Scores and updates the DeepSpeed-wrapped policy with the run's trace loss."""
 
-    def __init__(self, engine: Any, cfg: Any, trace_cfg: Any, rank: int, world: int) -> None:
+    def __init__(
+        self, engine: Any, cfg: Any, trace_cfg: Any, rank: int, world: int,
+        reference: Any = None,
+    ) -> None:  # fmt: skip
         self.engine, self.cfg, self.trace_cfg = engine, cfg, trace_cfg
         self.rank, self.world = rank, world
+        self.reference = reference  # frozen engine for the KL penalty, or None
 
     @property
     def micro_batch_size(self) -> int:
@@ -139,6 +148,19 @@ class PolicyUpdater:
         self.engine.train()
         return torch.cat(logps), (torch.cat(entropies) if entropies else None)
 
+    @torch.no_grad()
+    def score_reference(self, batch: RolloutBatch) -> torch.Tensor:
+        """Log-probs ``[N, R]`` of the answers under the frozen reference policy."""
+        micro = self.micro_batch_size
+        parts = [
+            answer_logprobs(
+                self.reference, batch.rows(slice(lo, lo + micro)), self.cfg.temperature,
+                self.cfg.logprob_chunk_size, with_entropy=False,
+            )[0].float().cpu()
+            for lo in range(0, len(batch), micro)
+        ]  # fmt: skip
+        return torch.cat(parts)
+
     def prepare(self, exp: Any) -> StepBatch:
         """The step's :class:`StepBatch`: proximal log-probs, the step's selection and the
         behaviour weights (``docs/ALGORITHMS.md``, "Three policies").
@@ -158,6 +180,16 @@ class PolicyUpdater:
             exp.batch, exp.rewards, exp.advantages, exp.loss_rows, old, exp.texts, exp.golds
         )
         sb.selected, sb.entropy_threshold = self.selection(sb, entropy)
+        if self.reference is not None:
+            sb.ref_logprobs = self.score_reference(exp.batch)
+            if cfg.kl_in == "reward":
+                # The penalty joins the reward before the group baseline: advantages again,
+                # the loss rows (overlong, zero-variance filter) as the verifier decided them.
+                kl = kl_penalty(old, sb.ref_logprobs, cfg.kl_estimator)
+                penalty, sb.kl_metrics = sequence_kl_penalty(kl, sb.loss_tokens, cfg.kl_coef)
+                sb.advantages = group_advantages(
+                    exp.rewards - penalty, cfg.group_size, method=cfg.advantage
+                ).advantages.float()
         if cfg.behaviour_correction != "none":
             sb.behaviour_weight, sb.behaviour_metrics = behaviour_weights(
                 old, behaviour, exp.batch.response_mask, cfg.behaviour_correction,
@@ -219,6 +251,7 @@ class PolicyUpdater:
                     mask = sb.loss_tokens[r].to(device)
                     selected = None if sb.selected is None else sb.selected[r].to(device)
                     weight = sb.behaviour_weight
+                    kl_loss = sb.ref_logprobs is not None and cfg.kl_in == "loss"
                     out = policy_loss(
                         logp,
                         sb.old_logprobs[r].to(device),
@@ -230,6 +263,9 @@ class PolicyUpdater:
                         normalizer=normalizer,
                         selected=selected,
                         behaviour_weight=None if weight is None else weight[r].to(device),
+                        ref_logprobs=sb.ref_logprobs[r].to(device) if kl_loss else None,
+                        kl_coef=cfg.kl_coef if kl_loss else 0.0,
+                        kl_estimator=cfg.kl_estimator,
                     )
                     self.engine.backward(out.loss, scale_wrt_gas=False)
                     self.engine.step()
@@ -248,7 +284,7 @@ class PolicyUpdater:
                     float(self.engine.get_global_grad_norm() or 0.0)
                 )
                 collected["policy/lr"].append(lr)
-        for k, v in (sb.behaviour_metrics or {}).items():
+        for k, v in {**(sb.behaviour_metrics or {}), **(sb.kl_metrics or {})}.items():
             collected[k] = [v]
         if sb.selected is not None:
             # The step's one selection: its threshold and exact share over all ranks.
