@@ -128,6 +128,12 @@ class TrainConfig:
                     "'reward' (beta * sum of kl subtracted from each answer's reward)")
     advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
     filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
+    max_sampling_draws: int = _f(
+        1,
+        "DAPO dynamic sampling, with filter_zero_variance: draw more prompts (up to this many "
+        "generate calls per step and rank) until every group of the batch has unequal rewards; "
+        "1 = no re-sampling (silent groups are only masked out)",
+    )
     overlong: str = _f("none", "truncated answers: " + ", ".join(OVERLONG_MODES))
     overlong_buffer: int = _f(8, "DAPO soft-overlong buffer in tokens")
     # --- optimisation ----------------------------------------------------------------------
@@ -242,6 +248,11 @@ class TrainConfig:
         _choice("behaviour_mode", self.behaviour_mode, BEHAVIOUR_MODES)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_in", self.kl_in, KL_IN)
+        if self.max_sampling_draws > 1 and not self.filter_zero_variance:
+            raise ValueError(
+                f"max_sampling_draws={self.max_sampling_draws} re-samples only silent groups; "
+                "add --filter_zero_variance true (or leave max_sampling_draws at 1)"
+            )
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0 (0 = no reference), got {self.kl_coef}")
         if not self.behaviour_cap > 1:
@@ -258,6 +269,7 @@ class TrainConfig:
             "steps",
             "mini_batches",
             "epochs",
+            "max_sampling_draws",
             "micro_batch_size",
             "reward_workers",
             "eval_size",

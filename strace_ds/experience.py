@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from strace_ds.advantages import group_advantages
-from strace_ds.rollout import SamplingParams
+from strace_ds.rollout import Generation, SamplingParams
 from strace_ds.rollout_batch import RolloutBatch, collate_rollouts
 
 __all__ = [
@@ -119,6 +119,7 @@ class Experience:
     first_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # perf/rollout_s, perf/reward_s
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # each reward, unweighted
+    draws: int = 1  # generate calls this step took (DAPO re-sampling)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -177,15 +178,45 @@ class ExperienceProducer:
         return self._orders[epoch]
 
     def produce(self, step: int) -> Experience:
+        """The step's experience. With ``--filter_zero_variance`` and ``max_sampling_draws >
+        1`` (DAPO's dynamic sampling) more prompts are drawn while fewer than the step's
+        number of groups have unequal rewards; the batch keeps the informative groups in the
+        order drawn, topped up with silent ones (masked out of the loss) when the cap is hit.
+        """
+        cfg = self.cfg
+        indices = self.prompts_for_step(step)
+        draws = [self._draw(step, indices, 0)]
+        if cfg.filter_zero_variance and cfg.max_sampling_draws > 1:
+            while (
+                sum(int(d.informative.sum()) for d in draws) < len(indices)
+                and len(draws) < cfg.max_sampling_draws
+            ):
+                extra = self._extra_prompts(step, len(draws), len(indices))
+                draws.append(self._draw(step, extra, len(draws)))
+        if len(draws) == 1:
+            return self._assemble(step, draws[0], 1)
+        informative = [(d, g) for d in draws for g in range(len(d.indices)) if d.informative[g]]
+        silent = [(d, g) for d in draws for g in range(len(d.indices)) if not d.informative[g]]
+        chosen = (informative + silent)[: len(indices)]
+        return self._assemble(step, _merge(chosen, draws, cfg.group_size), len(draws))
+
+    def _extra_prompts(self, step: int, draw: int, n: int) -> list[int]:
+        """``n`` more prompts for re-sampling draw ``draw`` of ``step`` (seeded per rank)."""
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.rank,
+                                                      f"resample{draw}"))
+        return torch.randperm(len(self.prompt_ids), generator=gen)[:n].tolist()
+
+    def _draw(self, step: int, indices: list[int], draw: int) -> _Draw:
+        """Sample and grade ``indices``' groups (draw 0: the step's own prompts and seed)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        indices = self.prompts_for_step(step)
         prompts = [self.prompt_ids[i] for i in indices]
+        purpose = "rollout" if draw == 0 else f"rollout-draw{draw}"
         sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            seed=step_seed(cfg.seed, step, self.rank, "rollout"),
+            seed=step_seed(cfg.seed, step, self.rank, purpose),
         )
         generation = self.rollout.generate(prompts, n=cfg.group_size, sampling=sampling)
         rollout_s = time.perf_counter() - t0
@@ -210,31 +241,97 @@ class ExperienceProducer:
         rewards, keep = apply_overlong(
             rewards, lengths, truncated, cfg.max_new_tokens, cfg.overlong, cfg.overlong_buffer
         )
-        adv = group_advantages(rewards, cfg.group_size, method=cfg.advantage)
-        loss_rows = keep.bool().clone()
+        silent = group_advantages(rewards, cfg.group_size, method=cfg.advantage)
+        return _Draw(
+            indices=indices, prompts=prompts, generation=generation, texts=texts, golds=golds,
+            rewards=rewards, correct=correct, keep=keep.bool(), lengths=lengths,
+            truncated=truncated, components=components,
+            informative=~silent.zero_variance_mask, num_timeouts=graded.num_timeouts,
+            num_errors=graded.num_errors, first_error=next((e for e in graded.errors if e), None),
+            rollout_s=rollout_s, reward_s=time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def _assemble(self, step: int, d: _Draw, draws: int) -> Experience:
+        cfg = self.cfg
+        adv = group_advantages(d.rewards, cfg.group_size, method=cfg.advantage)
+        loss_rows = d.keep.clone()
         if cfg.filter_zero_variance:
             loss_rows &= ~adv.zero_variance_mask.repeat_interleave(cfg.group_size)
-        batch = collate_rollouts(prompts, generation, self.tokenizer.pad_token_id)
+        batch = collate_rollouts(d.prompts, d.generation, self.tokenizer.pad_token_id)
         return Experience(
             step=step,
-            weight_version=generation.weight_version,
-            indices=indices,
+            weight_version=d.generation.weight_version,
+            indices=d.indices,
             batch=batch,
-            rewards=rewards,
-            correct=correct,
+            rewards=d.rewards,
+            correct=d.correct,
             advantages=adv.advantages.float(),
             loss_rows=loss_rows,
-            lengths=lengths,
-            truncated=truncated,
+            lengths=d.lengths,
+            truncated=d.truncated,
             zero_variance_frac=float(adv.zero_variance_frac),
-            texts=texts,
-            golds=golds,
-            num_timeouts=graded.num_timeouts,
-            num_errors=graded.num_errors,
-            first_error=next((e for e in graded.errors if e), None),
-            timings={"perf/rollout_s": rollout_s, "perf/reward_s": time.perf_counter() - t0},
-            components=components,
+            texts=d.texts,
+            golds=d.golds,
+            num_timeouts=d.num_timeouts,
+            num_errors=d.num_errors,
+            first_error=d.first_error,
+            timings={"perf/rollout_s": d.rollout_s, "perf/reward_s": d.reward_s},
+            components=d.components,
+            draws=draws,
         )
+
+
+@dataclass
+class _Draw:
+    """One generate-and-grade pass over some prompts (rows grouped per prompt)."""
+
+    indices: list[int]
+    prompts: list[list[int]]
+    generation: Generation
+    texts: list[str]
+    golds: list[str]
+    rewards: torch.Tensor  # [N] after the overlong shaping
+    correct: torch.Tensor
+    keep: torch.Tensor  # [N] bool, the overlong mask
+    lengths: torch.Tensor
+    truncated: list[bool]
+    components: dict[str, torch.Tensor]
+    informative: torch.Tensor  # [P] bool, the group's rewards are not all equal
+    num_timeouts: int
+    num_errors: int
+    first_error: str | None
+    rollout_s: float
+    reward_s: float
+
+
+def _merge(chosen: list[tuple[_Draw, int]], draws: list[_Draw], group_size: int) -> _Draw:
+    """One :class:`_Draw` of the ``chosen`` (draw, group) pairs, in that order; grading
+    counts and times are those of all ``draws``."""
+    G = group_size
+    rows = [(d, g * G + i) for d, g in chosen for i in range(G)]
+    gen = Generation(
+        prompt_index=[k for k in range(len(chosen)) for _ in range(G)],
+        token_ids=[d.generation.token_ids[r] for d, r in rows],
+        logprobs=[d.generation.logprobs[r] for d, r in rows],
+        finish_reasons=[d.generation.finish_reasons[r] for d, r in rows],
+        weight_version=chosen[0][0].generation.weight_version,
+    )
+    labels = chosen[0][0].components
+    return _Draw(
+        indices=[d.indices[g] for d, g in chosen], prompts=[d.prompts[g] for d, g in chosen],
+        generation=gen, texts=[d.texts[r] for d, r in rows], golds=[d.golds[r] for d, r in rows],
+        rewards=torch.stack([d.rewards[r] for d, r in rows]),
+        correct=torch.stack([d.correct[r] for d, r in rows]),
+        keep=torch.stack([d.keep[r] for d, r in rows]),
+        lengths=torch.stack([d.lengths[r] for d, r in rows]),
+        truncated=[d.truncated[r] for d, r in rows],
+        components={k: torch.stack([d.components[k][r] for d, r in rows]) for k in labels},
+        informative=torch.stack([d.informative[g] for d, g in chosen]),
+        num_timeouts=sum(d.num_timeouts for d in draws),
+        num_errors=sum(d.num_errors for d in draws),
+        first_error=next((d.first_error for d in draws if d.first_error), None),
+        rollout_s=sum(d.rollout_s for d in draws), reward_s=sum(d.reward_s for d in draws),
+    )  # fmt: skip
 
 
 class AsyncExperience:

@@ -52,6 +52,7 @@ def local_step_stats(
         "length_max": float(exp.lengths.max()) if len(exp.lengths) else 0.0,
         "diff_max": float(diff.max()) if diff.numel() else 0.0,
         "loss_metrics": {k: list(v) for k, v in loss_metrics.items()},
+        "draws": float(getattr(exp, "draws", 1)),
     }
 
 
@@ -92,6 +93,9 @@ def reduce_step_metrics(
             metrics[k] = sum(finite) / updates
         else:
             metrics[k] = sum(finite) / len(finite)
+    draws = [r.get("draws", 1.0) for r in per_rank]  # generate calls (DAPO re-sampling)
+    metrics["rollout/draws_mean"] = sum(draws) / len(draws)
+    metrics["rollout/draws_max"] = max(draws)
     if "staleness" in per_rank[0]:  # policy versions between the answers and the update
         stale = [r["staleness"] for r in per_rank]
         metrics["rollout/staleness_mean"] = sum(stale) / len(stale)

@@ -174,3 +174,79 @@ def test_prompt_positions_give_every_global_mini_batch_the_same_prompts(world: i
         share = 16 // world // 2
         got = sorted(p for part in per_rank for p in part[j * share : (j + 1) * share])
         assert got == list(range(32 + 8 * j, 40 + 8 * j))
+
+
+# --------------------------------------------------------------------------- DAPO re-sampling
+
+
+class _Tokenizer:
+    pad_token_id = 0
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [" ".join(map(str, row)) for row in ids]
+
+
+class _Rollout:
+    """Answers ``[prompt id, row]``; the prompt's gold says whether its group is silent."""
+
+    def generate(self, prompt_ids, n, sampling):
+        from strace_ds.rollout.base import Generation
+
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
+        return Generation(prompt_index=[i for i, _ in rows],
+                          token_ids=[[prompt_ids[i][0], 10 + j] for i, j in rows],
+                          logprobs=[[-1.0, -1.0] for _ in rows],
+                          finish_reasons=["stop"] * len(rows), weight_version=0)
+
+
+class _Pool:
+    def score(self, texts, golds, examples=None):
+        from strace_ds.rewards.pool import RewardResult
+
+        rewards = [0.0 if g == "silent" else float(int(t.split()[1]) % 2)
+                   for t, g in zip(texts, golds)]  # fmt: skip
+        n = len(texts)
+        return RewardResult(rewards=rewards, timed_out=[False] * n, errors=[None] * n,
+                            components={"math_verify": list(rewards)})
+
+
+def _producer(silent, **cfg):
+    import types
+
+    from strace_ds.data.types import PromptDataset, PromptExample
+    from strace_ds.experience import ExperienceProducer
+
+    n = 40
+    data = PromptDataset([PromptExample(f"q{i}", "silent" if silent(i) else "mixed")
+                          for i in range(n)], "test")  # fmt: skip
+    defaults = dict(prompts_per_step=8, mini_batches=2, seed=3, max_new_tokens=4, temperature=1.0,
+                    top_p=1.0, group_size=4, overlong="none", overlong_buffer=1, advantage="grpo",
+                    filter_zero_variance=True, max_sampling_draws=1)  # fmt: skip
+    cfg = types.SimpleNamespace(**{**defaults, **cfg})
+    return ExperienceProducer(cfg, _Rollout(), _Pool(), _Tokenizer(), data,
+                              [[100 + i] for i in range(n)])
+
+
+def test_without_re_sampling_silent_groups_are_masked_out() -> None:
+    exp = _producer(lambda i: i % 2 == 0).produce(1)
+    silent = [exp.golds[4 * g] == "silent" for g in range(8)]
+    assert exp.draws == 1 and any(silent)
+    assert exp.loss_rows.view(8, 4).all(1).tolist() == [not s for s in silent]
+
+
+def test_re_sampling_fills_the_batch_with_informative_groups() -> None:
+    producer = _producer(lambda i: i % 3 != 0, max_sampling_draws=10)
+    first = producer.prompts_for_step(1)
+    exp = producer.produce(1)
+    assert exp.draws > 1 and len(exp.indices) == 8 and len(exp) == 32
+    assert all(i % 3 == 0 for i in exp.indices)  # only informative prompts kept
+    kept_first = [i for i in first if i % 3 == 0]
+    assert exp.indices[: len(kept_first)] == kept_first  # the step's own come first, in order
+    assert exp.loss_rows.all() and exp.zero_variance_frac == 0.0
+    assert exp.batch.input_ids[:, 0].tolist() == [100 + i for i in exp.indices for _ in range(4)]
+    assert exp.rewards.view(8, 4).tolist() == [[0.0, 1.0, 0.0, 1.0]] * 8
+
+
+def test_re_sampling_stops_at_the_cap_and_masks_what_is_left() -> None:
+    exp = _producer(lambda i: True, max_sampling_draws=3).produce(2)
+    assert exp.draws == 3 and len(exp) == 32 and not exp.loss_rows.any()
