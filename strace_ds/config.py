@@ -166,6 +166,17 @@ class TrainConfig:
         0.0, "final learning rate of the linear/cosine decay, as a fraction of lr (in [0, 1])"
     )
     grad_clip: float = _f(1.0, "gradient norm clip")
+    fused_logprobs: bool = _f(
+        True,
+        "log-probs and entropies from the decoder's last hidden states, chunk by chunk against "
+        "the output embedding: no [rows, answer, vocab] logits in forward or backward",
+    )
+    max_tokens_per_micro_batch: int | None = _f(
+        None,
+        "token budget of a micro-batch: rows sorted by length and packed so that rows x longest "
+        "(prompt + answer tokens) stays within it, padding trimmed per micro-batch; empty = "
+        "auto (micro_batch_size x the step's longest row), 0 = fixed micro_batch_size rows",
+    )
     logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
                                  "(0 = auto: about 2**25 logits per chunk)")
     # --- rewards ---------------------------------------------------------------------------
@@ -248,6 +259,11 @@ class TrainConfig:
         _choice("behaviour_mode", self.behaviour_mode, BEHAVIOUR_MODES)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_in", self.kl_in, KL_IN)
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 0:
+            raise ValueError(
+                f"max_tokens_per_micro_batch must be >= 0 (0 = fixed micro_batch_size rows) or "
+                f"empty for auto, got {self.max_tokens_per_micro_batch}"
+            )
         if self.max_sampling_draws > 1 and not self.filter_zero_variance:
             raise ValueError(
                 f"max_sampling_draws={self.max_sampling_draws} re-samples only silent groups; "
