@@ -197,6 +197,9 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
     )
     for note in notes:
         log(note)
+    # The updater calls engine.step() once per mini-batch, after however many micro-batches
+    # the token budget made: DeepSpeed must not count micro-steps to find the boundary.
+    ds_config["managed_gradient_accumulation"] = False
     zero3 = dist_utils.zero_stage(ds_config) == 3
     dtype = torch.float32
     if ds_config.get("bf16", {}).get("enabled"):
@@ -250,7 +253,8 @@ def build_reference_engine(
 
     from strace_ds import dropout
 
-    ds_config = {k: v for k, v in policy.ds_config.items() if k not in ("optimizer", "scheduler")}
+    ds_config = {k: v for k, v in policy.ds_config.items()
+                 if k not in ("optimizer", "scheduler", "managed_gradient_accumulation")}
     zero = dict(ds_config.get("zero_optimization", {}))
     if zero.get("stage", 0) != 3:
         zero = {"stage": 0}  # replicated: ZeRO-1/2 only partition optimizer state and grads

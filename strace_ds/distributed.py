@@ -161,6 +161,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Elementwise maximum of a list of floats over ranks (float64)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_gather_cat(values: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """Concatenate every rank's 1-D ``values`` (lengths may differ), in rank order.
 

@@ -67,6 +67,11 @@ class RolloutBatch:
         )
 
 
+def row_lengths(batch: RolloutBatch) -> torch.Tensor:
+    """``[N]`` prompt + answer tokens of each row (without padding)."""
+    return batch.attention_mask.sum(dim=1)
+
+
 def collate_rollouts(
     prompt_ids: list[list[int]], generation: Generation, pad_token_id: int
 ) -> RolloutBatch:

@@ -47,17 +47,18 @@ def _log_credit(
     """Picture of one answer's per-token credit under the step's selection (the one the
     update used), computed on its micro-batch."""
     rows = last["rows"]
+    width = last["logp"].shape[1]  # the micro-batch's answer columns (padding trimmed)
     adv = sb.advantages[rows]
     candidates = torch.nonzero(adv != 0).flatten()  # an answer that received credit
     credit = token_credit(
         last["logp"].double(),
-        sb.old_logprobs[rows].double(),
+        sb.old_logprobs[rows][:, :width].double(),
         adv.double(),
         last["mask"],
         entropy=last["entropy"].double(),
         config=trace_cfg,
         max_len=cfg.max_new_tokens,
-        selected=None if sb.selected is None else sb.selected[rows],
+        selected=None if sb.selected is None else sb.selected[rows][:, :width],
     )
     i = int(candidates[0]) if len(candidates) else 0  # else all-zero credit, still shown
     n = int(last["mask"][i].sum())

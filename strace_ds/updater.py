@@ -32,7 +32,8 @@ from strace_ds.losses import (
     select_tokens,
     sequence_kl_penalty,
 )
-from strace_ds.rollout_batch import RolloutBatch, answer_logprobs
+from strace_ds.micro_batches import token_budget_micro_batches
+from strace_ds.rollout_batch import RolloutBatch, answer_logprobs, row_lengths
 
 __all__ = ["PolicyUpdater", "StepBatch", "epoch_mini_batches"]
 
@@ -130,36 +131,40 @@ class PolicyUpdater:
     @torch.no_grad()
     def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Proximal log-probs ``[N, R]``, and entropies when the preset selects tokens."""
-        micro = self.micro_batch_size
-        with_entropy = self.trace_cfg.uses_entropy
-        self.engine.eval()
-        logps, entropies = [], []
-        for lo in range(0, len(batch), micro):
-            logp, entropy = answer_logprobs(
-                self.engine,
-                batch.rows(slice(lo, lo + micro)),
-                self.cfg.temperature,
-                self.cfg.logprob_chunk_size,
-                with_entropy=with_entropy,
-            )
-            logps.append(logp.float().cpu())
-            if entropy is not None:
-                entropies.append(entropy.float().cpu())
-        self.engine.train()
-        return torch.cat(logps), (torch.cat(entropies) if entropies else None)
+        logp, entropy = self._score_with(self.engine, batch, self.trace_cfg.uses_entropy)
+        return logp, entropy
 
     @torch.no_grad()
     def score_reference(self, batch: RolloutBatch) -> torch.Tensor:
         """Log-probs ``[N, R]`` of the answers under the frozen reference policy."""
-        micro = self.micro_batch_size
-        parts = [
-            answer_logprobs(
-                self.reference, batch.rows(slice(lo, lo + micro)), self.cfg.temperature,
-                self.cfg.logprob_chunk_size, with_entropy=False,
-            )[0].float().cpu()
-            for lo in range(0, len(batch), micro)
-        ]  # fmt: skip
-        return torch.cat(parts)
+        return self._score_with(self.reference, batch, False)[0]
+
+    def _score_with(
+        self, model: Any, batch: RolloutBatch, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``model``'s log-probs (and entropies) of every row, in the updates' micro-batches
+        (padding trimmed, zero-filled back to the batch's width)."""
+        N, R = batch.response_ids.shape
+        logps = torch.zeros(N, R)
+        entropies = torch.zeros(N, R) if with_entropy else None
+        model.eval()
+        rows = torch.arange(N)
+        for r in self.micro_batches(batch, rows, self.token_budget(batch)):
+            index = rows[:1] if r is None else r
+            part = batch.rows(index).trimmed()
+            width = part.response_ids.shape[1]
+            logp, entropy = answer_logprobs(
+                model, part, self.cfg.temperature, self.cfg.logprob_chunk_size,
+                with_entropy=with_entropy, fused=self.cfg.fused_logprobs,
+            )  # fmt: skip
+            if r is None:
+                continue  # the zero pass every rank makes as often as the busiest one
+            logps[index, :width] = logp.float().cpu()
+            if entropies is not None and entropy is not None:
+                entropies[index, :width] = entropy.float().cpu()
+        if model is self.engine:
+            model.train()
+        return logps, entropies
 
     def prepare(self, exp: Any) -> StepBatch:
         """The step's :class:`StepBatch`: proximal log-probs, the step's selection and the
@@ -228,50 +233,61 @@ class PolicyUpdater:
             seed=cfg.seed * 1_000_003 + step, offset=self.rank * share if aligned else None,
         )  # fmt: skip
 
+    # ------------------------------------------------------------------ micro-batches
+    def token_budget(self, batch: RolloutBatch) -> int | None:
+        """Token slots per micro-batch (``--max_tokens_per_micro_batch``), None for fixed
+        ``micro_batch_size`` rows; auto = ``micro_batch_size`` x the step's padded row width."""
+        budget = self.cfg.max_tokens_per_micro_batch
+        if budget == 0:
+            return None
+        return budget or self.micro_batch_size * batch.input_ids.shape[1]
+
+    def micro_batches(
+        self, batch: RolloutBatch, rows: torch.Tensor, budget: int | None
+    ) -> list[torch.Tensor | slice | None]:
+        """The micro-batches of ``rows``: fixed chunks of ``micro_batch_size`` rows, or rows
+        grouped by length under the token ``budget``
+        (:func:`strace_ds.micro_batches.token_budget_micro_batches`). Every rank returns as
+        many as the rank with most (``None`` entries: a zero-loss pass), because ZeRO-3 gathers
+        parameters in every forward and reduces gradients in every backward, collectively."""
+        if budget is None:
+            micro = self.micro_batch_size
+            parts: list[torch.Tensor | slice | None] = []
+            for lo in range(0, len(rows), micro):
+                r = rows[lo : lo + micro]
+                contiguous = bool((r[1:] - r[:-1] == 1).all())
+                # A slice keeps the exact arithmetic of fixed micro-batches.
+                parts.append(slice(int(r[0]), int(r[-1]) + 1) if contiguous else r)
+            return parts
+        lengths = row_lengths(batch)[rows].tolist()
+        groups = token_budget_micro_batches(lengths, budget)
+        parts = [rows[torch.tensor(sorted(g))] for g in groups]
+        (most,) = dist_utils.all_reduce_max([float(len(parts))])
+        return parts + [None] * (int(most) - len(parts))
+
+    # ------------------------------------------------------------------ updates
     def update(self, sb: StepBatch, step: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
         """``epochs`` passes over the step's rows, one optimizer update per mini-batch."""
-        cfg, tc = self.cfg, self.trace_cfg
-        micro = self.micro_batch_size
+        cfg = self.cfg
         collected: dict[str, list[float]] = defaultdict(list)
         last: dict[str, Any] = {}
-        device = self.engine.device
+        budget = self.token_budget(sb.batch)
+        used = slots = 0
         for epoch in range(cfg.epochs):
             for rows in self.mini_batches(len(sb.batch), epoch, step):
                 normalizer = self.global_normalizer(sb, rows)
                 lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
-                for lo in range(0, len(rows), micro):
-                    r = rows[lo : lo + micro]
-                    if epoch == 0:  # contiguous: a slice keeps today's exact arithmetic
-                        r = slice(int(r[0]), int(r[-1]) + 1)
-                    part = sb.batch.rows(r)
-                    logp, entropy = answer_logprobs(
-                        self.engine, part, cfg.temperature, cfg.logprob_chunk_size,
-                        with_entropy=True,
-                    )  # fmt: skip
-                    mask = sb.loss_tokens[r].to(device)
-                    selected = None if sb.selected is None else sb.selected[r].to(device)
-                    weight = sb.behaviour_weight
-                    kl_loss = sb.ref_logprobs is not None and cfg.kl_in == "loss"
-                    out = policy_loss(
-                        logp,
-                        sb.old_logprobs[r].to(device),
-                        sb.advantages[r].to(device),
-                        mask,
-                        entropy=entropy,
-                        config=tc,
-                        max_len=cfg.max_new_tokens,
-                        normalizer=normalizer,
-                        selected=selected,
-                        behaviour_weight=None if weight is None else weight[r].to(device),
-                        ref_logprobs=sb.ref_logprobs[r].to(device) if kl_loss else None,
-                        kl_coef=cfg.kl_coef if kl_loss else 0.0,
-                        kl_estimator=cfg.kl_estimator,
-                    )
+                parts = self.micro_batches(sb.batch, rows, budget)
+                for r in parts:
+                    out, logp, entropy, mask, width = self._micro_step(sb, r, rows, normalizer)
                     self.engine.backward(out.loss, scale_wrt_gas=False)
-                    self.engine.step()
+                    if r is None:
+                        continue  # a zero-loss pass: nothing to report
                     for k, v in out.metrics.items():
                         collected[k].append(v)
                     collected["policy/loss"].append(out.loss.item() / self.world)
+                    used += int(sb.batch.attention_mask[r].sum())
+                    slots += mask.shape[0] * width
                     last = {
                         "logp": logp.detach().cpu(),
                         "entropy": entropy.cpu(),
@@ -280,10 +296,14 @@ class PolicyUpdater:
                         "loss_mask": out.loss_mask.cpu(),
                         "mask": mask.cpu(),
                     }
+                # The boundary is ours (managed_gradient_accumulation off): one optimizer
+                # update per mini-batch, however many micro-batches the budget made.
+                self.engine.step()
                 collected["policy/grad_norm"].append(
                     float(self.engine.get_global_grad_norm() or 0.0)
                 )
                 collected["policy/lr"].append(lr)
+        collected["perf/pad_frac"] = [1.0 - used / slots if slots else math.nan]
         for k, v in {**(sb.behaviour_metrics or {}), **(sb.kl_metrics or {})}.items():
             collected[k] = [v]
         if sb.selected is not None:
@@ -294,6 +314,46 @@ class PolicyUpdater:
             collected["select/entropy_threshold"] = [sb.entropy_threshold]
             collected["select/frac"] = [n_sel / n_valid if n_valid else math.nan]
         return collected, last
+
+    def _micro_step(
+        self, sb: StepBatch, r: torch.Tensor | slice | None, rows: torch.Tensor,
+        normalizer: float,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
+        """Forward and loss of one micro-batch, its padding trimmed; ``r=None``: the first row
+        of the mini-batch with its loss multiplied by 0 (every parameter still gets its zero
+        gradient, as ZeRO-3's collectives need)."""
+        cfg, device = self.cfg, self.engine.device
+        index = rows[:1] if r is None else r
+        part = sb.batch.rows(index).trimmed()
+        R = part.response_ids.shape[1]
+        logp, entropy = answer_logprobs(
+            self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True,
+            fused=cfg.fused_logprobs,
+        )  # fmt: skip
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index][:, :R].to(device)
+
+        mask = take(sb.loss_tokens)
+        kl_loss = sb.ref_logprobs is not None and cfg.kl_in == "loss"
+        out = policy_loss(
+            logp,
+            take(sb.old_logprobs),
+            sb.advantages[index].to(device),
+            mask,
+            entropy=entropy,
+            config=self.trace_cfg,
+            max_len=cfg.max_new_tokens,
+            normalizer=normalizer,
+            selected=take(sb.selected),
+            behaviour_weight=take(sb.behaviour_weight),
+            ref_logprobs=take(sb.ref_logprobs) if kl_loss else None,
+            kl_coef=cfg.kl_coef if kl_loss else 0.0,
+            kl_estimator=cfg.kl_estimator,
+        )
+        if r is None:
+            out.loss = out.loss * 0.0
+        return out, logp, entropy, mask, part.input_ids.shape[1]
 
     def global_normalizer(self, sb: StepBatch, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.

@@ -54,8 +54,10 @@ def probes(tmp_path_factory) -> Path:
     return out
 
 
-def _grads(out: Path, preset: str, micro: int, world: int, epochs: int = 1) -> list[torch.Tensor]:
-    suffix = f"-e{epochs}" if epochs > 1 else ""
+def _grads(
+    out: Path, preset: str, micro: int, world: int, epochs: int = 1, budget: int | None = None
+) -> list[torch.Tensor]:
+    suffix = (f"-e{epochs}" if epochs > 1 else "") + (f"-t{budget}" if budget is not None else "")
     grads = torch.load(out / f"{preset}-m{micro}-w{world}{suffix}.pt")["grads"]
     assert len(grads) == 2 * epochs  # two mini-batches per epoch: one optimizer update each
     return grads
@@ -85,6 +87,21 @@ def test_epochs_reshuffle_the_same_way_for_any_rank_count(probes: Path, preset: 
             assert rel <= RTOL, f"{preset} epochs 2, micro {micro} x {world}, #{update}: {rel}"
     for later in reference[2:]:
         assert float((later - reference[0]).norm() / reference[0].norm()) > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["grpo", "s_trace"])
+def test_token_budget_micro_batches_make_the_same_update(probes: Path, preset: str) -> None:
+    """``--max_tokens_per_micro_batch``: 0 (fixed rows), 160 token slots (rows grouped by
+    length, a varying number per micro-batch and per rank, padding trimmed) and the default
+    (auto) make the same updates on 1 and 2 ranks."""
+    reference = _grads(probes, preset, 64, 1)
+    for budget in (0, 160):
+        for world in (1, 2):
+            for update, (got, want) in enumerate(
+                zip(_grads(probes, preset, 64, world, budget=budget), reference)
+            ):
+                rel = float((got - want).norm() / want.norm())
+                assert rel <= RTOL, f"{preset} budget {budget} x {world}, #{update}: {rel}"
 
 
 def test_selection_keeps_the_configured_share(probes: Path) -> None:

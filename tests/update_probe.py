@@ -54,10 +54,10 @@ def capture_update_gradients(engine) -> list[torch.Tensor]:
     step = engine.step
 
     def recording_step(*args, **kwargs):
-        if engine.is_gradient_accumulation_boundary():
-            flat = [safe_get_full_grad(p).detach().double().flatten()
-                    for p in engine.module.parameters()]
-            grads.append(torch.cat(flat).cpu())
+        # The trainer calls step() once per optimizer update: it owns the boundary.
+        flat = [safe_get_full_grad(p).detach().double().flatten()
+                for p in engine.module.parameters()]
+        grads.append(torch.cat(flat).cpu())
         return step(*args, **kwargs)
 
     engine.step = recording_step
@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--prompts_per_step", type=int, default=32)
     p.add_argument("--epoch_presets", default="grpo,s_trace",
                    help="presets also probed with --epochs 2 (re-shuffled second pass)")
+    p.add_argument("--budgets", default="0,160",
+                   help="--max_tokens_per_micro_batch values also probed (epoch presets)")
     args, _ = p.parse_known_args()  # the launcher appends --local_rank
 
     from strace_ds.config import TrainConfig
@@ -80,14 +82,18 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [(preset, micro, epochs)
+    runs = [(preset, micro, epochs, None)
             for preset in args.presets.split(",")
             for epochs in ([1, 2] if preset in args.epoch_presets.split(",") else [1])
             for micro in (int(m) for m in args.micro.split(","))]
-    for preset, micro, epochs in runs:
-        suffix = f"-e{epochs}" if epochs > 1 else ""
+    runs += [(preset, 64, 1, int(b)) for preset in args.epoch_presets.split(",")
+             for b in args.budgets.split(",")]
+    for preset, micro, epochs, budget in runs:
+        suffix = (f"-e{epochs}" if epochs > 1 else "") + (f"-t{budget}" if budget is not None
+                                                         else "")
         cfg = TrainConfig(
             loss=preset, micro_batch_size=micro, mini_batches=args.mini_batches, epochs=epochs,
+            max_tokens_per_micro_batch=budget,
             prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
             eval_every=-1,
             export=False, image_every=0, sample_every=0, reward_workers=1,
