@@ -154,19 +154,19 @@ def barrier() -> None:
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a list of floats over ranks (float64)."""
-    if world_size() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, "SUM")
 
 
 def all_reduce_max(values: list[float]) -> list[float]:
     """Elementwise maximum of a list of floats over ranks (float64)."""
+    return _all_reduce(values, "MAX")
+
+
+def _all_reduce(values: list[float], op: str) -> list[float]:
     if world_size() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t.tolist()
 
 
