@@ -75,6 +75,8 @@ def main() -> None:
                    help="presets also probed with --epochs 2 (re-shuffled second pass)")
     p.add_argument("--budgets", default="0,160",
                    help="--max_tokens_per_micro_batch values also probed (epoch presets)")
+    p.add_argument("--epoch_micro", default="64",
+                   help="micro-batch sizes of the --epochs 2 and budget probes")
     args, _ = p.parse_known_args()  # the launcher appends --local_rank
 
     from strace_ds.config import TrainConfig
@@ -82,12 +84,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [(preset, micro, epochs, None)
-            for preset in args.presets.split(",")
-            for epochs in ([1, 2] if preset in args.epoch_presets.split(",") else [1])
-            for micro in (int(m) for m in args.micro.split(","))]
-    runs += [(preset, 64, 1, int(b)) for preset in args.epoch_presets.split(",")
-             for b in args.budgets.split(",")]
+    extra = args.epoch_presets.split(",")
+    runs = [(preset, int(m), 1, None) for preset in args.presets.split(",")
+            for m in args.micro.split(",")]
+    runs += [(preset, int(m), 2, None) for preset in extra for m in args.epoch_micro.split(",")]
+    runs += [(preset, int(m), 1, int(b)) for preset in extra for m in args.epoch_micro.split(",")
+             for b in args.budgets.split(",") if b]
     for preset, micro, epochs, budget in runs:
         suffix = (f"-e{epochs}" if epochs > 1 else "") + (f"-t{budget}" if budget is not None
                                                          else "")
