@@ -449,8 +449,9 @@ def main() -> None:
                     continue
                 runs.append(run)
                 print(f"  K={k} round {rep}: {runs[-1]['wall_s']} s; {uptime()}", flush=True)
-        engine = ("SGLang server (`--rollout sglang --sglang-launch` "
-                  f"{args.sglang_python})" if args.speed_rollout == "sglang"
+        # The SGLang env by name, not its absolute path: reports are committed.
+        engine = ("SGLang server (`--rollout sglang --sglang-launch "
+                  "$STRACE_DS_SGLANG_PYTHON`)" if args.speed_rollout == "sglang"
                   else "in-process engine (`--rollout hf`)")  # fmt: skip
         parts.append(
             f"## Speed: `s_trace`, {engine}, {args.speed_steps} steps per run\n\n"
