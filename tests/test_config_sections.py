@@ -253,3 +253,27 @@ def test_train_cli_dotted_flag_error_is_one_line(capsys):
     assert lines == ["train.py: error: lr must be > 0, got 0.0"]
     cfg = _train_module().parse_args(["--optim.lr", "0.001", "--objective.log_ratio_clamp", "8"])
     assert (cfg.lr, cfg.trace_config().log_ratio_clamp) == (0.001, 8.0)
+
+
+def test_off_policy_fields_load_from_yaml(tmp_path) -> None:
+    """The issue-10 knobs from a nested YAML file, and flat, and as flags."""
+    import argparse
+
+    path = tmp_path / "async.yaml"
+    path.write_text("rollouts: {max_staleness: 1}\noptim: {epochs: 2}\n"
+                    "objective: {behaviour_correction: trace, behaviour_cap: inf,\n"
+                    "            behaviour_mode: mask, old_logprobs: rollout}\n")
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.max_staleness, cfg.epochs, cfg.behaviour_correction) == (1, 2, "trace")
+    assert cfg.behaviour_cap == float("inf") and cfg.behaviour_mode == "mask"
+    assert cfg.old_logprobs == "rollout" and cfg.rollouts.max_staleness == 1
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("max_staleness: 2\nbehaviour_correction: token\n")
+    assert TrainConfig.from_file(flat).max_staleness == 2
+    parser = argparse.ArgumentParser()
+    TrainConfig.add_arguments(parser)
+    args = parser.parse_args(
+        ["--max_staleness", "1", "--objective.behaviour_correction", "sequence"]
+    )
+    got = TrainConfig.from_args(args)
+    assert got.max_staleness == 1 and got.behaviour_correction == "sequence"

@@ -197,3 +197,6 @@ def test_04_training_walkthrough():
     assert s["all_finite"]
     assert all(abs(f - 0.2) < 0.05 for f in s["select_frac_s_trace"])
     assert all(math.isfinite(r) and 0.0 <= r <= 1.0 for rs in s["rewards"].values() for r in rs)
+    # Section 5: max_staleness=1 from a notebook cell: one version stale after the first step.
+    assert s["async_staleness"] == [0.0, 1.0, 1.0]
+    assert all(kl > s["async_behaviour_kl"][0] for kl in s["async_behaviour_kl"][1:])
