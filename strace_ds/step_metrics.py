@@ -43,7 +43,7 @@ def local_step_stats(
         "rollout/logprob_diff_mean": float(diff.sum()),
         "rollout/logprob_diff_frac": float((diff > MISMATCH_THRESHOLD).sum()),
     }
-    for label, values in getattr(exp, "components", {}).items():  # each --reward, unweighted
+    for label, values in exp.components.items():  # each --reward, unweighted
         sums[f"reward/{label}"] = float(values.sum())
     return {
         "sums": sums,
@@ -52,7 +52,7 @@ def local_step_stats(
         "length_max": float(exp.lengths.max()) if len(exp.lengths) else 0.0,
         "diff_max": float(diff.max()) if diff.numel() else 0.0,
         "loss_metrics": {k: list(v) for k, v in loss_metrics.items()},
-        "draws": float(getattr(exp, "draws", 1)),
+        "draws": float(exp.draws),
     }
 
 
