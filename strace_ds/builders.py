@@ -174,14 +174,32 @@ class PolicyEngine:
     hf_ds_config: Any = None  # kept alive: transformers' zero.Init follows it while it exists
 
 
+def _load_model(model_path: str, dtype: torch.dtype) -> tuple[Any, str | None]:
+    """The causal LM at ``model_path`` with dropout off and no KV cache, and the line that
+    announces the dropout it turned off (None when there was none).
+
+    Dropout off (strace_ds.dropout): old log-probs are scored in eval mode, updates in train
+    mode; with dropout the two would be different policies.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from strace_ds import dropout
+
+    model_config = AutoConfig.from_pretrained(model_path)
+    turned_off = dropout.disable_dropout(model_config)
+    model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config, dtype=dtype)
+    line = dropout.describe(turned_off, dropout.disable_dropout_modules(model))
+    model.config.use_cache = False
+    return model, line
+
+
 def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet) -> PolicyEngine:
     """Load the policy (partitioned under ZeRO-3, dropout off) into a DeepSpeed engine with
     the run's optimizer and learning-rate schedule."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from strace_ds import dropout, lr_schedule
+    from strace_ds import lr_schedule
 
     on_cpu = get_accelerator().device_name() == "cpu"
     micro, accum = cfg.micro_batches_per_update(world)
@@ -212,15 +230,9 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
 
         # Keeps transformers' zero.Init on while loading: weights arrive partitioned.
         hf_ds_config = HfDeepSpeedConfig(ds_config)
-    # Dropout off (strace_ds.dropout): old log-probs are scored in eval mode, updates in
-    # train mode; with dropout the two would be different policies.
-    model_config = AutoConfig.from_pretrained(model_path)
-    turned_off = dropout.disable_dropout(model_config)
-    model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config, dtype=dtype)
-    line = dropout.describe(turned_off, dropout.disable_dropout_modules(model))
+    model, line = _load_model(model_path, dtype)
     if line:
         log(line)
-    model.config.use_cache = False
     # The lr schedule is ours (strace_ds.lr_schedule), one step per optimizer update.
     schedule = {
         "warmup_steps": cfg.warmup_steps,
@@ -249,9 +261,6 @@ def build_reference_engine(
     engine without optimizer, partitioned like the policy under ZeRO-3 (offloaded when the
     policy's parameters are), in eval mode. No gradient, no optimizer state."""
     import deepspeed
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from strace_ds import dropout
 
     ds_config = {k: v for k, v in policy.ds_config.items()
                  if k not in ("optimizer", "scheduler", "managed_gradient_accumulation")}
@@ -261,11 +270,8 @@ def build_reference_engine(
     zero.pop("offload_optimizer", None)
     ds_config["zero_optimization"] = zero
     dtype = next(policy.engine.module.parameters()).dtype
-    model_config = AutoConfig.from_pretrained(model_path)
-    dropout.disable_dropout(model_config)
     # policy.hf_ds_config is alive: under ZeRO-3 the weights load partitioned (zero.Init).
-    model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config, dtype=dtype)
-    model.config.use_cache = False
+    model, _ = _load_model(model_path, dtype)
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()

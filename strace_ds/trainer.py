@@ -150,10 +150,6 @@ class Trainer:
 
         return build_prompt_ids(self.tokenizer, question, self.instruction)
 
-    def prompts_for_step(self, step: int) -> list[int]:
-        """Indices of this rank's prompts at ``step`` (see :class:`ExperienceProducer`)."""
-        return self.producer.prompts_for_step(step)
-
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
         """Run (or resume) the configured number of steps; returns the last step's metrics."""

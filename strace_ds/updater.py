@@ -13,7 +13,6 @@ Everything here is collective: every rank calls the same methods in the same ord
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 
 from strace_ds import distributed as dist_utils
 from strace_ds.advantages import group_advantages
+from strace_ds.experience import step_seed
 from strace_ds.losses import (
     behaviour_weights,
     entropy_threshold,
@@ -68,6 +68,7 @@ def epoch_mini_batches(
     group_size: int,
     epoch: int,
     seed: int,
+    step: int,
     offset: int | None = 0,
 ) -> list[torch.Tensor]:
     """Row indices of each of the epoch's mini-batches on one rank.
@@ -76,8 +77,8 @@ def epoch_mini_batches(
     global chunk j (:func:`strace_ds.experience.prompt_positions`), whose local position ``i``
     is global position ``offset + i`` of the chunk. Epoch 0 keeps the chunks. Later epochs move
     whole groups between mini-batches: the group at global position ``p`` of chunk ``c`` goes
-    to mini-batch ``perm_p^{-1}(c)`` of a permutation of the chunks drawn for ``(seed, epoch,
-    p)``. Every rank holds the same positions of every chunk, so each builds its part of the
+    to mini-batch ``perm_p^{-1}(c)`` of a permutation of the chunks drawn for ``(seed, step,
+    epoch, p)``. Every rank holds the same positions of every chunk, so each builds its part of the
     new global mini-batches from its own rows and 1 and N ranks make the same updates.
     ``offset=None`` (prompts not a multiple of mini-batches x ranks): a local shuffle of
     the rank's rows, which depends on the rank count.
@@ -95,21 +96,16 @@ def epoch_mini_batches(
         return [torch.arange(j * mini, (j + 1) * mini) for j in range(mini_batches)]
     if offset is None or groups % mini_batches:
         # Not chunk-aligned (or a group split between mini-batches): shuffle the rank's rows.
-        gen = torch.Generator().manual_seed(_seed(seed, epoch, -1))
+        gen = torch.Generator().manual_seed(step_seed(seed, step, -1, f"epoch{epoch}"))
         order = torch.randperm(n_rows, generator=gen)
         return [order[j * mini : (j + 1) * mini] for j in range(mini_batches)]
     members: list[list[int]] = [[] for _ in range(mini_batches)]
     for i in range(share):
-        gen = torch.Generator().manual_seed(_seed(seed, epoch, offset + i))
+        gen = torch.Generator().manual_seed(step_seed(seed, step, offset + i, f"epoch{epoch}"))
         perm = torch.randperm(mini_batches, generator=gen).tolist()
         for j in range(mini_batches):
             members[j].append(perm[j] * share + i)  # chunk perm[j], position i
     return [rows_of(m) for m in members]
-
-
-def _seed(seed: int, epoch: int, position: int) -> int:
-    digest = hashlib.sha256(f"{seed}/epoch{epoch}/{position}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 class PolicyUpdater:
@@ -131,8 +127,7 @@ class PolicyUpdater:
     @torch.no_grad()
     def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Proximal log-probs ``[N, R]``, and entropies when the preset selects tokens."""
-        logp, entropy = self._score_with(self.engine, batch, self.trace_cfg.uses_entropy)
-        return logp, entropy
+        return self._score_with(self.engine, batch, self.trace_cfg.uses_entropy)
 
     @torch.no_grad()
     def score_reference(self, batch: RolloutBatch) -> torch.Tensor:
@@ -229,8 +224,8 @@ class PolicyUpdater:
         aligned = cfg.prompts_per_step % (cfg.mini_batches * self.world) == 0
         share = cfg.prompts_per_step // cfg.mini_batches // self.world
         return epoch_mini_batches(
-            n_rows, cfg.mini_batches, cfg.group_size, epoch,
-            seed=cfg.seed * 1_000_003 + step, offset=self.rank * share if aligned else None,
+            n_rows, cfg.mini_batches, cfg.group_size, epoch, seed=cfg.seed, step=step,
+            offset=self.rank * share if aligned else None,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ micro-batches

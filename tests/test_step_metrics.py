@@ -67,7 +67,7 @@ def _global_batches(world: int, epoch: int) -> list[set[int]]:
     out: list[set[int]] = [set() for _ in range(mini_batches)]
     for r in range(world):
         rows = epoch_mini_batches(mini_batches * share * group, mini_batches, group, epoch,
-                                  seed=7, offset=r * share)  # fmt: skip
+                                  seed=7, step=3, offset=r * share)  # fmt: skip
         for j, idx in enumerate(rows):
             for g in sorted({int(i) // group for i in idx}):
                 c, i = divmod(g, share)  # local group -> (chunk, position in the share)
