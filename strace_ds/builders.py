@@ -40,12 +40,14 @@ def _quiet(msg: str) -> None:
 
 
 def resolve_model(cfg: Any, log: Log = _quiet) -> str:
-    """``--model``, or the tiny policy shipped with the package (the same on every machine)."""
+    """``--model``, or the tiny policy shipped with the package for a generated ``--dataset``
+    (the arithmetic one otherwise): the same weights on every machine."""
     if cfg.model:
         return cfg.model
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.data.tasks import GENERATED_TASKS, generated_task
 
-    path = default_policy_dir()
+    task = generated_task(cfg.dataset) or GENERATED_TASKS["synthetic"]
+    path = task.policy_dir()
     log(f"policy: embedded tiny Qwen3 at {path}")
     return str(path)
 
@@ -60,20 +62,22 @@ def load_tokenizer(path: str) -> Any:
 
 
 def run_instruction(cfg: Any) -> str | None:
-    """The text appended to each question: ``--instruction``, nothing for the synthetic task
+    """The text appended to each question: ``--instruction``, nothing for a generated task
     (its prompts end with theirs), else ``build_prompt_ids``' default (``None``)."""
+    from strace_ds.data.tasks import generated_task
+
     if cfg.instruction is not None:
         return cfg.instruction
-    if cfg.dataset == "synthetic":
+    if generated_task(cfg.dataset) is not None:
         return ""
     return None
 
 
 def load_train_data(cfg: Any, rank: int = 0, world: int = 1, log: Log = _quiet) -> PromptDataset:
-    if cfg.dataset == "synthetic":
-        from strace_ds.data.synthetic import arithmetic_dataset
+    from strace_ds.data.tasks import generated_dataset, generated_task
 
-        data = arithmetic_dataset("train", size=cfg.dataset_size, seed=cfg.seed)
+    if generated_task(cfg.dataset) is not None:
+        data = generated_dataset(cfg.dataset, "train", cfg.dataset_size, cfg.seed)
     else:
         from strace_ds.data.loading import load_prompt_dataset
 
@@ -126,13 +130,13 @@ def check_golds(
 def load_eval_data(cfg: Any) -> PromptDataset | None:
     if cfg.eval_every < 0:
         return None
-    name = cfg.eval_dataset or ("synthetic" if cfg.dataset == "synthetic" else None)
+    from strace_ds.data.tasks import generated_dataset, generated_task
+
+    name = cfg.eval_dataset or (cfg.dataset if generated_task(cfg.dataset) else None)
     if name is None:
         return None
-    if name == "synthetic":
-        from strace_ds.data.synthetic import arithmetic_dataset
-
-        return arithmetic_dataset("test", size=cfg.eval_size, seed=cfg.seed)
+    if generated_task(name) is not None:
+        return generated_dataset(name, "test", cfg.eval_size, cfg.seed)
     from strace_ds.evaluation import load_benchmark
 
     data = load_benchmark(name)

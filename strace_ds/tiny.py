@@ -55,7 +55,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -322,23 +322,37 @@ def run_sft(
     rng = random.Random(f"strace_ds.tiny.teacher/{cfg.seed}")
     targets = [teacher_solution(ex, cfg.sft_unboxed_rate, rng) for ex in examples]
     rows = [encode_sft_example(tokenizer, ex, t) for ex, t in zip(examples, targets)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, betas=(0.9, 0.98),
-                            weight_decay=0.01)
-    warmup = max(1, cfg.sft_steps // 10)
+    return sft_loop(model, rows, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr,
+                    tokenizer.pad_token_id)
+
+
+def sft_loop(
+    model: Qwen3ForCausalLM,
+    rows: list[tuple[list[int], list[int]]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    desc: str = "tiny SFT",
+) -> list[float]:
+    """``steps`` AdamW steps over consecutive batches of ``(input_ids, labels)`` rows (linear
+    warm-up over 10%, cosine decay to 10% of ``lr``, gradient norm clipped at 1); returns the
+    per-step losses and leaves the model in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 10)
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, cfg.sft_steps - warmup)
+        progress = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(cfg.sft_steps), desc="tiny SFT", unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
-        batch = _collate(rows[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size],
-                         tokenizer.pad_token_id)
+        batch = _collate(rows[step * batch_size:(step + 1) * batch_size], pad_id)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -411,6 +425,7 @@ def accuracy_report(
     examples: list[PromptExample],
     temperature: float,
     seed: int = 0,
+    max_new_tokens: int = 48,
 ) -> dict[str, float]:
     """One answer per example at ``temperature`` (0 = greedy), graded against the gold.
 
@@ -418,7 +433,8 @@ def accuracy_report(
     a closed ``\\boxed{}``), ``accuracy_when_boxed`` (accuracy among those; 0 if none) and
     ``mean_answer_tokens`` (``<|im_end|>`` included).
     """
-    answers = sample_answers(model, tokenizer, [ex.prompt for ex in examples], temperature, seed)
+    answers = sample_answers(model, tokenizer, [ex.prompt for ex in examples], temperature, seed,
+                             max_new_tokens)
     texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
     boxed = [extract_boxed(t) for t in texts]
     n_boxed = sum(b is not None for b in boxed)
@@ -544,28 +560,39 @@ def build_tiny_policy(
         raise ValueError(f"build_tiny_policy: sft_steps must be >= 1 (or None), got {sft_steps}")
     cfg = TinyBuildConfig(seed=seed, **({} if sft_steps is None else {"sft_steps": sft_steps}))
     out = Path(out_dir) if out_dir is not None else cache_root() / f"tiny-qwen3-{cfg.digest()}"
+    return build_once(out, cfg.digest(), lambda tmp: _build_into(tmp, cfg), force,
+                      "build_tiny_policy")
+
+
+def build_once(
+    out: Path, digest: str, build_into: Callable[[Path], Any], force: bool, who: str
+) -> Path:
+    """Reuse the build of ``digest`` at ``out``, or run ``build_into(tmp)`` in a temporary
+    sibling directory and publish it to ``out`` atomically.
+
+    A build of another digest raises unless ``force``; so does a non-empty directory that is
+    not a build (even with ``force``: it is not ours to replace).
+    """
     if out.exists() and not force:
         if _is_build(out):
-            digest = json.loads((out / BUILD_INFO).read_text()).get("digest")
-            if digest == cfg.digest():
+            found = json.loads((out / BUILD_INFO).read_text()).get("digest")
+            if found == digest:
                 return out
             raise ValueError(
-                f"build_tiny_policy: {out} holds a build of another config ({digest}, wanted "
-                f"{cfg.digest()}); pass force=True to replace it or choose another out_dir"
+                f"{who}: {out} holds a build of another config ({found}, wanted "
+                f"{digest}); pass force=True to replace it or choose another out_dir"
             )
         if any(out.iterdir()):
             raise ValueError(
-                f"build_tiny_policy: out_dir {out} exists and is not a tiny-policy build; "
+                f"{who}: out_dir {out} exists and is not a tiny-policy build; "
                 "choose an empty or new directory"
             )
     if force and out.exists() and any(out.iterdir()) and not _is_build(out):
-        raise ValueError(
-            f"build_tiny_policy: refusing to replace {out}: it is not a tiny-policy build"
-        )
+        raise ValueError(f"{who}: refusing to replace {out}: it is not a tiny-policy build")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _build_into(tmp, cfg)
+        build_into(tmp)
         _publish(tmp, out, replace=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -346,7 +346,12 @@ class Trainer:
 
     @property
     def eval_name(self) -> str:
-        return self.cfg.eval_dataset or "synthetic"
+        from strace_ds.data.tasks import generated_task
+
+        name = self.cfg.eval_dataset or (
+            self.cfg.dataset if generated_task(self.cfg.dataset) else "synthetic"
+        )
+        return name.partition(":")[0] if generated_task(name) else name
 
     def save(self) -> Path:
         """A checkpoint of the step just done, with the answers in flight (K >= 1)."""

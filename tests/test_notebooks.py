@@ -1,6 +1,6 @@
 """The tutorial notebooks: stripped in git, generated from their sources, and they run.
 
-Fast tests: every notebook in the repository is committed without outputs, and the four
+Fast tests: every notebook in the repository is committed without outputs, and the five
 tutorials are exactly what ``notebooks/make_notebooks.py`` generates from ``notebooks/src``.
 
 Slow tests execute each tutorial headless with nbclient (kernel ``python3``, which
@@ -29,6 +29,7 @@ TUTORIALS = (
     "02_gspo_special_case.ipynb",
     "03_s_trace_entropy.ipynb",
     "04_training_walkthrough.ipynb",
+    "05_credit_study.ipynb",
 )
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "build", "dist", ".ipynb_checkpoints"}
 
@@ -200,3 +201,16 @@ def test_04_training_walkthrough():
     # Section 5: max_staleness=1 from a notebook cell: one version stale after the first step.
     assert s["async_staleness"] == [0.0, 1.0, 1.0]
     assert all(kl > s["async_behaviour_kl"][0] for kl in s["async_behaviour_kl"][1:])
+
+
+@pytest.mark.timeout(600)
+def test_05_credit_study():
+    """Headless on the committed study (nothing trains): every grid run read, the curves
+    recomputed from the runs equal the study's summary, both gradient checkpoints and the
+    sweep present, and every comparison with GRPO printed."""
+    s = _execute("05_credit_study.ipynb")
+    assert s["grid_runs"] == 75 and s["regimes"] == ["on_policy", "off_policy", "stale"]
+    assert s["recomputed_agree"] is True
+    assert s["n_comparisons"] == 12  # 4 presets x 3 regimes
+    assert s["grad_checkpoints"] == ["after GRPO", "warm start"]
+    assert s["sweep_settings"] == 15

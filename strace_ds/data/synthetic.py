@@ -217,23 +217,33 @@ def arithmetic_dataset(
     ``\\boxed{answer}``), ``kind``, ``template``, ``operands``, ``question`` and ``split``.
     Problems may repeat inside a split when the question space is small; never across splits.
     """
-    if split not in SPLITS:
-        raise ValueError(f"arithmetic_dataset: split must be one of {SPLITS}, got {split!r}")
-    if size < 1:
-        raise ValueError(f"arithmetic_dataset: size must be >= 1, got {size}")
     cfg = config if config is not None else ArithmeticConfig()
     # The split seeds its own stream so train and test of one seed are not shifted copies.
     rng = random.Random(f"strace_ds.synthetic/{split}/{seed}")
+    return draw_split(lambda: draw_problem(cfg, rng), split, size, cfg.test_fraction,
+                      "synthetic", "ArithmeticConfig.test_fraction or the number ranges")
+
+
+def draw_split(
+    draw: Callable[[], PromptExample], split: str, size: int, test_fraction: float, task: str,
+    knobs: str,
+) -> PromptDataset:  # fmt: skip
+    """``size`` problems from ``draw()`` whose question (``meta["question"]``) hashes into
+    ``split``; source ``<task>:<split>``. Raises naming ``knobs`` after ``1000 * size`` draws."""
+    if split not in SPLITS:
+        raise ValueError(f"{task}: split must be one of {SPLITS}, got {split!r}")
+    if size < 1:
+        raise ValueError(f"{task}: size must be >= 1, got {size}")
     examples: list[PromptExample] = []
     max_draws = 1000 * size
     for _ in range(max_draws):
-        ex = draw_problem(cfg, rng)
-        if split_of(ex.meta["question"], cfg.test_fraction) == split:
+        ex = draw()
+        if split_of(ex.meta["question"], test_fraction) == split:
             ex.meta["split"] = split
             examples.append(ex)
             if len(examples) == size:
-                return PromptDataset(examples=examples, source=f"synthetic:{split}")
+                return PromptDataset(examples=examples, source=f"{task}:{split}")
     raise ValueError(
-        f"arithmetic_dataset: drew {max_draws} problems without finding {size} for split "
-        f"{split!r}; raise ArithmeticConfig.test_fraction or the number ranges"
+        f"{task}: drew {max_draws} problems without finding {size} for split {split!r}; "
+        f"raise {knobs}"
     )

@@ -17,6 +17,7 @@ fixtures in ``tests/fixtures/benchmarks/`` are such files.
 | olympiadbench | math-ai/olympiadbench | test | 674 | question / final_answer |
 | beyondaime | ByteDance-Seed/BeyondAIME | test | 100 | problem / answer |
 | synthetic | (generated) | test | 200 | the project's arithmetic task |
+| chain | (generated) | test | 200 | the long-answer chain task (credit-assignment study) |
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ class BenchmarkSpec:
 def _synthetic(spec: BenchmarkSpec, limit: int | None) -> PromptDataset:
     """The held-out split of the arithmetic task, seed 0 (fixed problems across runs)."""
     return arithmetic_dataset(split=spec.split, size=limit or spec.size or 200, seed=0)
+
+
+def _chain(spec: BenchmarkSpec, limit: int | None) -> PromptDataset:
+    """The held-out split of the chain task (default knobs), seed 0."""
+    from strace_ds.data.chain import chain_dataset
+
+    return chain_dataset(split=spec.split, size=limit or spec.size or 200, seed=0)
+
+
+def _generated(name: str, loader: Callable, notes: str) -> BenchmarkSpec:
+    """A generated task's held-out split as a benchmark (200 problems, its own instruction)."""
+    return BenchmarkSpec(name=name, hub_id=None, split="test", prompt_column="prompt",
+                         answer_column="answer", size=200, instruction="", loader=loader,
+                         notes=notes)  # fmt: skip
 
 
 def _registry(*specs: BenchmarkSpec) -> dict[str, BenchmarkSpec]:
@@ -187,18 +202,16 @@ BENCHMARKS: dict[str, BenchmarkSpec] = _registry(
         notes="ByteDance Seed's BeyondAIME: 100 harder-than-AIME problems with integer "
         "answers (not limited to 0-999). Columns: problem, answer.",
     ),
-    BenchmarkSpec(
-        name="synthetic",
-        hub_id=None,
-        split="test",
-        prompt_column="prompt",
-        answer_column="answer",
-        size=200,
-        instruction="",
-        loader=_synthetic,
-        notes="The project's arithmetic task, held-out split, seed 0 "
+    _generated(
+        "synthetic", _synthetic,
+        "The project's arithmetic task, held-out split, seed 0 "
         "(strace_ds.data.synthetic.arithmetic_dataset). Prompts already end with the "
         "task's own boxed-answer instruction, so none is added.",
+    ),
+    _generated(
+        "chain", _chain,
+        "The chain task (strace_ds.data.chain, default knobs), held-out split, seed 0: "
+        "~100-token answers decided by 3 results. Prompts carry their own instruction.",
     ),
 )
 """Benchmark name -> :class:`BenchmarkSpec`."""

@@ -160,7 +160,7 @@ def eval_scalars(result: BenchmarkResult) -> dict[str, float]:
 
 def _instruction_for(dataset: PromptDataset, instruction: str | None) -> str | None:
     """The synthetic task's prompts already carry their instruction; others get the default."""
-    if instruction is None and dataset.source.startswith("synthetic:"):
+    if instruction is None and dataset.source.startswith(("synthetic:", "chain:")):
         return ""
     return instruction
 

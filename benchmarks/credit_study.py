@@ -1,0 +1,469 @@
+"""The credit-assignment study: when does S-trace beat GRPO, with intervals over seeds.
+
+    python benchmarks/credit_study.py                       # the default study (cached runs reused)
+    python benchmarks/credit_study.py --work outputs/credit_study   # the same, from scratch
+    python benchmarks/credit_study.py --phase sweep         # lam x q sweep of s_trace (extra)
+    python benchmarks/credit_study.py --report-only         # tables + figure from the cache
+    python benchmarks/credit_study.py --smoke --work DIR    # tiny sizes, for the tests
+
+Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``), long answers (~100 tokens)
+whose reward hinges on three results, trained from the shipped chain policy
+(:mod:`strace_ds.tiny_chain`, sampled accuracy ~25%) with ``scripts/train.py`` and
+``ds_configs/zero3.json``, the in-process engine, one thread per run, ``--jobs`` runs at a time.
+
+Grid (phase ``runs``): ``--presets`` x ``--seeds`` x ``--regimes``:
+
+* ``on_policy``: one update per batch (``--mini_batches 1``);
+* ``off_policy``: two mini-batches x two epochs, four updates per batch (the ratio moves
+  away from 1, which is where traces and clipping differ; 4 x 2 updates at this lr made
+  GRPO collapse in a calibration run);
+* ``stale``: ``--max_staleness 2`` (answers come from the policy two versions back).
+
+Per run: held-out avg@k and pass@k (``--eval_size`` problems, k = ``--eval_k``) every
+``--eval_every`` steps, and per step the training reward, answer length, clip fractions and
+selected-token share. Derived per run: steps and generated tokens until held-out avg@k first
+reaches ``start + --threshold_gain`` (linear interpolation between evaluations; runs that never
+reach it are censored at the last step and counted), final avg@k and pass@k.
+Every figure is a mean over seeds with a percentile-bootstrap 95% interval; comparisons with
+GRPO resample the seeds paired (seed s of every preset sees the same prompts in the same
+order and the same held-out problems).
+
+Phase ``grad``: gradient variance and cosine to a large-batch gradient per preset
+(``credit_gradients.gradient_probe``) at two checkpoints: the warm start, and the policy after
+the GRPO on-policy run of seed 0 (exported by that run).
+
+Phase ``sweep``: ``s_trace`` with ``lam`` x ``entropy_top_quantile`` on-policy over
+``--sweep_seeds``: final avg@k, training reward, clip fraction, selected share.
+
+Each finished run is one JSON file in ``<work>/cache`` named by (task, regime, preset, seed)
+and a hash of every flag that changes it (sizes, policy weights), so the study resumes and
+extends; ``--report-only`` never trains. Outputs in ``<work>``: ``results.md`` (tables),
+``credit_study.png`` (accuracy vs step, one panel per regime, bands = intervals) and
+``summary.json`` (every derived number, read by notebook 05). The committed study lives in
+``benchmarks/credit_study/`` (the default ``--work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_async import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = REPO / "benchmarks" / "credit_study"
+PRESETS = ("grpo", "highent_grpo", "gspo", "p_trace", "s_trace")
+REGIMES: dict[str, list[str]] = {
+    "on_policy": ["--mini_batches", "1", "--epochs", "1"],
+    "off_policy": ["--mini_batches", "2", "--epochs", "2"],
+    "stale": ["--mini_batches", "1", "--epochs", "1", "--max_staleness", "2"],
+}
+SWEEP_LAMS = (0.0, 0.5, 0.9, 0.95, 0.99)
+SWEEP_QS = (0.1, 0.2, 0.5)
+STEP_KEYS = ("reward/mean", "response/length_mean", "policy/clip_frac_low",
+             "policy/clip_frac_high", "select/frac", "policy/entropy_mean",
+             "trace/abs_log_ratio_mean", "rollout/staleness_mean", "perf/step_s")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="cache and outputs")
+    p.add_argument("--phase", default="study",
+                   choices=("study", "runs", "grad", "sweep", "all", "report"),
+                   help="study = runs + grad (the default study); all = study + sweep")
+    p.add_argument("--task", default="chain", help="a generated --dataset spec")
+    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--regimes", default=",".join(REGIMES))
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--sweep_seeds", default="0")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--eval_every", type=int, default=4)
+    p.add_argument("--eval_size", type=int, default=64)
+    p.add_argument("--eval_k", type=int, default=4)
+    p.add_argument("--prompts_per_step", type=int, default=16)
+    p.add_argument("--group_size", type=int, default=8)
+    p.add_argument("--max_new_tokens", type=int, default=144)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threshold_gain", type=float, default=0.10,
+                   help="steps-to-threshold: held-out avg@k of start + this")
+    p.add_argument("--grad_batches", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--report-only", action="store_true", help="never train; report the cache")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (tests)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.eval_every, args.eval_size, args.eval_k = 2, 1, 8, 2
+        args.prompts_per_step, args.group_size, args.max_new_tokens = 4, 4, 128
+        args.grad_batches = 2
+    for name in ("presets", "regimes", "seeds", "sweep_seeds"):
+        items = [s.strip() for s in getattr(args, name).split(",") if s.strip()]
+        setattr(args, name, [int(s) for s in items] if "seeds" in name else items)
+    bad = [r for r in args.regimes if r not in REGIMES]
+    if bad:
+        raise SystemExit(f"--regimes: unknown {bad}; choose from {', '.join(REGIMES)}")
+    return args
+
+
+# ---------------------------------------------------------------------------------- runs
+def base_flags(args: argparse.Namespace) -> list[str]:
+    return ["--dataset", args.task, "--steps", str(args.steps),
+            "--eval_every", str(args.eval_every), "--eval_size", str(args.eval_size),
+            "--eval_k", str(args.eval_k), "--prompts_per_step", str(args.prompts_per_step),
+            "--group_size", str(args.group_size), "--max_new_tokens", str(args.max_new_tokens),
+            "--lr", str(args.lr), "--micro_batch_size", "64"]  # fmt: skip
+
+
+def policy_sha(task: str) -> str:
+    from strace_ds.data.tasks import generated_task
+    from strace_ds.tiny import file_sha256
+
+    task_entry = generated_task(task)
+    if task_entry is None:
+        raise SystemExit(f"--task {task!r} is not a generated task")
+    return file_sha256(task_entry.policy_dir() / "model.safetensors")
+
+
+def run_flags(args, regime: str, preset: str, seed: int, extra=()) -> list[str]:
+    return [*base_flags(args), "--loss", preset, "--seed", str(seed), *REGIMES[regime], *extra]
+
+
+def run_key(task: str, regime: str, tag: str, seed: int, flags: list[str], sha: str) -> str:
+    digest = hashlib.sha256(json.dumps([flags, sha]).encode()).hexdigest()[:8]
+    safe = task.replace(":", "_").replace(",", "_").replace("=", "")
+    return f"{safe}-{regime}-{tag}-s{seed}-{digest}"
+
+
+def study_run(args, regime: str, preset: str, seed: int, extra: list[str] = (), tag: str = "",
+              export: bool = False) -> dict | None:  # fmt: skip
+    """One training run through ``scripts/train.py``, or its cached record."""
+    flags = run_flags(args, regime, preset, seed, extra)
+    key = run_key(args.task, regime, tag or preset, seed, flags, args.policy_sha)
+    path = args.work / "cache" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if args.report_only:
+        return None
+    scratch = args.work / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    history, wall = train(key, scratch, [*flags, "--export", "true" if export else "false"])
+    evals = [{"step": int(h["eval_step"]), "avg": h["eval/accuracy"],
+              **{k.rsplit("/", 1)[1]: v for k, v in h.items() if "/pass@" in k}}
+             for h in history if "eval_step" in h]  # fmt: skip
+    steps = [{k: h[k] for k in STEP_KEYS if k in h} for h in history if "perf/step_s" in h]
+    record = {"task": args.task, "regime": regime, "preset": preset, "tag": tag or preset,
+              "seed": seed, "flags": flags, "policy_sha256": args.policy_sha,
+              "tokens_per_step": [s["response/length_mean"] * args.prompts_per_step
+                                  * args.group_size for s in steps],
+              "evals": evals, "steps": steps, "wall_s": round(wall, 1)}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(path)
+    if not export:
+        shutil.rmtree(scratch / "outputs" / key, ignore_errors=True)
+    return record
+
+
+def run_all(args, jobs: list[tuple]) -> list[dict]:
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(study_run, args, *job) for job in jobs]
+        return [r for r in (f.result() for f in futures) if r is not None]
+
+
+def grid_jobs(args) -> list[tuple]:
+    # seed-major order: a study cut short still has every preset and regime for its seeds
+    # grpo on-policy of the first seed exports its policy: the grad phase's second checkpoint
+    first = args.seeds[0]
+    return [(regime, preset, seed, (), "", (regime, preset, seed) == ("on_policy", "grpo", first))
+            for seed in args.seeds for regime in args.regimes
+            for preset in args.presets]  # fmt: skip
+
+
+def sweep_jobs(args) -> list[tuple]:
+    return [("on_policy", "s_trace", seed,
+             ["--lam", str(lam), "--entropy_top_quantile", str(q)], f"s_trace-lam{lam}-q{q}")
+            for seed in args.sweep_seeds for lam in SWEEP_LAMS for q in SWEEP_QS]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- analysis
+def crossing(evals: list[dict], threshold: float) -> float | None:
+    """First step where held-out avg@k reaches ``threshold`` (linear between evaluations)."""
+    for a, b in zip(evals, evals[1:]):
+        if a["avg"] >= threshold:
+            return float(a["step"])
+        if b["avg"] >= threshold:
+            frac = (threshold - a["avg"]) / (b["avg"] - a["avg"])
+            return a["step"] + frac * (b["step"] - a["step"])
+    return None
+
+
+def tokens_until(record: dict, step: float) -> float:
+    """Generated tokens of the steps up to ``step`` (fractional steps pro rata)."""
+    per = record["tokens_per_step"]
+    whole = int(step)
+    return sum(per[:whole]) + (step - whole) * (per[whole] if whole < len(per) else 0.0)
+
+
+def derive(record: dict, threshold: float) -> dict:
+    evals = record["evals"]
+    hit = crossing(evals, threshold)
+    last = evals[-1]
+    censored = hit is None
+    steps = float(record["steps"][-1:] and len(record["steps"])) if censored else hit
+    return {"start": evals[0]["avg"], "final": last["avg"],
+            "pass": {k: v for k, v in last.items() if k.startswith("pass@")},
+            "steps_to_threshold": steps, "censored": censored,
+            "tokens_to_threshold": tokens_until(record, steps),
+            "reward_last": _mean_last(record, "reward/mean"),
+            "clip_frac": _mean_last(record, "policy/clip_frac_low")
+            + _mean_last(record, "policy/clip_frac_high"),
+            "select_frac": _mean_last(record, "select/frac")}  # fmt: skip
+
+
+def _mean_last(record: dict, key: str, n: int = 4) -> float:
+    vals = [s[key] for s in record["steps"][-n:] if key in s]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def paired_ratio_ci(num: list[float], den: list[float], n_boot: int = 2000, seed: int = 0):
+    """mean(num) / mean(den) with a paired percentile bootstrap over seeds."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(num)
+    point = (sum(num) / n) / (sum(den) / n)
+    stats = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        d = sum(den[i] for i in idx)
+        if d > 0:
+            stats.append(sum(num[i] for i in idx) / d)
+    stats.sort()
+    return point, stats[int(0.025 * len(stats))], stats[int(0.975 * len(stats)) - 1]
+
+
+def fmt_ci(m: float, lo: float, hi: float, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * m:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def summarise(args, records: list[dict]) -> dict:
+    """Every derived number of the grid: per (regime, preset) over seeds, and vs GRPO."""
+    from credit_gradients import bootstrap_ci
+
+    grid = [r for r in records if r["tag"] == r["preset"]]
+    start = [r["evals"][0]["avg"] for r in grid]
+    threshold = (sum(start) / len(start) if start else 0.0) + args.threshold_gain
+    out: dict = {"threshold": threshold, "threshold_gain": args.threshold_gain,
+                 "task": args.task, "regimes": {}}  # fmt: skip
+    for regime in args.regimes:
+        cells = {}
+        by = {p: sorted((r for r in grid if r["regime"] == regime and r["preset"] == p),
+                        key=lambda r: r["seed"]) for p in args.presets}  # fmt: skip
+        for preset, runs in by.items():
+            if not runs:
+                continue
+            d = [derive(r, threshold) for r in runs]
+            steps_grid = sorted({e["step"] for r in runs for e in r["evals"]})
+            curve = []
+            for s in steps_grid:
+                vals = [e["avg"] for r in runs for e in r["evals"] if e["step"] == s]
+                curve.append({"step": s, **dict(zip(("mean", "lo", "hi"), bootstrap_ci(vals)))})
+            k = f"pass@{args.eval_k}"
+            cell = {"seeds": [r["seed"] for r in runs], "curve": curve,
+                    "final": bootstrap_ci([x["final"] for x in d]),
+                    "pass_k": bootstrap_ci([x["pass"].get(k, float("nan")) for x in d]),
+                    "steps_to_threshold": bootstrap_ci([x["steps_to_threshold"] for x in d]),
+                    "tokens_to_threshold": bootstrap_ci([x["tokens_to_threshold"] for x in d]),
+                    "reached": sum(not x["censored"] for x in d),
+                    "reward_last": bootstrap_ci([x["reward_last"] for x in d]),
+                    "clip_frac": bootstrap_ci([x["clip_frac"] for x in d]),
+                    "per_seed": d}  # fmt: skip
+            cells[preset] = cell
+        base = by.get("grpo") or []
+        for preset, cell in cells.items():
+            runs = by[preset]
+            common = sorted({r["seed"] for r in runs} & {r["seed"] for r in base})
+            if preset == "grpo" or len(common) < 2:
+                continue
+            mine = {r["seed"]: derive(r, threshold) for r in runs}
+            ref = {r["seed"]: derive(r, threshold) for r in base}
+            cell["vs_grpo"] = {
+                "seeds": common,
+                "steps_ratio": paired_ratio_ci([mine[s]["steps_to_threshold"] for s in common],
+                                               [ref[s]["steps_to_threshold"] for s in common]),
+                "tokens_ratio": paired_ratio_ci(
+                    [mine[s]["tokens_to_threshold"] for s in common],
+                    [ref[s]["tokens_to_threshold"] for s in common]),
+                "final_diff": bootstrap_ci([mine[s]["final"] - ref[s]["final"] for s in common]),
+                "pass_k_diff": bootstrap_ci([mine[s]["pass"].get(k, 0.0)
+                                             - ref[s]["pass"].get(k, 0.0) for s in common]),
+            }  # fmt: skip
+        out["regimes"][regime] = cells
+    sweep = [r for r in records if r["tag"].startswith("s_trace-lam")]
+    out["sweep"] = {}
+    for tag in sorted({r["tag"] for r in sweep}):
+        d = [derive(r, threshold) for r in sweep if r["tag"] == tag]
+        out["sweep"][tag] = {"seeds": len(d),
+                             **{f: sum(x[f] for x in d) / len(d)
+                                for f in ("final", "reward_last", "clip_frac", "select_frac")}}
+    return out
+
+
+def report(args, summary: dict, grad: dict | None) -> str:
+    from credit_gradients import bootstrap_ci
+
+    k = args.eval_k
+    lines = [f"# Credit-assignment study: {args.task}", "",
+             f"Held-out avg@{k} on {args.eval_size} problems, {args.steps} steps of "
+             f"{args.prompts_per_step} x {args.group_size} answers, lr {args.lr}. Means over "
+             "seeds with percentile-bootstrap 95% intervals. Threshold for steps-to-threshold: "
+             f"{100 * summary['threshold']:.1f}% (the mean warm-start avg@{k} + "
+             f"{100 * args.threshold_gain:.0f} points); runs that never reach it count as the "
+             "last step (a lower bound), `reached` says how many did.", ""]  # fmt: skip
+    for regime, cells in summary["regimes"].items():
+        lines += [f"## {regime}", "",
+                  f"| preset | seeds | final avg@{k} % | pass@{k} % | steps to thr. | reached | "
+                  f"steps ratio vs GRPO | tokens ratio vs GRPO | avg@{k} - GRPO (points) | "
+                  "clip frac % |", "|" + "---|" * 10]  # fmt: skip
+        for preset, c in cells.items():
+            v = c.get("vs_grpo")
+            lines.append("| " + " | ".join([
+                preset, str(len(c["seeds"])), fmt_ci(*c["final"]), fmt_ci(*c["pass_k"]),
+                fmt_ci(*c["steps_to_threshold"], scale=1.0), f"{c['reached']}/{len(c['seeds'])}",
+                fmt_ci(*v["steps_ratio"], scale=1.0, digits=2) if v else "1",
+                fmt_ci(*v["tokens_ratio"], scale=1.0, digits=2) if v else "1",
+                fmt_ci(*v["final_diff"]) if v else "0",
+                fmt_ci(*c["clip_frac"]),
+            ]) + " |")  # fmt: skip
+        lines.append("")
+    if grad:
+        lines += ["## Gradients", "", "Relative variance across batches "
+                  "(mean ||g_b - mean g||^2 / ||mean g||^2; saturates near n - 1 when noise "
+                  "dominates), noise-to-signal (tr Cov / ||E g||^2 from unbiased pieces, the "
+                  "figure to compare), and cosine of each batch gradient to a large-batch "
+                  "gradient from independent batches (bootstrap over batches); "
+                  f"{args.grad_batches} + {args.grad_batches} batches of "
+                  f"{args.prompts_per_step // 2} x {args.group_size} answers, on-policy (ratio 1)"
+                  ".", "",
+                  "| checkpoint | preset | rel. variance | noise / signal | cosine to large batch |"
+                  " cosine - GRPO's (paired by batch) | grad norm |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for ck, res in grad.items():
+            ref = res["presets"].get("grpo", {}).get("cosine")
+            for preset, g in res["presets"].items():
+                diff = "-" if preset == "grpo" or ref is None else fmt_ci(
+                    *bootstrap_ci([a - b for a, b in zip(g["cosine"], ref)]), scale=1.0, digits=3)
+                lines.append(f"| {ck} | {preset} | {g['rel_variance']:.2f} | "
+                             f"{g.get('noise_to_signal', float('nan')):.2f} | "
+                             f"{fmt_ci(*bootstrap_ci(g['cosine']), scale=1.0, digits=3)} | "
+                             f"{diff} | {g['grad_norm_mean']:.3f} |")
+        lines.append("")
+    if summary["sweep"]:
+        lines += ["## s_trace: lam x entropy_top_quantile (on-policy)", "",
+                  f"| run | seeds | final avg@{k} % | reward (last 4 steps) | clip frac % | "
+                  "selected % |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for tag, s in summary["sweep"].items():
+            lines.append(f"| {tag} | {s['seeds']} | {100 * s['final']:.1f} | "
+                         f"{s['reward_last']:.3f} | {100 * s['clip_frac']:.2f} | "
+                         f"{100 * s['select_frac']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(summary["regimes"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, regime in zip(axes[0], regimes):
+        for preset, c in summary["regimes"][regime].items():
+            xs = [p["step"] for p in c["curve"]]
+            line, = ax.plot(xs, [100 * p["mean"] for p in c["curve"]], label=preset, lw=1.6)
+            ax.fill_between(xs, [100 * p["lo"] for p in c["curve"]],
+                            [100 * p["hi"] for p in c["curve"]], alpha=0.15,
+                            color=line.get_color())  # fmt: skip
+        ax.axhline(100 * summary["threshold"], color="grey", ls=":", lw=1)
+        ax.set_title(regime.replace("_", "-"))
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out avg@k (%)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{summary['task']}: mean over seeds, bands = bootstrap 95% interval",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.policy_sha = policy_sha(args.task)
+    if args.phase == "report":
+        args.report_only = True
+    if args.phase in ("study", "all", "runs"):
+        run_all(args, grid_jobs(args))
+    if args.phase in ("all", "sweep"):
+        run_all(args, sweep_jobs(args))
+    grad = grad_phase(args) if args.phase in ("study", "all", "grad") else None
+    args.report_only = True  # the report reads whatever the cache holds
+    records = run_all(args, grid_jobs(args)) + run_all(args, sweep_jobs(args))
+    grad = grad or grad_phase(args)
+    summary = summarise(args, records)
+    summary["grad"] = grad
+    (args.work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.work / "results.md").write_text(report(args, summary, grad))
+    if summary["regimes"]:
+        figure(summary, args.work / "credit_study.png")
+    print(args.work / "results.md")
+
+
+def grad_phase(args) -> dict | None:
+    """Gradient statistics at the warm start and after GRPO on-policy seed 0 (cached)."""
+    sizes = [args.grad_batches, args.prompts_per_step, args.group_size, args.max_new_tokens,
+             *run_flags(args, "on_policy", "grpo", args.seeds[0])]  # fmt: skip
+    path = args.work / "cache" / f"grad-{run_key(args.task, 'grad', 'all', 0, sizes, args.policy_sha)}.json"  # noqa: E501
+    if path.exists():
+        return json.loads(path.read_text())
+    if args.report_only:
+        return None
+    from credit_gradients import gradient_probe
+
+    from strace_ds.data.tasks import generated_task
+
+    seed = args.seeds[0]
+    final = None
+    for tag in ("grpo", "grpo-export"):
+        # the grid's run exported its policy; if the export is gone (a cached record from
+        # another machine), train the same run again under another tag
+        flags = run_flags(args, "on_policy", "grpo", seed)
+        key = run_key(args.task, "on_policy", tag, seed, flags, args.policy_sha)
+        if tag == "grpo-export":
+            (args.work / "cache" / f"{key}.json").unlink(missing_ok=True)
+        study_run(args, "on_policy", "grpo", seed, tag=tag, export=True)
+        final = args.work / "scratch" / "outputs" / key / "final"
+        if (final / "config.json").is_file():
+            break
+    out = {}
+    for name, model_dir in (("warm start", generated_task(args.task).policy_dir()),
+                            ("after GRPO", final)):  # fmt: skip
+        out[name] = gradient_probe(str(model_dir), args.task, list(args.presets),
+                                   n_batches=args.grad_batches,
+                                   prompts_per_batch=args.prompts_per_step // 2,
+                                   group_size=args.group_size,
+                                   max_new_tokens=args.max_new_tokens, seed=0)  # fmt: skip
+    path.write_text(json.dumps(out) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
