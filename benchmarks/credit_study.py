@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--regimes", default=",".join(REGIMES))
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--sweep_seeds", default="0")
+    p.add_argument("--sweep_lams", default=",".join(map(str, SWEEP_LAMS)))
+    p.add_argument("--sweep_qs", default=",".join(map(str, SWEEP_QS)))
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--eval_size", type=int, default=64)
@@ -100,10 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.steps, args.eval_every, args.eval_size, args.eval_k = 2, 1, 8, 2
         args.prompts_per_step, args.group_size, args.max_new_tokens = 4, 4, 128
-        args.grad_batches = 2
-    for name in ("presets", "regimes", "seeds", "sweep_seeds"):
+        args.grad_batches, args.sweep_lams, args.sweep_qs = 2, "0.0,0.95", "0.2"
+    for name in ("presets", "regimes", "seeds", "sweep_seeds", "sweep_lams", "sweep_qs"):
         items = [s.strip() for s in getattr(args, name).split(",") if s.strip()]
-        setattr(args, name, [int(s) for s in items] if "seeds" in name else items)
+        cast = int if "seeds" in name else float if name in ("sweep_lams", "sweep_qs") else str
+        setattr(args, name, [cast(s) for s in items])
     bad = [r for r in args.regimes if r not in REGIMES]
     if bad:
         raise SystemExit(f"--regimes: unknown {bad}; choose from {', '.join(REGIMES)}")
@@ -188,7 +191,8 @@ def grid_jobs(args) -> list[tuple]:
 def sweep_jobs(args) -> list[tuple]:
     return [("on_policy", "s_trace", seed,
              ["--lam", str(lam), "--entropy_top_quantile", str(q)], f"s_trace-lam{lam}-q{q}")
-            for seed in args.sweep_seeds for lam in SWEEP_LAMS for q in SWEEP_QS]  # fmt: skip
+            for seed in args.sweep_seeds for lam in args.sweep_lams
+            for q in args.sweep_qs]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- analysis

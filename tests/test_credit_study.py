@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -59,25 +60,62 @@ def test_summary_compares_with_grpo_paired_by_seed() -> None:
     assert cells["grpo"]["reached"] == 4 and cells["grpo"]["steps_to_threshold"][0] == 8.0
     v = cells["s_trace"]["vs_grpo"]
     assert v["seeds"] == [0, 1, 2, 3]
-    assert v["steps_ratio"][0] == pytest.approx((4 + 4 * 0.5 / 1.5) / 8)
+    assert v["steps_ratio"][0] == pytest.approx((4 * 0.1 / 0.15) / 8)  # 2.67 steps vs 8
     m, lo, hi = v["final_diff"]
     assert m == pytest.approx(0.115) and 0.1 <= lo <= m <= hi <= 0.13
     text = credit_study.report(args, summary, None)
     assert "| s_trace | 4 |" in text and "| grpo | 4 |" in text
 
 
+def _readme_commands() -> list[list[str]]:
+    """The argv (after the script) of every command in the README's study code block."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Credit-assignment study", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    cmds = [shlex.split(line) for line in block.strip().splitlines()]
+    assert cmds and all(c[:2] == ["python", "benchmarks/credit_study.py"] for c in cmds)
+    return [c[2:] for c in cmds]
+
+
+def _with_work(argv: list[str], work: Path) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--work":
+            skip = True
+        else:
+            out.append(a)
+    return [*out, "--work", str(work)]
+
+
 @pytest.mark.slow
-def test_smoke_study_writes_results_and_resumes(tmp_path: Path) -> None:
+def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) -> None:
+    """The README's study commands, in order, at smoke size (2 presets x 2 seeds x 2 regimes,
+    2 steps, the grad phase, a 2-setting sweep) into a temporary work directory."""
     work = tmp_path / "study"
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--work", str(work), "--phase", "runs",
-           "--presets", "grpo,s_trace", "--seeds", "0,1", "--regimes", "on_policy,stale"]
+    small = ["--smoke", "--presets", "grpo,s_trace", "--seeds", "0,1",
+             "--regimes", "on_policy,stale"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cached = sorted((work / "cache").glob("*.json"))
-    assert len(cached) == 8
+    commands = _readme_commands()
+    assert any("--phase" in c and "sweep" in c for c in commands)
+    assert any("--report-only" in c for c in commands)
+    reports = []
+    for argv in commands:
+        cmd = [sys.executable, str(SCRIPT), *_with_work(argv, work), *small]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
+                              cwd=REPO)  # fmt: skip
+        assert proc.returncode == 0, (argv, proc.stderr[-3000:])
+        reports.append((work / "results.md").read_text())
+    cached = sorted((work / "cache").glob("chain-*.json"))
+    assert len(cached) == 8 + 2  # the grid and the sweep
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["regimes"]) == {"on_policy", "stale"}
+    assert set(summary["sweep"]) == {"s_trace-lam0.0-q0.2", "s_trace-lam0.95-q0.2"}
+    assert set(summary["grad"]) == {"warm start", "after GRPO"}
+    for res in summary["grad"].values():
+        for g in res["presets"].values():
+            assert all(-1.0 <= c <= 1.0 for c in g["cosine"])
     stale = json.loads(next(p for p in cached if "-stale-s_trace-s1-" in p.name).read_text())
     assert stale["steps"][-1]["rollout/staleness_mean"] > 0  # the stale regime is stale
     assert "--max_staleness" in stale["flags"] and len(stale["evals"]) == 3
@@ -85,13 +123,14 @@ def test_smoke_study_writes_results_and_resumes(tmp_path: Path) -> None:
         assert len(cell["curve"]) == 3 and all(0 <= p["mean"] <= 1 for p in cell["curve"])
     png = (work / "credit_study.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    report = (work / "results.md").read_text()
+    assert "## Gradients" in reports[-1] and "lam x entropy_top_quantile" in reports[-1]
     stamp = [p.stat().st_mtime_ns for p in cached]
-    again = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True, env=env,
-                           timeout=300, cwd=REPO)  # fmt: skip
+    again = subprocess.run(  # everything cached: nothing trains, the same report
+        [sys.executable, str(SCRIPT), "--phase", "all", "--work", str(work), *small],
+        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in cached] == stamp
-    assert (work / "results.md").read_text() == report
+    assert (work / "results.md").read_text() == reports[-1]
 
 
 def test_committed_study_is_complete() -> None:
