@@ -431,6 +431,13 @@ def main(argv: list[str] | None = None) -> None:
     print(args.work / "results.md")
 
 
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
 def grad_phase(args) -> dict | None:
     """Gradient statistics at the warm start and after GRPO on-policy seed 0 (cached)."""
     sizes = [args.grad_batches, args.prompts_per_step, args.group_size, args.max_new_tokens,
@@ -465,6 +472,7 @@ def grad_phase(args) -> dict | None:
                                    prompts_per_batch=args.prompts_per_step // 2,
                                    group_size=args.group_size,
                                    max_new_tokens=args.max_new_tokens, seed=0)  # fmt: skip
+        out[name]["model_dir"] = _shown(Path(model_dir))  # no machine's absolute path
     path.write_text(json.dumps(out) + "\n")
     return out
 
