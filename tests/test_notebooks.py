@@ -213,4 +213,4 @@ def test_05_credit_study():
     assert s["recomputed_agree"] is True
     assert s["n_comparisons"] == 12  # 4 presets x 3 regimes
     assert s["grad_checkpoints"] == ["after GRPO", "warm start"]
-    assert s["sweep_settings"] == 15
+    assert s["sweep_settings"] == 20  # 15 on-policy (lam x q) + 5 off-policy (lam)
