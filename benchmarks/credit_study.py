@@ -226,7 +226,7 @@ def derive(record: dict, threshold: float) -> dict:
     hit = crossing(evals, threshold)
     last = evals[-1]
     censored = hit is None
-    steps = float(record["steps"][-1:] and len(record["steps"])) if censored else hit
+    steps = float(len(record["steps"])) if censored else hit  # censored: the last step
     return {"start": evals[0]["avg"], "final": last["avg"],
             "pass": {k: v for k, v in last.items() if k.startswith("pass@")},
             "steps_to_threshold": steps, "censored": censored,
