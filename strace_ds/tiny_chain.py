@@ -39,6 +39,7 @@ from strace_ds.data.chain import (
     parse_chain_spec,
     teacher_slips,
 )
+from strace_ds.data.synthetic import APPLY
 from strace_ds.tiny import (
     BUILD_INFO,
     _is_build,
@@ -111,7 +112,7 @@ def teacher_targets(examples: list, task: ChainConfig, seed: int) -> list[str]:
         # a slip may not take the running value below zero: the task never does
         value = ex.meta["start"]
         for i, (op, b) in enumerate(ops):
-            value = value + b if op == "+" else value - b if op == "-" else value * b
+            value = APPLY[op](value, b)
             if value + slips[i] < 0:
                 slips[i] = 0
             value += slips[i]

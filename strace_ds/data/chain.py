@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 
-from strace_ds.data.synthetic import INSTRUCTION, draw_split
+from strace_ds.data.synthetic import APPLY, INSTRUCTION, draw_split
 from strace_ds.data.types import PromptDataset, PromptExample
 
 _VERBS = {"+": "add {b}", "-": "subtract {b}", "*": "multiply by {b}"}
@@ -144,7 +144,7 @@ def _draw_ops(cfg: ChainConfig, rng: random.Random) -> tuple[int, list[tuple[str
         else:
             b = rng.randint(2, min(cfg.max_factor, cfg.max_value // value))
         ops.append((op, b))
-        value = value + b if op == "+" else value - b if op == "-" else value * b
+        value = APPLY[op](value, b)
     return start, ops
 
 
@@ -169,7 +169,7 @@ def chain_solution(
     slips = slips if slips is not None else [0] * len(ops)
     value, parts = start, []
     for (op, b), slip in zip(ops, slips):
-        result = (value + b if op == "+" else value - b if op == "-" else value * b) + slip
+        result = APPLY[op](value, b) + slip
         parts.append(f"{value} {op} {b} = {result}.")
         for _ in range(cfg.filler):
             k = rng.randrange(cfg.phrasings) if rng is not None else 0

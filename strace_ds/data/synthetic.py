@@ -78,7 +78,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "add": ("+",), "sub": ("-",), "mul": ("*",), "add_sub": ("+", "-"), "mul_add": ("*", "+"),
 }
 """The operators applied, in order, to the running value starting from the first operand."""
-_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+"""Operator symbol -> function, shared by the arithmetic and the chain task."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def solve(
         )
     value, lines = operands[0], []
     for op, rhs, slip in zip(ops, operands[1:], slips):
-        result = _APPLY[op](value, rhs) + slip
+        result = APPLY[op](value, rhs) + slip
         lines.append(f"{value} {op} {rhs} = {result}.")
         value = result
     lines.append(f"The answer is \\boxed{{{value}}}.")
