@@ -62,9 +62,15 @@ DEFAULT_WORK = REPO / "benchmarks" / "credit_study"
 PRESETS = ("grpo", "highent_grpo", "gspo", "p_trace", "s_trace")
 REGIMES: dict[str, list[str]] = {
     "on_policy": ["--mini_batches", "1", "--epochs", "1"],
+    "updates_2": ["--mini_batches", "2", "--epochs", "1"],
     "off_policy": ["--mini_batches", "2", "--epochs", "2"],
     "stale": ["--mini_batches", "1", "--epochs", "1", "--max_staleness", "2"],
-}
+    "stale_token": ["--mini_batches", "1", "--epochs", "1", "--max_staleness", "2",
+                    "--behaviour_correction", "token"],
+}  # fmt: skip
+UPDATES = {"on_policy": 1, "updates_2": 2, "off_policy": 4, "stale": 1, "stale_token": 1}
+"""Optimizer updates per batch of answers in each regime."""
+TUNE_LRS = (1e-4, 2e-4, 4e-4)
 SWEEP_LAMS = (0.0, 0.5, 0.9, 0.95, 0.99)
 SWEEP_QS = (0.1, 0.2, 0.5)
 STEP_KEYS = ("reward/mean", "response/length_mean", "policy/clip_frac_low",
@@ -79,8 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=("study", "runs", "grad", "sweep", "all", "report"),
                    help="study = runs + grad (the default study); all = study + sweep")
     p.add_argument("--task", default="chain", help="a generated --dataset spec")
-    p.add_argument("--presets", default=",".join(PRESETS))
-    p.add_argument("--regimes", default=",".join(REGIMES))
+    p.add_argument("--presets", default=",".join(PRESETS),
+                   help="methods: a preset name, or preset@form (p_trace@weight) for another "
+                        "trace form (--form of scripts/train.py)")
+    p.add_argument("--regimes", default="on_policy,off_policy,stale")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--sweep_seeds", default="0")
     p.add_argument("--sweep_lams", default=",".join(map(str, SWEEP_LAMS)))
@@ -94,7 +102,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts_per_step", type=int, default=16)
     p.add_argument("--group_size", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=144)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="every method's learning rate when --tune_lrs is empty")
+    p.add_argument("--tune_lrs", default="",
+                   help="learning-rate grid: each method runs it on --tune_seeds in "
+                        "--tune_regime and takes the rate with the best held-out avg@k (mean of "
+                        "the last two evaluations) for every regime ('' = no tuning, --lr)")
+    p.add_argument("--tune_seeds", default="100",
+                   help="seeds of the tuning runs, never among --seeds")
+    p.add_argument("--tune_regime", default="off_policy")
+    p.add_argument("--method_lrs", default="",
+                   help="method=lr,... : rates picked elsewhere (another task's tuning), used "
+                        "instead of --tune_lrs for these methods")
     p.add_argument("--threshold_gain", type=float, default=0.10,
                    help="steps-to-threshold: held-out avg@k of start + this")
     p.add_argument("--grad_batches", type=int, default=8)
@@ -108,23 +127,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.grad_batches, args.sweep_lams, args.sweep_qs = 2, "0.0,0.95", "0.2"
         args.sweep_off_policy_qs = ""
     for name in ("presets", "regimes", "seeds", "sweep_seeds", "sweep_lams", "sweep_qs",
-                 "sweep_off_policy_qs"):
+                 "sweep_off_policy_qs", "tune_lrs", "tune_seeds"):  # fmt: skip
         items = [s.strip() for s in getattr(args, name).split(",") if s.strip()]
-        cast = int if "seeds" in name else float if name.startswith("sweep_") else str
+        cast = int if "seeds" in name else float if name.startswith(("sweep_", "tune_l")) else str
         setattr(args, name, [cast(s) for s in items])
-    bad = [r for r in args.regimes if r not in REGIMES]
+    bad = [r for r in [*args.regimes, args.tune_regime] if r not in REGIMES]
     if bad:
         raise SystemExit(f"--regimes: unknown {bad}; choose from {', '.join(REGIMES)}")
+    if set(args.tune_seeds) & set(args.seeds):
+        raise SystemExit("--tune_seeds must not overlap --seeds (compared runs are never tuned on)")
+    for method in args.presets:
+        method_flags(method)  # an unknown preset or form fails before any training
+    pairs = [item.split("=", 1) for item in args.method_lrs.split(",") if item.strip()]
+    args.method_lrs = {m.strip(): float(lr) for m, lr in pairs}
     return args
 
 
+def method_flags(method: str) -> list[str]:
+    """``preset`` or ``preset@form`` -> the trainer flags that select it."""
+    from strace_ds.losses import FORMS
+    from strace_ds.losses import PRESETS as LOSS_PRESETS
+
+    preset, _, form = method.partition("@")
+    if preset not in LOSS_PRESETS or (form and form not in FORMS):
+        raise SystemExit(f"--presets: {method!r} is not a preset ({', '.join(LOSS_PRESETS)}) "
+                         f"or preset@form with a form among {', '.join(FORMS)}")
+    return ["--loss", preset, *(["--form", form] if form else [])]
+
+
 # ---------------------------------------------------------------------------------- runs
-def base_flags(args: argparse.Namespace) -> list[str]:
+def base_flags(args: argparse.Namespace, lr: float | None = None) -> list[str]:
     return ["--dataset", args.task, "--steps", str(args.steps),
             "--eval_every", str(args.eval_every), "--eval_size", str(args.eval_size),
             "--eval_k", str(args.eval_k), "--prompts_per_step", str(args.prompts_per_step),
             "--group_size", str(args.group_size), "--max_new_tokens", str(args.max_new_tokens),
-            "--lr", str(args.lr), "--micro_batch_size", "64"]  # fmt: skip
+            "--lr", str(args.lr if lr is None else lr), "--micro_batch_size", "64"]  # fmt: skip
 
 
 def policy_sha(task: str) -> str:
@@ -137,8 +174,15 @@ def policy_sha(task: str) -> str:
     return file_sha256(task_entry.policy_dir() / "model.safetensors")
 
 
-def run_flags(args, regime: str, preset: str, seed: int, extra=()) -> list[str]:
-    return [*base_flags(args), "--loss", preset, "--seed", str(seed), *REGIMES[regime], *extra]
+def run_flags(args, regime: str, preset: str, seed: int, extra=(), lr=None) -> list[str]:
+    lr = method_lr(args, preset) if lr is None else lr
+    return [*base_flags(args, lr), *method_flags(preset), "--seed", str(seed), *REGIMES[regime],
+            *extra]  # fmt: skip
+
+
+def method_lr(args, method: str) -> float:
+    """The method's learning rate: the tuned one (``tune_lrs``) or ``--lr``."""
+    return args.tuned_lr.get(method, args.lr) if getattr(args, "tuned_lr", None) else args.lr
 
 
 def run_key(task: str, regime: str, tag: str, seed: int, flags: list[str], sha: str) -> str:
@@ -148,9 +192,9 @@ def run_key(task: str, regime: str, tag: str, seed: int, flags: list[str], sha: 
 
 
 def study_run(args, regime: str, preset: str, seed: int, extra: list[str] = (), tag: str = "",
-              export: bool = False) -> dict | None:  # fmt: skip
+              export: bool = False, lr: float | None = None) -> dict | None:  # fmt: skip
     """One training run through ``scripts/train.py``, or its cached record."""
-    flags = run_flags(args, regime, preset, seed, extra)
+    flags = run_flags(args, regime, preset, seed, extra, lr)
     key = run_key(args.task, regime, tag or preset, seed, flags, args.policy_sha)
     path = args.work / "cache" / f"{key}.json"
     if path.exists():
@@ -165,6 +209,7 @@ def study_run(args, regime: str, preset: str, seed: int, extra: list[str] = (), 
              for h in history if "eval_step" in h]  # fmt: skip
     steps = [{k: h[k] for k in STEP_KEYS if k in h} for h in history if "perf/step_s" in h]
     record = {"task": args.task, "regime": regime, "preset": preset, "tag": tag or preset,
+              "lr": float(flags[flags.index("--lr") + 1]),
               "seed": seed, "flags": flags, "policy_sha256": args.policy_sha,
               "tokens_per_step": [s["response/length_mean"] * args.prompts_per_step
                                   * args.group_size for s in steps],
@@ -191,6 +236,29 @@ def grid_jobs(args) -> list[tuple]:
     return [(regime, preset, seed, (), "", (regime, preset, seed) == ("on_policy", "grpo", first))
             for seed in args.seeds for regime in args.regimes
             for preset in args.presets]  # fmt: skip
+
+
+def tune_jobs(args) -> list[tuple]:
+    return [(args.tune_regime, method, seed, (), f"{method}-lr{lr}", False, lr)
+            for seed in args.tune_seeds for lr in args.tune_lrs
+            for method in args.presets]  # fmt: skip
+
+
+def pick_lrs(args, records: list[dict]) -> dict[str, dict]:
+    """Per method, the grid's rate with the best mean held-out avg@k over the tuning seeds
+    (each run scored by the mean of its last two evaluations, which damps one noisy one)."""
+    out = {}
+    for method in args.presets:
+        scores = {}
+        for lr in args.tune_lrs:
+            runs = [r for r in records if r["tag"] == f"{method}-lr{lr}"]
+            if runs:
+                scores[lr] = sum(sum(e["avg"] for e in r["evals"][-2:]) / len(r["evals"][-2:])
+                                 for r in runs) / len(runs)  # fmt: skip
+        if scores:
+            out[method] = {"lr": max(scores, key=scores.get),
+                           "scores": {str(k): v for k, v in scores.items()}}  # fmt: skip
+    return out
 
 
 def sweep_jobs(args) -> list[tuple]:
@@ -282,11 +350,16 @@ def summarise(args, records: list[dict]) -> dict:
             d = [derive(r, threshold) for r in runs]
             steps_grid = sorted({e["step"] for r in runs for e in r["evals"]})
             curve = []
+            answers_per_step = args.prompts_per_step * args.group_size
             for s in steps_grid:
                 vals = [e["avg"] for r in runs for e in r["evals"] if e["step"] == s]
-                curve.append({"step": s, **dict(zip(("mean", "lo", "hi"), bootstrap_ci(vals)))})
+                toks = [tokens_until(r, s) for r in runs]
+                curve.append({"step": s, "answers": s * answers_per_step,
+                              "tokens": sum(toks) / len(toks),
+                              **dict(zip(("mean", "lo", "hi"), bootstrap_ci(vals)))})  # fmt: skip
             k = f"pass@{args.eval_k}"
             cell = {"seeds": [r["seed"] for r in runs], "curve": curve,
+                    "lr": runs[0].get("lr", args.lr), "updates_per_batch": UPDATES[regime],
                     "final": bootstrap_ci([x["final"] for x in d]),
                     "pass_k": bootstrap_ci([x["pass"].get(k, float("nan")) for x in d]),
                     "steps_to_threshold": bootstrap_ci([x["steps_to_threshold"] for x in d]),
@@ -330,22 +403,26 @@ def report(args, summary: dict, grad: dict | None) -> str:
     from credit_gradients import bootstrap_ci
 
     k = args.eval_k
+    lr_text = (f"each method at its own learning rate from the grid {args.tune_lrs} on tuning "
+               f"seeds {args.tune_seeds} ({args.tune_regime}; table at the end)"
+               if summary.get("tuning") else f"lr {args.lr}")
     lines = [f"# Credit-assignment study: {args.task}", "",
              f"Held-out avg@{k} on {args.eval_size} problems, {args.steps} steps of "
-             f"{args.prompts_per_step} x {args.group_size} answers, lr {args.lr}. Means over "
+             f"{args.prompts_per_step} x {args.group_size} answers, {lr_text}. Means over "
              "seeds with percentile-bootstrap 95% intervals. Threshold for steps-to-threshold: "
              f"{100 * summary['threshold']:.1f}% (the mean warm-start avg@{k} + "
              f"{100 * args.threshold_gain:.0f} points); runs that never reach it count as the "
              "last step (a lower bound), `reached` says how many did.", ""]  # fmt: skip
     for regime, cells in summary["regimes"].items():
-        lines += [f"## {regime}", "",
-                  f"| preset | seeds | final avg@{k} % | pass@{k} % | steps to thr. | reached | "
-                  f"steps ratio vs GRPO | tokens ratio vs GRPO | avg@{k} - GRPO (points) | "
-                  "clip frac % |", "|" + "---|" * 10]  # fmt: skip
+        lines += [f"## {regime} ({UPDATES[regime]} update(s) per batch)", "",
+                  f"| preset | lr | seeds | final avg@{k} % | pass@{k} % | steps to thr. | "
+                  f"reached | steps ratio vs GRPO | tokens ratio vs GRPO | avg@{k} - GRPO "
+                  "(points) | clip frac % |", "|" + "---|" * 11]  # fmt: skip
         for preset, c in cells.items():
             v = c.get("vs_grpo")
             lines.append("| " + " | ".join([
-                preset, str(len(c["seeds"])), fmt_ci(*c["final"]), fmt_ci(*c["pass_k"]),
+                preset, f"{c['lr']:g}", str(len(c["seeds"])), fmt_ci(*c["final"]),
+                fmt_ci(*c["pass_k"]),
                 fmt_ci(*c["steps_to_threshold"], scale=1.0), f"{c['reached']}/{len(c['seeds'])}",
                 fmt_ci(*v["steps_ratio"], scale=1.0, digits=2) if v else "1",
                 fmt_ci(*v["tokens_ratio"], scale=1.0, digits=2) if v else "1",
@@ -375,6 +452,19 @@ def report(args, summary: dict, grad: dict | None) -> str:
                              f"{fmt_ci(*bootstrap_ci(g['cosine']), scale=1.0, digits=3)} | "
                              f"{diff} | {g['grad_norm_mean']:.3f} |")
         lines.append("")
+    if summary.get("tuning"):
+        lrs = [str(lr) for lr in args.tune_lrs]
+        lines += ["## Learning-rate tuning", "", f"{args.tune_regime}, seeds {args.tune_seeds} "
+                  f"(not among the compared seeds): held-out avg@{k} %, mean of the last two "
+                  "evaluations; the best rate (bold) is the method's rate everywhere above.", "",
+                  "| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+                  "|---|" + "---|" * len(lrs)]  # fmt: skip
+        for method, t in summary["tuning"].items():
+            cells = [(f"**{100 * t['scores'][lr]:.1f}**" if float(lr) == t["lr"]
+                      else f"{100 * t['scores'][lr]:.1f}") if lr in t["scores"] else "-"
+                     for lr in lrs]  # fmt: skip
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
     if summary["sweep"]:
         lines += ["## s_trace: lam x entropy_top_quantile", "", "On-policy unless the run "
                   "name says otherwise; one update per batch never clips (ratio 1), so the clip "
@@ -395,21 +485,24 @@ def figure(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     regimes = list(summary["regimes"])
-    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True,
+    fig, axes = plt.subplots(2, len(regimes), figsize=(4.2 * len(regimes), 6.8), sharey=True,
                              squeeze=False)  # fmt: skip
-    for ax, regime in zip(axes[0], regimes):
-        for preset, c in summary["regimes"][regime].items():
-            xs = [p["step"] for p in c["curve"]]
-            line, = ax.plot(xs, [100 * p["mean"] for p in c["curve"]], label=preset, lw=1.6)
-            ax.fill_between(xs, [100 * p["lo"] for p in c["curve"]],
-                            [100 * p["hi"] for p in c["curve"]], alpha=0.15,
-                            color=line.get_color())  # fmt: skip
-        ax.axhline(100 * summary["threshold"], color="grey", ls=":", lw=1)
-        ax.set_title(regime.replace("_", "-"))
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out avg@k (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    # sample efficiency (answers generated) on top, token efficiency (tokens generated) below
+    for row, (x_key, x_label) in enumerate((("answers", "answers generated"),
+                                            ("tokens", "answer tokens generated"))):
+        for ax, regime in zip(axes[row], regimes):
+            for preset, c in summary["regimes"][regime].items():
+                xs = [p.get(x_key, p["step"]) for p in c["curve"]]
+                line, = ax.plot(xs, [100 * p["mean"] for p in c["curve"]], label=preset, lw=1.6)
+                ax.fill_between(xs, [100 * p["lo"] for p in c["curve"]],
+                                [100 * p["hi"] for p in c["curve"]], alpha=0.12,
+                                color=line.get_color())  # fmt: skip
+            ax.axhline(100 * summary["threshold"], color="grey", ls=":", lw=1)
+            ax.set_title(f"{regime.replace('_', '-')} ({UPDATES[regime]} upd./batch)", fontsize=9)
+            ax.set_xlabel(x_label)
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("held-out avg@k (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{summary['task']}: mean over seeds, bands = bootstrap 95% interval",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
@@ -423,6 +516,10 @@ def main(argv: list[str] | None = None) -> None:
     args.policy_sha = policy_sha(args.task)
     if args.phase == "report":
         args.report_only = True
+    # tuning first: the grid runs each method at its picked rate (reported runs only read)
+    args.tuned_lr = {}
+    tuning = pick_lrs(args, run_all(args, tune_jobs(args))) if args.tune_lrs else {}
+    args.tuned_lr = {**{m: t["lr"] for m, t in tuning.items()}, **args.method_lrs}
     if args.phase in ("study", "all", "runs"):
         run_all(args, grid_jobs(args))
     if args.phase in ("all", "sweep"):
@@ -432,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     records = run_all(args, grid_jobs(args)) + run_all(args, sweep_jobs(args))
     grad = grad or grad_phase(args)
     summary = summarise(args, records)
+    summary["tuning"] = tuning
     summary["grad"] = grad
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.work / "results.md").write_text(report(args, summary, grad))
@@ -476,7 +574,10 @@ def grad_phase(args) -> dict | None:
     out = {}
     for name, model_dir in (("warm start", generated_task(args.task).policy_dir()),
                             ("after GRPO", final)):  # fmt: skip
-        out[name] = gradient_probe(str(model_dir), args.task, list(args.presets),
+        # on-policy (ratio 1) the weight form is GRPO and the gate form is the ratio form: the
+        # probe measures the presets as named
+        plain = [p for p in args.presets if "@" not in p]
+        out[name] = gradient_probe(str(model_dir), args.task, plain,
                                    n_batches=args.grad_batches,
                                    prompts_per_batch=args.prompts_per_step // 2,
                                    group_size=args.group_size,

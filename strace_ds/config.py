@@ -43,10 +43,12 @@ from strace_ds.losses import (
     BEHAVIOUR_CAP,
     BEHAVIOUR_CORRECTIONS,
     BEHAVIOUR_MODES,
+    FORMS,
     KL_ESTIMATORS,
     KL_IN,
     LOSS_AGGREGATIONS,
     PRESETS,
+    WEIGHT_CLOCKS,
     WINDOWS,
     TraceConfig,
 )
@@ -262,7 +264,8 @@ def _first_sentence(doc: str) -> str:
     return re.split(r"(?<=\.)\s+(?=[A-Z`])", doc, maxsplit=1)[0]
 
 
-_DOC_CONSTANTS = {"LOSS_AGGREGATIONS": LOSS_AGGREGATIONS, "WINDOWS": WINDOWS}
+_DOC_CONSTANTS = {"LOSS_AGGREGATIONS": LOSS_AGGREGATIONS, "WINDOWS": WINDOWS, "FORMS": FORMS,
+                  "WEIGHT_CLOCKS": WEIGHT_CLOCKS}
 
 
 def _trace_override_fields() -> list[tuple[str, Any, Any]]:
@@ -351,8 +354,10 @@ class ObjectiveConfig(_TraceOverrides):
         _choice("kl_in", self.kl_in, KL_IN)
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
-        if self.window is not None:
-            _choice("window", self.window, WINDOWS)
+        for name, choices in (("window", WINDOWS), ("form", FORMS),
+                              ("weight_clock", WEIGHT_CLOCKS)):  # fmt: skip
+            if getattr(self, name) is not None:
+                _choice(name, getattr(self, name), choices)
         _at_least(self, 1, "max_sampling_draws")
         _at_least(self, 0, "overlong_buffer")
         if self.max_sampling_draws > 1 and not self.filter_zero_variance:

@@ -14,6 +14,8 @@ Written from the papers' formulas and `docs/ALGORITHMS.md` without reading
 * `ref_trace_loss`  -- trace log-ratio -> clipped objective -> aggregation, composed from the
   pieces above (the whole contract, loop-based); optionally with per-token behaviour weights
   and a KL-to-reference term.
+* `ref_gate` / `ref_past_log_weight` -- the token gate and the weight form's historical weight
+  (docs/ALGORITHMS.md, "Trace forms"), one token at a time; `ref_trace_loss` takes every form.
 * `ref_behaviour_weights` -- the behaviour correction (none / token / sequence / trace, cap by
   truncation or two-sided mask), one token at a time.
 * `ref_kl` -- Schulman's k1 / k2 / k3 estimators of KL(pi || pi_ref), one token at a time.
@@ -160,18 +162,75 @@ def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normaliz
     mask = mask.bool()
     m, _ = ref_select(mask, entropy, cfg.entropy_top_quantile)
     delta = logp - old
-    if cfg.window == "causal":
+    form = getattr(cfg, "form", "ratio")
+    A_bt = _adv_bt(A, logp.shape)
+    if form == "gate":
+        delta = ref_gate(delta, A_bt, cfg.clip_low, cfg.clip_high)
+    if form == "weight":
+        ell = delta  # each token keeps its own ratio
+    elif cfg.window == "causal":
         ell = ref_causal_trace(delta, m, cfg.lam)
     else:
         ell = ref_sequence_trace(delta, m)
     r = torch.exp(ell)  # the tests keep |ell| far below any clamp bound
-    L = clipped_token_loss(r, _adv_bt(A, logp.shape), cfg.clip_low, cfg.clip_high)
+    L = clipped_token_loss(r, A_bt, cfg.clip_low, cfg.clip_high)
+    if form == "weight":
+        clock = m if cfg.weight_clock == "selected" else mask
+        W = torch.exp(ref_past_log_weight(delta.detach(), m, cfg.lam, clock))
+        L = L * W.clamp(cfg.weight_min, cfg.weight_max)
     if weight is not None:
         L = L * weight
     if ref is not None and beta != 0.0:
         L = L + beta * ref_kl(logp, ref, estimator, mask=mask)
     M = m if cfg.loss_on_selected_only else mask
     return ref_aggregate(L, M, cfg.loss_agg, max_len=max_len, normalizer=normalizer)
+
+
+def ref_gate(delta, A, clip_low, clip_high):
+    """Token gate: delta_k keeps its gradient unless (A_k > 0 and rho_k > 1 + clip_high) or
+    (A_k < 0 and rho_k < 1 - clip_low); then it enters as a constant. A: [B, T]."""
+    B, T = delta.shape
+    rows = []
+    for i in range(B):
+        row = []
+        for k in range(T):
+            rho, a = math.exp(float(delta[i, k].detach())), float(A[i, k])
+            closed = (a > 0 and rho > 1.0 + clip_high) or (a < 0 and rho < 1.0 - clip_low)
+            row.append(delta[i, k].detach() if closed else delta[i, k])
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def ref_past_log_weight(delta, m, lam, clock):
+    """log W_t = sum_{k<t, m_k} lam**(1 + #clock in (k, t)) delta_k, one term at a time
+    (lam**0 = 1 by Python's convention is never reached: the exponent is >= 1). [B, T]."""
+    B, T = delta.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for i in range(B):
+        for t in range(T):
+            total = 0.0
+            for k in range(t):
+                if bool(m[i, k]):
+                    between = sum(bool(clock[i, j]) for j in range(k + 1, t))
+                    total += lam ** (1 + between) * float(delta[i, k])
+            out[i, t] = total
+    return out
+
+
+def ref_past_log_weight_long(delta, m, lams, clock):
+    """The same weight as a recursion looped over t, batched over rows and lam values:
+    Z_t = lam**clock_t Z_{t-1} + m_t delta_t, log W_t = lam Z_{t-1}. [L, B, T], forward only."""
+    B, T = delta.shape
+    lam = torch.tensor(lams, dtype=torch.float64)[:, None]
+    z = torch.zeros(len(lams), B, dtype=torch.float64)
+    out = torch.empty(len(lams), B, T, dtype=torch.float64)
+    one = torch.ones((), dtype=torch.float64)
+    tick = clock.bool().T.contiguous()
+    dm = (delta.double() * m.double()).T.contiguous()
+    for t in range(T):
+        out[:, :, t] = lam * z
+        z = torch.where(tick[t], lam, one) * z + dm[t]
+    return out
 
 
 def ref_kl(logp, ref, estimator, mask=None):

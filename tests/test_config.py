@@ -38,6 +38,20 @@ def test_file_then_flags_override(tmp_path):
     assert TrainConfig.from_file(jpath).trace_config().window == "sequence"
 
 
+def test_trace_form_from_flags_and_nested_yaml(tmp_path):
+    cfg = _parse(["--loss", "s_trace", "--form", "weight", "--weight_clock", "position",
+                  "--weight_max", "1.5", "--objective.weight_min", "0.5"])
+    assert cfg.trace_config() == TraceConfig.preset(
+        "s_trace", form="weight", weight_clock="position", weight_min=0.5, weight_max=1.5)
+    path = tmp_path / "run.yaml"
+    path.write_text("objective:\n  loss: p_trace\n  form: gate\n")
+    assert TrainConfig.from_file(path).trace_config() == TraceConfig.preset("p_trace", form="gate")
+    with pytest.raises(ValueError, match="form"):
+        TrainConfig(loss="p_trace", form="product")
+    with pytest.raises(ValueError, match="window='causal'"):
+        TrainConfig(loss="gspo", form="weight")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

@@ -44,6 +44,13 @@ METRICS = (
     "policy/entropy_mean",
     "policy/approx_kl",
 )
+FORM_METRICS = (
+    "trace/gated_frac",
+    "trace/weight_mean",
+    "trace/weight_max",
+    "trace/weight_clipped_frac",
+)
+"""The gate's and the weight's figures: NaN in the forms they do not belong to."""
 
 
 def cfg(**overrides) -> TraceConfig:

@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from strace_ds.losses import PRESETS
+from strace_ds.losses import FORMS, PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "update_probe.py"
 # One fixture runs every probe (about 40 one-step runs): minutes on a quiet machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 RTOL = 1e-5
+# S-trace in its other trace forms (the gate, the weight): the second update of the step is
+# off-policy, where the forms differ
+METHODS = [*PRESETS, *(f"s_trace@{f}" for f in FORMS if f != PRESETS["s_trace"].form)]
 
 
 def _env() -> dict[str, str]:
@@ -38,7 +41,7 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("probe")
-    presets = ",".join(PRESETS)
+    presets = ",".join(METHODS)
     one = subprocess.run(
         [sys.executable, str(PROBE), str(out), "--presets", presets, "--micro", "4,16,64"],
         env=_env(), capture_output=True, text=True, timeout=1500,
@@ -64,7 +67,7 @@ def _grads(
     return grads
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", METHODS)
 def test_update_is_independent_of_micro_batch_and_ranks(probes: Path, preset: str) -> None:
     reference = _grads(probes, preset, 64, 1)
     for micro, world in ((4, 1), (16, 1), (4, 2), (32, 2)):

@@ -93,9 +93,10 @@ def main() -> None:
     for preset, micro, epochs, budget in runs:
         suffix = (f"-e{epochs}" if epochs > 1 else "") + (f"-t{budget}" if budget is not None
                                                          else "")
+        loss, _, form = preset.partition("@")  # preset@form: another trace form
         cfg = TrainConfig(
-            loss=preset, micro_batch_size=micro, mini_batches=args.mini_batches, epochs=epochs,
-            max_tokens_per_micro_batch=budget,
+            loss=loss, form=form or None, micro_batch_size=micro, mini_batches=args.mini_batches,
+            epochs=epochs, max_tokens_per_micro_batch=budget,
             prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
             eval_every=-1,
             export=False, image_every=0, sample_every=0, reward_workers=1,

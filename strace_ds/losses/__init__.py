@@ -22,9 +22,11 @@ from strace_ds.losses.behaviour import (
     behaviour_weights,
 )
 from strace_ds.losses.config import (
+    FORMS,
     LOG_RATIO_CLAMP,
     LOSS_AGGREGATIONS,
     PRESETS,
+    WEIGHT_CLOCKS,
     WINDOWS,
     TraceConfig,
 )
@@ -45,13 +47,19 @@ from strace_ds.losses.objective import (
     policy_loss,
     token_credit,
 )
-from strace_ds.losses.trace import entropy_threshold, select_tokens, trace_log_ratio
+from strace_ds.losses.trace import (
+    entropy_threshold,
+    past_log_weight,
+    select_tokens,
+    trace_log_ratio,
+)
 
 __all__ = [
     "BEHAVIOUR_CAP",
     "BEHAVIOUR_CORRECTIONS",
     "BEHAVIOUR_METRIC_NAMES",
     "BEHAVIOUR_MODES",
+    "FORMS",
     "KL_ESTIMATORS",
     "KL_IN",
     "KL_METRIC_NAMES",
@@ -59,6 +67,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "METRIC_NAMES",
     "PRESETS",
+    "WEIGHT_CLOCKS",
     "WINDOWS",
     "PolicyLossOutput",
     "TraceConfig",
@@ -69,6 +78,7 @@ __all__ = [
     "entropy_threshold",
     "kl_penalty",
     "loss_denominator",
+    "past_log_weight",
     "policy_loss",
     "select_tokens",
     "sequence_kl_penalty",

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 WINDOWS = ("causal", "sequence")
+FORMS = ("ratio", "gate", "weight")
+"""How the trace enters the loss (``docs/ALGORITHMS.md``, "Trace forms"; our formalisation)."""
+WEIGHT_CLOCKS = ("selected", "position")
+"""What the weight form's decay counts: selected tokens (decisions) or answer positions."""
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 LOG_RATIO_CLAMP = 20.0
@@ -48,6 +52,18 @@ class TraceConfig:
     """How token losses become a scalar: one of ``LOSS_AGGREGATIONS``."""
     log_ratio_clamp: float = LOG_RATIO_CLAMP
     """Bound on ``|ell|`` before ``exp`` so no token can produce inf/NaN."""
+    form: str = "ratio"
+    """How the trace enters the loss, one of ``FORMS``: ``"ratio"`` clips the trace ratio
+    (the clip bounds an average), ``"gate"`` is the ratio form in which no term pushes a token
+    past its own clip bound, ``"weight"`` keeps each token's PPO-clipped term and multiplies it
+    by a detached, bounded, decayed product of the past selected ratios."""
+    weight_clock: str = "selected"
+    """Weight form: what the decay ``lam`` counts, one of ``WEIGHT_CLOCKS``: ``"selected"``
+    tokens between k and t (decisions), or ``"position"`` (every valid token)."""
+    weight_min: float = 0.0
+    """Weight form: lower bound of the historical weight ``w_t``, in [0, 1]."""
+    weight_max: float = 2.0
+    """Weight form: upper bound of the historical weight ``w_t``, >= 1."""
 
     def __post_init__(self) -> None:
         _check_number("lam", self.lam, "a float in [0, 1]")
@@ -82,6 +98,25 @@ class TraceConfig:
         _check_number("log_ratio_clamp", self.log_ratio_clamp, "a positive float")
         if not self.log_ratio_clamp > 0:
             raise ValueError(f"TraceConfig.log_ratio_clamp must be > 0, got {self.log_ratio_clamp}")
+        for name, choices in (("form", FORMS), ("weight_clock", WEIGHT_CLOCKS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"TraceConfig.{name} must be one of {', '.join(choices)}; "
+                    f"got {getattr(self, name)!r}"
+                )
+        _check_number("weight_min", self.weight_min, "a float in [0, 1]")
+        if not 0.0 <= self.weight_min <= 1.0:
+            raise ValueError(f"TraceConfig.weight_min must be in [0, 1], got {self.weight_min}")
+        _check_number("weight_max", self.weight_max, "a float >= 1 (inf for no bound)")
+        if not self.weight_max >= 1.0:
+            raise ValueError(
+                f"TraceConfig.weight_max must be >= 1 (inf for no bound), got {self.weight_max}"
+            )
+        if self.form == "weight" and self.window != "causal":
+            raise ValueError(
+                "TraceConfig.form='weight' needs window='causal': each token keeps its own "
+                "ratio and the weight is a causal trace (window='sequence' is GSPO's ratio form)"
+            )
 
     @property
     def uses_entropy(self) -> bool:

@@ -14,7 +14,7 @@ import torch
 
 from strace_ds.losses.config import TraceConfig
 from strace_ds.losses.kl import approx_kl_k3, kl_penalty
-from strace_ds.losses.trace import select_tokens, trace_log_ratio
+from strace_ds.losses.trace import past_log_weight, select_tokens, trace_log_ratio
 
 METRIC_NAMES = (
     "policy/clip_frac_low",
@@ -27,9 +27,13 @@ METRIC_NAMES = (
     "select/entropy_threshold",
     "policy/entropy_mean",
     "policy/approx_kl",
+    "trace/gated_frac",
+    "trace/weight_mean",
+    "trace/weight_max",
+    "trace/weight_clipped_frac",
 )
 """Keys of ``PolicyLossOutput.metrics``. NaN marks a figure that does not apply (no entropy
-given, no selection) or has no tokens to average."""
+given, no selection, a form without a gate or a weight) or has no tokens to average."""
 
 
 @dataclass
@@ -207,10 +211,23 @@ def policy_loss(
         selected, tau = _check_selection(selected, valid), math.nan
     # Padding may hold garbage log-probs: zero their delta so they cannot poison the trace.
     delta = torch.where(valid, logp - old, torch.zeros_like(logp))  # [B, T]
-    ell = trace_log_ratio(delta, selected, config.lam, config.window)  # [B, T]
-    ell = ell.clamp(-config.log_ratio_clamp, config.log_ratio_clamp)
+    c = config.log_ratio_clamp
+    gate = weight = None
+    if config.form == "weight":
+        # Each token keeps its own clipped ratio; the trace becomes a detached weight.
+        ell = delta.clamp(-c, c)
+        weight = _historical_weight(delta, selected, valid, config)
+    else:
+        if config.form == "gate":
+            # Token k's log-ratio keeps its gradient only inside its own trust region, in the
+            # direction its advantage pushes: no term of the trace can push it further out.
+            gate = _open_gate(delta.detach().clamp(-c, c), adv, config)
+            delta = torch.where(gate, delta, delta.detach())
+        ell = trace_log_ratio(delta, selected, config.lam, config.window).clamp(-c, c)
     ratio = torch.exp(ell)  # [B, T]
     token_loss = clipped_surrogate(ratio, adv, config.clip_low, config.clip_high)
+    if weight is not None:
+        token_loss = token_loss * weight[0]
     if behaviour_weight is not None:  # padding gets 1: its garbage must not reach the sum
         w = behaviour_weight.detach().to(device=logp.device, dtype=work)
         token_loss = token_loss * torch.where(valid, w, torch.ones_like(w))
@@ -240,6 +257,7 @@ def policy_loss(
         tau,
         config,
     )
+    metrics.update(_form_metrics(gate, weight, selected, loss_mask, config))
     if kl_ref is not None:
         metrics["policy/kl_ref"] = _masked_mean(kl_ref.detach(), loss_mask.to(work))
     return PolicyLossOutput(
@@ -281,6 +299,58 @@ def token_credit(
     )
     (grad,) = torch.autograd.grad(out.loss, logp)
     return -grad
+
+
+def _open_gate(delta: torch.Tensor, adv: torch.Tensor, config: TraceConfig) -> torch.Tensor:
+    """``[B, T]`` bool: token ``k``'s ratio is inside its own trust region where it matters.
+
+    Closed (False) iff ``A_k > 0 and rho_k > 1 + clip_high`` or ``A_k < 0 and
+    rho_k < 1 - clip_low``: exactly where PPO's clipped token term has no gradient.
+    """
+    rho = torch.exp(delta)
+    a = adv.expand_as(rho)
+    closed = ((a > 0) & (rho > 1.0 + config.clip_high)) | ((a < 0) & (rho < 1.0 - config.clip_low))
+    return ~closed
+
+
+def _historical_weight(
+    delta: torch.Tensor, selected: torch.Tensor, valid: torch.Tensor, config: TraceConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight form's ``(w, W)``: ``W_t = exp(clamp(log W_t))`` from
+    :func:`past_log_weight` and ``w_t = clip(W_t, weight_min, weight_max)``, both detached."""
+    clock = selected if config.weight_clock == "selected" else valid
+    log_w = past_log_weight(delta, selected, config.lam, clock).to(delta.dtype)
+    c = config.log_ratio_clamp
+    raw = torch.exp(log_w.clamp(-c, c))
+    return raw.clamp(config.weight_min, config.weight_max), raw
+
+
+def _form_metrics(
+    gate: torch.Tensor | None,
+    weight: tuple[torch.Tensor, torch.Tensor] | None,
+    selected: torch.Tensor,
+    loss_mask: torch.Tensor,
+    config: TraceConfig,
+) -> dict[str, float]:
+    """The gate's and the weight's figures (NaN for the forms they do not belong to).
+
+    ``trace/gated_frac``: share of the trace's tokens ``m`` whose gate is closed;
+    ``trace/weight_mean`` the applied ``w`` and ``trace/weight_max`` the unclipped ``W`` over
+    the loss tokens ``M``; ``trace/weight_clipped_frac`` the share of ``M`` where the bounds
+    changed ``W``.
+    """
+    nan = math.nan
+    out = {"trace/gated_frac": nan, "trace/weight_mean": nan, "trace/weight_max": nan,
+           "trace/weight_clipped_frac": nan}  # fmt: skip
+    if gate is not None:
+        n = int(selected.sum())
+        out["trace/gated_frac"] = float((~gate & selected).sum()) / n if n else nan
+    if weight is not None and bool(loss_mask.any()):
+        w, raw = weight[0][loss_mask], weight[1][loss_mask]
+        out["trace/weight_mean"] = float(w.mean())
+        out["trace/weight_max"] = float(raw.max())
+        out["trace/weight_clipped_frac"] = float((w != raw).to(w.dtype).mean())
+    return out
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:

@@ -133,13 +133,7 @@ def trace_log_ratio(
         lam: decay in [0, 1].
         window: ``"causal"`` or ``"sequence"``.
     """
-    if delta.dim() != 2 or mask.shape != delta.shape:
-        raise ValueError(
-            f"delta and mask must both be [B, T] of the same shape, got "
-            f"{tuple(delta.shape)} and {tuple(mask.shape)}"
-        )
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    _check_trace_args(delta, mask, lam)
     m = mask.bool()
     if window == "sequence":
         return _sequence_log_ratio(delta, m)
@@ -151,6 +145,47 @@ def trace_log_ratio(
         # lam = 0 one to working accuracy (and lam**-1 would overflow in the scan).
         return _last_selected_log_ratio(delta, m)
     return _CausalTrace.apply(delta, m, lam)
+
+
+def past_log_weight(
+    delta: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    clock: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The weight form's log historical weight ``log W [B, T]`` (detached), per row::
+
+        Z_t     = sum_{k<=t, m_k} lam**(c_t - c_k) delta_k      c = cumsum(clock)
+        log W_t = lam * Z_{t-1}                                 (log W_1 = 0)
+
+    i.e. ``log W_t = sum_{k<t, m_k} lam**(1 + c_{t-1} - c_k) delta_k``: an unnormalised,
+    decayed sum of the log-ratios of the selected tokens strictly before ``t`` (a decayed
+    product of their ratios). ``clock = mask`` (the default) counts the decay in selected
+    tokens; ``clock = response_mask`` counts it in answer positions, ``lam**(t - k)``.
+    ``lam = 0`` gives ``log W = 0`` (every past token decays away: GRPO); ``lam = 1`` with
+    every token selected gives ``sum_{k<t} delta_k``, the exact per-decision historical weight
+    ``prod_{k<t} rho_k`` that PPO drops. Same chunked scan as the trace
+    (:func:`_decayed_cumsum`); float64 for float64 input, float32 otherwise.
+
+    Args:
+        delta: ``[B, T]`` log-ratios (detached inside; padding must be 0).
+        mask: ``[B, T]`` bool selection ``m`` (padding False).
+        lam: decay in [0, 1].
+        clock: ``[B, T]`` bool, the tokens on which the decay ticks (default ``mask``).
+    """
+    _check_trace_args(delta, mask, lam)
+    work = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    out = torch.zeros(delta.shape, dtype=work, device=delta.device)
+    if lam == 0.0 or -math.log(lam) > _MAX_LOG_RANGE[work] or delta.shape[-1] < 2:
+        # lam < exp(-R): lam * Z is below the dtype's precision, W = 1 to working accuracy.
+        return out
+    m = mask.bool()
+    ticks = m if clock is None else clock.bool()
+    with torch.no_grad():
+        values = torch.where(m, delta.detach().to(work), torch.zeros_like(out))
+        z = _decayed_cumsum(values, ticks.to(work).cumsum(dim=-1), lam)
+        out[:, 1:] = lam * z[:, :-1]
+    return out
 
 
 class _CausalTrace(torch.autograd.Function):
@@ -192,6 +227,16 @@ class _CausalTrace(torch.autograd.Function):
         ticks[:, 1:] = mf.flip(-1)[:, :-1]  # step j of the reversed scan decays by m_{k+1}
         reversed_sums = _decayed_cumsum(u, ticks.cumsum(dim=-1), ctx.lam)
         return (mf * reversed_sums.flip(-1)).to(ctx.in_dtype), None, None
+
+
+def _check_trace_args(delta: torch.Tensor, mask: torch.Tensor, lam: float) -> None:
+    if delta.dim() != 2 or mask.shape != delta.shape:
+        raise ValueError(
+            f"delta and mask must both be [B, T] of the same shape, got "
+            f"{tuple(delta.shape)} and {tuple(mask.shape)}"
+        )
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
 
 
 def _sequence_log_ratio(delta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
