@@ -162,6 +162,27 @@ def test_one_rank_run_logs_checkpoints_and_exports(policy_dir, tmp_path):
     assert state["step"] == 3 and len([h for h in state["history"] if "reward/mean" in h]) == 3
 
 
+@pytest.mark.parametrize("form", ["gate", "weight"])
+def test_trace_form_runs_and_logs_its_metrics(policy_dir, tmp_path, form):
+    # --mini_batches 2: the second update of each step is off-policy, where the forms act
+    _train([*_where(policy_dir), "--run_name", form, "--loss", "s_trace", "--form", form,
+            "--image_every", "0", "--sample_every", "0", *SMALL[:SMALL.index("--image_every")],
+            "--steps", "2", "--eval_every", "-1"], cwd=tmp_path)  # fmt: skip
+    scalars = _scalars(tmp_path / "runs" / form)
+    own = {"gate": ["trace/gated_frac"],
+           "weight": ["trace/weight_mean", "trace/weight_max", "trace/weight_clipped_frac"]}
+    other = own["weight" if form == "gate" else "gate"]
+    for tag in own[form]:
+        assert [s for s, _ in scalars[tag]] == [1, 2], tag
+    assert not set(other) & set(scalars)  # NaN (not this form) is never logged
+    if form == "weight":
+        assert all(0.0 <= v <= 2.0 for _, v in scalars["trace/weight_mean"])
+        assert any(v != 1.0 for _, v in scalars["trace/weight_max"])  # the second update moved
+    else:
+        assert all(0.0 <= v < 1.0 for _, v in scalars["trace/gated_frac"])
+    assert all(abs(v) < 10 for _, v in scalars["policy/loss"])
+
+
 def test_resume_is_exact(policy_dir, tmp_path):
     common = [
         *_where(policy_dir),

@@ -666,6 +666,69 @@ for i, s in enumerate(DRIFTS):
 # size measured on the first MDP is not a general number; its sign held.
 
 # %% [markdown]
+# ### 5e. The trace forms: keeping PPO's per-token guarantee
+#
+# The P-trace above is the **ratio form**: the clip bounds the trace ratio, an average of
+# about $1/(1-\lambda)$ log-ratios, so no single token is bounded (`docs/ALGORITHMS.md`, "Trace
+# forms"). Two other forms keep PPO's guarantee that no loss term pushes a token past its own
+# clip bound:
+#
+# * the **token gate** (`form="gate"`): the ratio form, but token $k$'s log-ratio carries no
+#   gradient once its own ratio has left $[1-\epsilon_{low}, 1+\epsilon_{high}]$ on its
+#   advantage's side;
+# * the **weight form** (`form="weight"`): each token keeps its own PPO-clipped term, multiplied
+#   by a detached, bounded weight $w_t = \mathrm{clip}(\exp(\sum_{k<t} \lambda^{t-k}\delta_k), 0, 2)$:
+#   a decayed product of the past ratios, i.e. an estimate of the historical weight
+#   $W_t = \prod_{k<t}\rho_k$ that PPO drops. On-policy it is GRPO.
+#
+# Same MDP, same drifts, same 10 replicates of 400 batches, paired with GRPO's preset. Also the
+# weight form at $\lambda = 1$ without an upper bound: the exact per-decision weight $W_t$ inside
+# PPO's per-token clip.
+
+# %%
+FORMS_LAB = {
+    "P-trace gate (lam=0.95)": TraceConfig.preset("p_trace", form="gate"),
+    "P-trace weight (lam=0.95, w in [0, 2])": TraceConfig.preset("p_trace", form="weight"),
+    "weight lam=1, no upper bound": TraceConfig.preset("p_trace", form="weight", lam=1.0,
+                                                       weight_max=math.inf),
+}
+forms = {name: [] for name in FORMS_LAB}
+for s in DRIFTS:
+    theta = theta_old + s * uphill
+    g_true = exact_gradient(theta)
+    for name, cfg in FORMS_LAB.items():
+        forms[name].append(replicated(theta, g_true, cfg))
+forms_all = {G: clipped[G], P: clipped[P], **forms}
+plot_against_drift(forms_all, "Trace forms with their trust regions: mean and 95% interval")
+for key in ("cos", "bias2", "var"):
+    table(forms_all, key, list(forms_all), digits=4 if key != "cos" else 3)
+
+GATE, WEIGHT, EXACT_W = list(FORMS_LAB)
+form_cos_gain = {name: [paired(forms[name][i]["cos"], clipped[G][i]["cos"])
+                        for i in range(len(DRIFTS))] for name in FORMS_LAB}
+form_var_ratio = {name: [[a / b for a, b in zip(forms[name][i]["var"], clipped[G][i]["var"])]
+                         for i in range(len(DRIFTS))] for name in FORMS_LAB}
+print("each form minus the GRPO preset, paired over the replicates: cosine gain | variance ratio")
+for name in FORMS_LAB:
+    print(f"  {name}")
+    for i in range(len(DRIFTS)):
+        print(f"    KL/token {kl_of_drift[i]:.4f}: cos gain {fmt(form_cos_gain[name][i])}   "
+              f"var / GRPO's {fmt(form_var_ratio[name][i])}")
+
+# %% [markdown]
+# Read the numbers above (the test checks the claims below on them):
+#
+# * **The weight form equals GRPO on-policy** (drift 0: cosine gain exactly 0, variance ratio
+#   exactly 1): its weight is 1 when nothing has moved. Off-policy it is GRPO's clipped token
+#   terms reweighted by the past ratios, so it keeps GRPO's behaviour at the clip (the same
+#   tokens lose their gradient) and changes only how much each kept token counts.
+# * **The gate keeps the ratio form's on-policy credit** (positional redistribution, drift 0
+#   equals the P-trace preset) and, once tokens leave their own bounds, gives them no gradient:
+#   its curves sit between the ratio form's and GRPO's.
+# * How the gains compare with the ratio form's is in the tables; the verdict on training runs
+#   is the credit study's (README), not this MDP's.
+
+# %% [markdown]
 # ## What you saw
 #
 # * The exact off-policy gradient carries the historical weight $W_t = \prod_{k<t}\rho_k$;
@@ -722,6 +785,10 @@ summary = {
     "exact_var_token_ratio_maxT": exact_var["token ratio (GRPO)"][-1],
     "exact_var_full_over_token_maxT_draws": full_over_token,
     "cos_gain_gspo02_minus_p_trace": [ci(d) for d in gspo02_gain],
+    "form_cos_gain_minus_grpo": {k: [ci(d) for d in v] for k, v in form_cos_gain.items()},
+    "form_var_over_grpo": {k: [ci(d) for d in v] for k, v in form_var_ratio.items()},
+    "form_cos_gain_gate_minus_p_trace": [
+        ci(paired(forms[GATE][i]["cos"], clipped[P][i]["cos"])) for i in range(len(DRIFTS))],
     "runtime_s": round(time.perf_counter() - NOTEBOOK_START, 1),
 }
 print("SUMMARY_JSON " + json.dumps(summary))
