@@ -5,8 +5,8 @@
 Prints one table (every row from this run, median over repeats) and writes it to
 ``benchmarks/results_losses.md``:
 
-(a) forward+backward time of every ``PRESETS`` loss at ``B x T`` tokens, as a ratio to
-    ``grpo`` (target: every other preset <= 1.5x);
+(a) forward+backward time of every ``PRESETS`` loss, and of the trace presets in their other
+    forms (``LOSSES``), at ``B x T`` tokens, as a ratio to ``grpo`` (target: every other <= 1.5x);
 (b) the vectorised causal ``trace_log_ratio`` against the recursion of ``docs/ALGORITHMS.md``
     written as a Python loop over T (forward+backward), with their largest difference;
 (c) peak extra memory and time of ``token_logprobs_and_entropy(_from_hidden)`` against the
@@ -33,12 +33,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from strace_ds.losses import PRESETS, TraceConfig, policy_loss, trace_log_ratio
+from strace_ds.losses import FORMS, PRESETS, TraceConfig, policy_loss, trace_log_ratio
 from strace_ds.token_stats import (
     token_logprobs_and_entropy,
     token_logprobs_and_entropy_from_hidden,
@@ -46,6 +46,10 @@ from strace_ds.token_stats import (
 
 RESULTS = Path(__file__).with_name("results_losses.md")
 PRESET_TARGET = 1.5  # every preset's fwd+bwd time <= 1.5x grpo
+# the presets, and the trace presets in their other forms (preset@form)
+LOSSES: dict[str, TraceConfig] = {**PRESETS, **{
+    f"{name}@{form}": replace(PRESETS[name], form=form)
+    for name in ("p_trace", "s_trace") for form in FORMS if form != PRESETS[name].form}}
 MEMORY_TARGET = 1 / 8  # chunked peak extra memory <= 1/8 of the plain computation
 TIME_TARGET = 1.25  # chunked fwd+bwd time <= 1.25x the plain computation
 
@@ -128,11 +132,11 @@ def bench_presets(sizes: Sizes) -> list[Row]:
         out = policy_loss(logp, old, adv, mask, entropy=ent, config=cfg)
         out.loss.backward()
 
-    for cfg in PRESETS.values():  # warm-up
+    for cfg in LOSSES.values():  # warm-up
         run(cfg)
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in PRESETS}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in LOSSES}
     for _ in range(sizes.repeats_loss):  # round robin, so CPU contention hits all alike
-        for name, cfg in PRESETS.items():
+        for name, cfg in LOSSES.items():
             samples[name].append(_timed(lambda cfg=cfg: run(cfg)))
     medians = {name: _median(s) for name, s in samples.items()}
     rows = []
