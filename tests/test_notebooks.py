@@ -133,6 +133,18 @@ def test_01_p_trace_derivation():
     # T = 10 (265x on the plotted draw, 8x to 675x over 6 random pairs of policies).
     assert s["exact_var_full_product_maxT"] > 10 * s["exact_var_token_ratio_maxT"]
     assert min(s["exact_var_full_over_token_maxT_draws"]) > 5
+    # Section 5e, the trace forms. The weight form is GRPO on-policy (gain 0, variance ratio 1
+    # exactly) and within 0.04 of GRPO's cosine at every drift, at a higher variance.
+    gain_w = s["form_cos_gain_minus_grpo"]["P-trace weight (lam=0.95, w in [0, 2])"]
+    var_w = s["form_var_over_grpo"]["P-trace weight (lam=0.95, w in [0, 2])"]
+    assert gain_w[0] == [0.0, 0.0, 0.0] and var_w[0] == [1.0, 1.0, 1.0]
+    assert all(abs(g[0]) < 0.04 for g in gain_w) and all(v[1] > 1.0 for v in var_w[1:])
+    # The gate is the ratio form before anything is clipped, and below it (and below GRPO) once
+    # tokens leave their own bounds (s >= 0.4).
+    gate = s["form_cos_gain_gate_minus_p_trace"]
+    assert gate[0] == [0.0, 0.0, 0.0] and all(g[2] < 0 for g in gate[2:]), gate
+    gain_g = s["form_cos_gain_minus_grpo"]["P-trace gate (lam=0.95)"]
+    assert all(g[2] < 0 for g in gain_g[2:]), gain_g
 
 
 @pytest.mark.slow
