@@ -64,6 +64,8 @@ from strace_ds.data.prompts import build_prompt_ids
 from strace_ds.data.tasks import generated_dataset
 from strace_ds.experience import step_seed
 from strace_ds.losses import (
+    FORMS,
+    PRESETS,
     TraceConfig,
     entropy_threshold,
     loss_denominator,
@@ -229,6 +231,15 @@ def gradient_stats(small: Sequence[torch.Tensor], large: Sequence[torch.Tensor])
     }
 
 
+def method_config(method: str) -> TraceConfig:
+    """``preset`` or ``preset@form`` (a trace preset in another form) -> its ``TraceConfig``."""
+    preset, _, form = method.partition("@")
+    if preset not in PRESETS or (form and form not in FORMS):
+        raise ValueError(f"{method!r} is not a preset ({', '.join(PRESETS)}) or preset@form "
+                         f"with a form among {', '.join(FORMS)}")
+    return TraceConfig.preset(preset, **({"form": form} if form else {}))
+
+
 def gradient_probe(
     model_dir: str,
     task: str,
@@ -248,7 +259,7 @@ def gradient_probe(
     """
     if n_batches < 2:
         raise ValueError(f"gradient_probe: n_batches must be >= 2, got {n_batches}")
-    configs = {name: TraceConfig.preset(name) for name in presets}
+    configs = {name: method_config(name) for name in presets}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.perf_counter()

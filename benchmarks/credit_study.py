@@ -1,9 +1,9 @@
-"""The credit-assignment study: when does S-trace beat GRPO, with intervals over seeds.
+"""The credit-assignment study: when do the traces beat GRPO, with intervals over seeds.
 
-    python benchmarks/credit_study.py                       # the default study (cached runs reused)
-    python benchmarks/credit_study.py --work outputs/credit_study   # the same, from scratch
-    python benchmarks/credit_study.py --phase sweep         # lam x q sweep of s_trace (extra)
-    python benchmarks/credit_study.py --report-only         # tables + figure from the cache
+    python benchmarks/credit_study.py --study presets       # the first study (cached runs reused)
+    python benchmarks/credit_study.py --study forms         # the trace forms, tuned rates
+    python benchmarks/credit_study.py --study presets --phase sweep   # lam x q sweep of s_trace
+    python benchmarks/credit_study.py --report-only         # tables + figures from the cache
     python benchmarks/credit_study.py --smoke --work DIR    # tiny sizes, for the tests
 
 Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``), long answers (~100 tokens)
@@ -11,13 +11,27 @@ whose reward hinges on three results, trained from the shipped chain policy
 (:mod:`strace_ds.tiny_chain`, sampled accuracy ~25%) with ``scripts/train.py`` and
 ``ds_configs/zero3.json``, the in-process engine, one thread per run, ``--jobs`` runs at a time.
 
-Grid (phase ``runs``): ``--presets`` x ``--seeds`` x ``--regimes``:
+Two studies (``STUDIES``, ``--study``; ``--presets``, ``--regimes`` and ``--tune_lrs`` override
+them). A method is a loss preset or ``preset@form``, a trace preset in another form
+(``--form``: ratio, gate, weight; ``docs/ALGORITHMS.md`` "Trace forms").
+
+* ``presets``: the five presets as first shipped (trace presets in the ratio form), all at
+  ``--lr``, regimes on-policy, off-policy and stale; with the gradient probe and the sweep.
+* ``forms``: GRPO and the trace presets in the gate and weight forms. Each method's learning
+  rate is picked from ``--tune_lrs`` on ``--tune_seeds`` (never among ``--seeds``) in
+  ``--tune_regime`` by the mean held-out avg@k of the last two evaluations, then used in every
+  regime: two and four updates per batch and stale answers with the token correction.
+
+Regimes (``REGIMES``, updates per batch in ``UPDATES``):
 
 * ``on_policy``: one update per batch (``--mini_batches 1``);
+* ``updates_2``: two mini-batches, one epoch (two updates per batch);
 * ``off_policy``: two mini-batches x two epochs, four updates per batch (the ratio moves
-  away from 1, which is where traces and clipping differ; 4 x 2 updates at this lr made
+  away from 1, which is where traces and clipping differ; 4 x 2 updates at 2e-4 made
   GRPO collapse in a calibration run);
-* ``stale``: ``--max_staleness 2`` (answers come from the policy two versions back).
+* ``stale``: ``--max_staleness 2`` (answers come from the policy two versions back);
+* ``stale_token``: the same with ``--behaviour_correction token`` (per-token importance weight
+  from the sampling policy to the proximal one, truncated at 2).
 
 Per run: held-out avg@k and pass@k (``--eval_size`` problems, k = ``--eval_k``) every
 ``--eval_every`` steps, and per step the training reward, answer length, clip fractions and
@@ -38,9 +52,11 @@ there), over ``--sweep_seeds``: final avg@k, training reward, clip fraction, sel
 
 Each finished run is one JSON file in ``<work>/cache`` named by (task, regime, preset, seed)
 and a hash of every flag that changes it (sizes, policy weights), so the study resumes and
-extends; ``--report-only`` never trains. Outputs in ``<work>``: ``results.md`` (tables),
-``credit_study.png`` (accuracy vs step, one panel per regime, bands = intervals) and
-``summary.json`` (every derived number, read by notebook 05). The committed study lives in
+extends; ``--report-only`` never trains. Outputs in ``<work>``: ``results.md`` (tables, one
+part per study), ``credit_study.png`` and ``credit_study_forms.png`` (held-out accuracy
+against answers generated, sample efficiency, and against answer tokens generated, token
+efficiency; one column per regime, bands = intervals) and ``summary.json`` (every derived
+number per study, read by notebook 05). The committed study lives in
 ``benchmarks/credit_study/`` (the default ``--work``).
 """
 
@@ -59,7 +75,19 @@ from bench_async import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "credit_study"
-PRESETS = ("grpo", "highent_grpo", "gspo", "p_trace", "s_trace")
+STUDIES: dict[str, dict] = {
+    # the five presets as first shipped (the ratio form), one learning rate for all
+    "presets": {"presets": ("grpo", "highent_grpo", "gspo", "p_trace@ratio", "s_trace@ratio"),
+                "regimes": ("on_policy", "off_policy", "stale"), "tune_lrs": ()},
+    # the trace forms against GRPO, each at its own tuned rate, 1 / 2 / 4 updates per batch and
+    # stale answers with the token correction
+    "forms": {"presets": ("grpo", "p_trace@gate", "s_trace@gate", "p_trace@weight",
+                          "s_trace@weight"),
+              "regimes": ("on_policy", "updates_2", "off_policy", "stale_token"),
+              "tune_lrs": (1e-4, 2e-4, 4e-4)},
+}  # fmt: skip
+"""The committed studies: methods (a preset, or preset@form for ``--form``), regimes, and the
+learning-rate grid each method is tuned on (empty: every method at ``--lr``)."""
 REGIMES: dict[str, list[str]] = {
     "on_policy": ["--mini_batches", "1", "--epochs", "1"],
     "updates_2": ["--mini_batches", "2", "--epochs", "1"],
@@ -84,11 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", default="study",
                    choices=("study", "runs", "grad", "sweep", "all", "report"),
                    help="study = runs + grad (the default study); all = study + sweep")
+    p.add_argument("--study", default="all", choices=(*STUDIES, "all"),
+                   help="which committed study (STUDIES) sets the methods, regimes and "
+                        "learning-rate grid; --presets, --regimes and --tune_lrs override it")
     p.add_argument("--task", default="chain", help="a generated --dataset spec")
-    p.add_argument("--presets", default=",".join(PRESETS),
+    p.add_argument("--presets", default=None,
                    help="methods: a preset name, or preset@form (p_trace@weight) for another "
                         "trace form (--form of scripts/train.py)")
-    p.add_argument("--regimes", default="on_policy,off_policy,stale")
+    p.add_argument("--regimes", default=None, help="among " + ", ".join(REGIMES))
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--sweep_seeds", default="0")
     p.add_argument("--sweep_lams", default=",".join(map(str, SWEEP_LAMS)))
@@ -104,16 +135,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=144)
     p.add_argument("--lr", type=float, default=2e-4,
                    help="every method's learning rate when --tune_lrs is empty")
-    p.add_argument("--tune_lrs", default="",
+    p.add_argument("--tune_lrs", default=None,
                    help="learning-rate grid: each method runs it on --tune_seeds in "
                         "--tune_regime and takes the rate with the best held-out avg@k (mean of "
                         "the last two evaluations) for every regime ('' = no tuning, --lr)")
-    p.add_argument("--tune_seeds", default="100",
+    p.add_argument("--tune_seeds", default="100,101",
                    help="seeds of the tuning runs, never among --seeds")
     p.add_argument("--tune_regime", default="off_policy")
-    p.add_argument("--method_lrs", default="",
-                   help="method=lr,... : rates picked elsewhere (another task's tuning), used "
-                        "instead of --tune_lrs for these methods")
     p.add_argument("--threshold_gain", type=float, default=0.10,
                    help="steps-to-threshold: held-out avg@k of start + this")
     p.add_argument("--grad_batches", type=int, default=8)
@@ -128,30 +156,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep_off_policy_qs = ""
     for name in ("presets", "regimes", "seeds", "sweep_seeds", "sweep_lams", "sweep_qs",
                  "sweep_off_policy_qs", "tune_lrs", "tune_seeds"):  # fmt: skip
+        if getattr(args, name) is None:  # filled from the study (study_args)
+            continue
         items = [s.strip() for s in getattr(args, name).split(",") if s.strip()]
         cast = int if "seeds" in name else float if name.startswith(("sweep_", "tune_l")) else str
         setattr(args, name, [cast(s) for s in items])
-    bad = [r for r in [*args.regimes, args.tune_regime] if r not in REGIMES]
+    bad = [r for r in [*(args.regimes or ()), args.tune_regime] if r not in REGIMES]
     if bad:
         raise SystemExit(f"--regimes: unknown {bad}; choose from {', '.join(REGIMES)}")
     if set(args.tune_seeds) & set(args.seeds):
         raise SystemExit("--tune_seeds must not overlap --seeds (compared runs are never tuned on)")
-    for method in args.presets:
+    for method in args.presets or ():
         method_flags(method)  # an unknown preset or form fails before any training
-    pairs = [item.split("=", 1) for item in args.method_lrs.split(",") if item.strip()]
-    args.method_lrs = {m.strip(): float(lr) for m, lr in pairs}
     return args
+
+
+def study_args(args: argparse.Namespace, study: str) -> argparse.Namespace:
+    """``args`` with the study's methods, regimes and grid wherever the command left them out."""
+    sub = argparse.Namespace(**vars(args))
+    sub.study = study
+    for name in ("presets", "regimes", "tune_lrs"):
+        if getattr(args, name) is None:
+            setattr(sub, name, list(STUDIES[study][name]))
+    if args.smoke and args.tune_lrs is None:
+        sub.tune_lrs, sub.tune_seeds = sub.tune_lrs[:2], sub.tune_seeds[:1]
+    return sub
 
 
 def method_flags(method: str) -> list[str]:
     """``preset`` or ``preset@form`` -> the trainer flags that select it."""
-    from strace_ds.losses import FORMS
-    from strace_ds.losses import PRESETS as LOSS_PRESETS
+    from credit_gradients import method_config
 
+    try:
+        method_config(method)
+    except ValueError as exc:
+        raise SystemExit(f"--presets: {exc}") from None
     preset, _, form = method.partition("@")
-    if preset not in LOSS_PRESETS or (form and form not in FORMS):
-        raise SystemExit(f"--presets: {method!r} is not a preset ({', '.join(LOSS_PRESETS)}) "
-                         f"or preset@form with a form among {', '.join(FORMS)}")
     return ["--loss", preset, *(["--form", form] if form else [])]
 
 
@@ -264,7 +304,7 @@ def pick_lrs(args, records: list[dict]) -> dict[str, dict]:
 def sweep_jobs(args) -> list[tuple]:
     grid = [("on_policy", q) for q in args.sweep_qs]
     grid += [("off_policy", q) for q in args.sweep_off_policy_qs]
-    return [(regime, "s_trace", seed, ["--lam", str(lam), "--entropy_top_quantile", str(q)],
+    return [(regime, "s_trace@ratio", seed, ["--lam", str(lam), "--entropy_top_quantile", str(q)],
              f"s_trace-lam{lam}-q{q}" + ("" if regime == "on_policy" else f"-{regime}"))
             for regime, q in grid for seed in args.sweep_seeds
             for lam in args.sweep_lams]  # fmt: skip
@@ -388,7 +428,8 @@ def summarise(args, records: list[dict]) -> dict:
                 "pass_k_diff": bootstrap_ci([mine[s]["pass"].get(k, 0.0)
                                              - ref[s]["pass"].get(k, 0.0) for s in common]),
             }  # fmt: skip
-        out["regimes"][regime] = cells
+        if cells:
+            out["regimes"][regime] = cells
     sweep = [r for r in records if r["tag"].startswith("s_trace-lam")]
     out["sweep"] = {}
     for tag in sorted({r["tag"] for r in sweep}):
@@ -406,7 +447,7 @@ def report(args, summary: dict, grad: dict | None) -> str:
     lr_text = (f"each method at its own learning rate from the grid {args.tune_lrs} on tuning "
                f"seeds {args.tune_seeds} ({args.tune_regime}; table at the end)"
                if summary.get("tuning") else f"lr {args.lr}")
-    lines = [f"# Credit-assignment study: {args.task}", "",
+    lines = [f"# Credit-assignment study `{args.study}`: {args.task}", "",
              f"Held-out avg@{k} on {args.eval_size} problems, {args.steps} steps of "
              f"{args.prompts_per_step} x {args.group_size} answers, {lr_text}. Means over "
              "seeds with percentile-bootstrap 95% intervals. Threshold for steps-to-threshold: "
@@ -516,26 +557,46 @@ def main(argv: list[str] | None = None) -> None:
     args.policy_sha = policy_sha(args.task)
     if args.phase == "report":
         args.report_only = True
+    studies = list(STUDIES) if args.study == "all" else [args.study]
+    out: dict = {"task": args.task, "studies": {}}
+    texts = []
+    for study in studies:
+        sub = study_args(args, study)
+        summary = run_study(sub)
+        out["studies"][study] = summary
+        texts.append(report(sub, summary, summary["grad"]))
+        if summary["regimes"]:
+            figure(summary, args.work / FIGURES[study])
+    (args.work / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
+    (args.work / "results.md").write_text("\n".join(texts))
+    print(args.work / "results.md")
+
+
+FIGURES = {"presets": "credit_study.png", "forms": "credit_study_forms.png"}
+
+
+def run_study(args) -> dict:
+    """One study: tuning, grid (and for ``presets`` the sweep and the gradient probe), summary."""
     # tuning first: the grid runs each method at its picked rate (reported runs only read)
     args.tuned_lr = {}
     tuning = pick_lrs(args, run_all(args, tune_jobs(args))) if args.tune_lrs else {}
-    args.tuned_lr = {**{m: t["lr"] for m, t in tuning.items()}, **args.method_lrs}
+    args.tuned_lr = {m: t["lr"] for m, t in tuning.items()}
+    extras = args.study == "presets"  # the sweep and the gradient probe belong to the first study
+    report_only = args.report_only
     if args.phase in ("study", "all", "runs"):
         run_all(args, grid_jobs(args))
-    if args.phase in ("all", "sweep"):
+    if extras and args.phase in ("all", "sweep"):
         run_all(args, sweep_jobs(args))
-    grad = grad_phase(args) if args.phase in ("study", "all", "grad") else None
+    grad = grad_phase(args) if extras and args.phase in ("study", "all", "grad") else None
     args.report_only = True  # the report reads whatever the cache holds
-    records = run_all(args, grid_jobs(args)) + run_all(args, sweep_jobs(args))
-    grad = grad or grad_phase(args)
+    records = run_all(args, grid_jobs(args)) + (run_all(args, sweep_jobs(args)) if extras else [])
+    grad = grad or (grad_phase(args) if extras else None)
+    args.report_only = report_only
     summary = summarise(args, records)
+    summary["study"] = args.study
     summary["tuning"] = tuning
     summary["grad"] = grad
-    (args.work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.work / "results.md").write_text(report(args, summary, grad))
-    if summary["regimes"]:
-        figure(summary, args.work / "credit_study.png")
-    print(args.work / "results.md")
+    return summary
 
 
 def _shown(path: Path) -> str:
@@ -574,10 +635,7 @@ def grad_phase(args) -> dict | None:
     out = {}
     for name, model_dir in (("warm start", generated_task(args.task).policy_dir()),
                             ("after GRPO", final)):  # fmt: skip
-        # on-policy (ratio 1) the weight form is GRPO and the gate form is the ratio form: the
-        # probe measures the presets as named
-        plain = [p for p in args.presets if "@" not in p]
-        out[name] = gradient_probe(str(model_dir), args.task, plain,
+        out[name] = gradient_probe(str(model_dir), args.task, list(args.presets),
                                    n_batches=args.grad_batches,
                                    prompts_per_batch=args.prompts_per_step // 2,
                                    group_size=args.group_size,

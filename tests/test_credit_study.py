@@ -51,7 +51,8 @@ def test_paired_ratio_interval() -> None:
 
 
 def test_summary_compares_with_grpo_paired_by_seed() -> None:
-    args = credit_study.parse_args(["--regimes", "on_policy", "--presets", "grpo,s_trace"])
+    args = credit_study.study_args(
+        credit_study.parse_args(["--regimes", "on_policy", "--presets", "grpo,s_trace"]), "forms")
     runs = [_record([0.3, 0.35, 0.4], seed=s) for s in range(4)]
     runs += [_record([0.3, 0.45, 0.5 + 0.01 * s], seed=s, preset="s_trace") for s in range(4)]
     summary = credit_study.summarise(args, runs)
@@ -64,7 +65,36 @@ def test_summary_compares_with_grpo_paired_by_seed() -> None:
     m, lo, hi = v["final_diff"]
     assert m == pytest.approx(0.115) and 0.1 <= lo <= m <= hi <= 0.13
     text = credit_study.report(args, summary, None)
-    assert "| s_trace | 4 |" in text and "| grpo | 4 |" in text
+    assert "| s_trace | 0.0002 | 4 |" in text and "| grpo | 0.0002 | 4 |" in text
+
+
+def test_learning_rates_are_picked_on_tuning_seeds_only() -> None:
+    args = credit_study.study_args(credit_study.parse_args(["--presets", "grpo,p_trace@weight"]),
+                                   "forms")
+    assert args.tune_lrs == [1e-4, 2e-4, 4e-4] and args.tune_seeds == [100, 101]
+
+    def tuning(method, lr, seed, last_two):
+        r = _record([0.3, *last_two], seed=seed, preset=method)
+        return {**r, "tag": f"{method}-lr{lr}"}
+
+    runs = [tuning("grpo", 1e-4, s, [0.40, 0.44]) for s in (100, 101)]
+    runs += [tuning("grpo", 2e-4, s, [0.50, 0.40]) for s in (100, 101)]  # mean 0.45: best
+    runs += [tuning("grpo", 4e-4, 100, [0.10, 0.12])]
+    runs += [tuning("p_trace@weight", 4e-4, 100, [0.5, 0.5])]
+    picked = credit_study.pick_lrs(args, runs)
+    assert picked["grpo"]["lr"] == 2e-4
+    assert picked["grpo"]["scores"] == pytest.approx(
+        {"0.0001": 0.42, "0.0002": 0.45, "0.0004": 0.11})
+    assert picked["p_trace@weight"]["lr"] == 4e-4
+    args.tuned_lr = {m: t["lr"] for m, t in picked.items()}
+    flags = credit_study.run_flags(args, "off_policy", "p_trace@weight", 0)
+    assert flags[flags.index("--lr") + 1] == "0.0004"
+    assert flags[flags.index("--loss"):flags.index("--loss") + 4] == [
+        "--loss", "p_trace", "--form", "weight"]
+    with pytest.raises(SystemExit, match="tune_seeds"):
+        credit_study.parse_args(["--tune_seeds", "0,100"])
+    with pytest.raises(SystemExit, match="p_trace@product"):
+        credit_study.parse_args(["--presets", "grpo,p_trace@product"])
 
 
 def _readme_commands() -> list[list[str]]:
@@ -91,15 +121,17 @@ def _with_work(argv: list[str], work: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) -> None:
-    """The README's study commands, in order, at smoke size (2 presets x 2 seeds x 2 regimes,
-    2 steps, the grad phase, a 2-setting sweep) into a temporary work directory."""
+    """The README's study commands, in order, at smoke size (2 methods x 2 seeds x 2 regimes,
+    2 steps; the presets study with the grad phase and a 2-setting sweep; the forms study with
+    its tuning runs) into a temporary work directory."""
     work = tmp_path / "study"
-    small = ["--smoke", "--presets", "grpo,s_trace", "--seeds", "0,1",
+    small = ["--smoke", "--presets", "grpo,s_trace@weight", "--seeds", "0,1",
              "--regimes", "on_policy,stale"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     commands = _readme_commands()
     assert any("--phase" in c and "sweep" in c for c in commands)
     assert any("--report-only" in c for c in commands)
+    assert {c[c.index("--study") + 1] for c in commands if "--study" in c} == {"presets", "forms"}
     reports = []
     for argv in commands:
         cmd = [sys.executable, str(SCRIPT), *_with_work(argv, work), *small]
@@ -108,22 +140,43 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
         assert proc.returncode == 0, (argv, proc.stderr[-3000:])
         reports.append((work / "results.md").read_text())
     cached = sorted((work / "cache").glob("chain-*.json"))
-    assert len(cached) == 8 + 2  # the grid and the sweep
+    records = [json.loads(p.read_text()) for p in cached]
+    tuning = [r for r in records if "-lr" in r["tag"]]
+    assert len(tuning) == 2 * 2  # smoke: 2 rates x 1 tuning seed x 2 methods
+    assert {r["seed"] for r in tuning} == {100} and {r["regime"] for r in tuning} == {"off_policy"}
     summary = json.loads((work / "summary.json").read_text())
-    assert set(summary["regimes"]) == {"on_policy", "stale"}
-    assert set(summary["sweep"]) == {"s_trace-lam0.0-q0.2", "s_trace-lam0.95-q0.2"}
-    assert set(summary["grad"]) == {"warm start", "after GRPO"}
-    for res in summary["grad"].values():
+    assert list(summary["studies"]) == ["presets", "forms"]
+    presets, forms = summary["studies"]["presets"], summary["studies"]["forms"]
+    assert set(presets["regimes"]) == set(forms["regimes"]) == {"on_policy", "stale"}
+    assert set(presets["sweep"]) == {"s_trace-lam0.0-q0.2", "s_trace-lam0.95-q0.2"}
+    assert set(presets["grad"]) == {"warm start", "after GRPO"}
+    assert not forms["sweep"] and forms["grad"] is None
+    for res in presets["grad"].values():
+        assert set(res["presets"]) == {"grpo", "s_trace@weight"}
         for g in res["presets"].values():
             assert all(-1.0 <= c <= 1.0 for c in g["cosine"])
-    stale = json.loads(next(p for p in cached if "-stale-s_trace-s1-" in p.name).read_text())
+    # the presets study runs every method at --lr; the forms study at each one's picked rate
+    for method, t in forms["tuning"].items():
+        assert t["lr"] in (1e-4, 2e-4) and set(t["scores"]) == {"0.0001", "0.0002"}
+        for regime in ("on_policy", "stale"):
+            assert forms["regimes"][regime][method]["lr"] == t["lr"]
+            assert presets["regimes"][regime][method]["lr"] == 2e-4
+    stale = next(r for r in records if r["regime"] == "stale" and r["preset"] == "s_trace@weight"
+                 and r["seed"] == 1)  # fmt: skip
     assert stale["steps"][-1]["rollout/staleness_mean"] > 0  # the stale regime is stale
     assert "--max_staleness" in stale["flags"] and len(stale["evals"]) == 3
-    for cell in summary["regimes"]["on_policy"].values():
+    assert stale["flags"][stale["flags"].index("--form") + 1] == "weight"
+    for cell in forms["regimes"]["on_policy"].values():
         assert len(cell["curve"]) == 3 and all(0 <= p["mean"] <= 1 for p in cell["curve"])
-    png = (work / "credit_study.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "## Gradients" in reports[-1] and "lam x entropy_top_quantile" in reports[-1]
+        assert [p["answers"] for p in cell["curve"]] == [0, 16, 32]  # steps x 4 x 4 answers
+        tokens = [p["tokens"] for p in cell["curve"]]
+        assert tokens[0] == 0 < tokens[1] < tokens[2]
+    for name in ("credit_study.png", "credit_study_forms.png"):
+        png = (work / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    text = reports[-1]
+    assert "## Gradients" in text and "lam x entropy_top_quantile" in text
+    assert "## Learning-rate tuning" in text and "# Credit-assignment study `forms`" in text
     stamp = [p.stat().st_mtime_ns for p in cached]
     again = subprocess.run(  # everything cached: nothing trains, the same report
         [sys.executable, str(SCRIPT), "--phase", "all", "--work", str(work), *small],
@@ -134,16 +187,29 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
 
 
 def test_committed_study_is_complete() -> None:
-    """The committed default study: every grid run cached, with the shipped chain policy."""
+    """The committed studies: every grid and tuning run cached, with the shipped chain policy,
+    and each method of the forms study at the rate its tuning runs picked."""
     from strace_ds.tiny_chain import CHAIN_SHA256
 
     study = REPO / "benchmarks" / "credit_study"
     summary = json.loads((study / "summary.json").read_text())
+    records = [json.loads(p.read_text()) for p in (study / "cache").glob("chain-*.json")]
     args = credit_study.parse_args([])
-    grid = [json.loads(p.read_text()) for p in (study / "cache").glob("chain-*.json")]
-    grid = [r for r in grid if r["tag"] == r["preset"]]
-    assert {(r["regime"], r["preset"], r["seed"]) for r in grid} == {
-        (reg, p, s) for reg in args.regimes for p in args.presets for s in args.seeds}
-    assert all(r["policy_sha256"] == CHAIN_SHA256 for r in grid)
-    assert set(summary["regimes"]) == set(args.regimes)
-    assert (study / "credit_study.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(r["policy_sha256"] == CHAIN_SHA256 for r in records)
+    assert list(summary["studies"]) == list(credit_study.STUDIES)
+    for name, spec in credit_study.STUDIES.items():
+        sub = credit_study.study_args(args, name)
+        cells = summary["studies"][name]
+        lrs = {m: t["lr"] for m, t in (cells["tuning"] or {}).items()}
+        grid = {(r["regime"], r["preset"], r["seed"]) for r in records
+                if r["tag"] == r["preset"] and r["lr"] == lrs.get(r["preset"], args.lr)}
+        assert {(reg, p, s) for reg in spec["regimes"] for p in spec["presets"]
+                for s in args.seeds} <= grid, name  # fmt: skip
+        assert list(cells["regimes"]) == list(spec["regimes"])
+        if spec["tune_lrs"]:
+            tuned = {(r["preset"], r["lr"], r["seed"]) for r in records if "-lr" in r["tag"]}
+            assert {(p, lr, s) for p in spec["presets"] for lr in spec["tune_lrs"]
+                    for s in sub.tune_seeds} <= tuned, name  # fmt: skip
+            assert not set(sub.tune_seeds) & set(args.seeds)
+    for name in ("credit_study.png", "credit_study_forms.png"):
+        assert (study / name).read_bytes()[:4] == b"\x89PNG"

@@ -3,9 +3,12 @@
 #
 # This notebook reads the committed results of `benchmarks/credit_study.py` (it trains
 # nothing): the chain task (`strace_ds.data.chain`), whose ~100-token answers are decided by
-# three arithmetic results, trained from the shipped chain policy (`strace_ds.tiny_chain`) with
-# five loss presets, several seeds and three regimes. It recomputes the study's headline numbers
-# from the cached runs, shows the accuracy curves with their intervals, and states the verdict.
+# three arithmetic results, trained from the shipped chain policy (`strace_ds.tiny_chain`). Two
+# studies: **presets** (the five presets as first shipped, the trace in its ratio form, one
+# learning rate, three regimes) and **forms** (GRPO against the trace presets in the token-gate
+# and weight forms, each at its own learning rate tuned on separate seeds, with 1, 2 and 4
+# updates per batch and stale answers with the token correction), It recomputes the headline numbers
+# from the cached runs, shows the curves with their intervals, and states the verdict.
 #
 # The traces are **this project's formalisation of the paper's abstract** (`docs/ALGORITHMS.md`),
 # not the paper's text; the paper reports S-trace above GRPO by +0.49 / +3.16 / +2.98 points of
@@ -24,13 +27,30 @@ STUDY = REPO / "benchmarks" / "credit_study"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from credit_gradients import bootstrap_ci  # noqa: E402
 
-summary = json.loads((STUDY / "summary.json").read_text())
-runs = [json.loads(p.read_text()) for p in sorted((STUDY / "cache").glob("*.json"))
-        if not p.name.startswith("grad-")]
-runs = [r for r in runs if r["tag"] == r["preset"] or r["tag"].startswith("s_trace-lam")]
-grid = [r for r in runs if r["tag"] == r["preset"]]
-print(f"{len(grid)} grid runs, {len(runs) - len(grid)} sweep runs; task {summary['task']}")
-print("regimes:", {reg: sorted(cells) for reg, cells in summary["regimes"].items()})
+everything = json.loads((STUDY / "summary.json").read_text())
+summary, forms = everything["studies"]["presets"], everything["studies"]["forms"]
+cached = [json.loads(p.read_text()) for p in sorted((STUDY / "cache").glob("*.json"))
+          if not p.name.startswith("grad-")]
+runs = [r for r in cached if r["tag"] == r["preset"] or r["tag"].startswith("s_trace-lam")]
+tuning_runs = [r for r in cached if "-lr" in r["tag"]]
+
+
+def cell_runs(study, regime, preset):
+    """The cached runs of one cell of a study, at the cell's learning rate."""
+    lr = study["regimes"][regime][preset]["lr"]
+    return [r for r in runs if r["tag"] == r["preset"] and r["regime"] == regime
+            and r["preset"] == preset and r["lr"] == lr]
+
+
+grid = [r for reg, cells in summary["regimes"].items() for p in cells
+        for r in cell_runs(summary, reg, p)]
+forms_grid = [r for reg, cells in forms["regimes"].items() for p in cells
+              for r in cell_runs(forms, reg, p)]
+sweep_runs = [r for r in runs if r["tag"].startswith("s_trace-lam")]
+print(f"presets study: {len(grid)} runs, {len(sweep_runs)} sweep runs; forms study: "
+      f"{len(forms_grid)} runs + {len(tuning_runs)} tuning runs; task {everything['task']}")
+for name, st in everything["studies"].items():
+    print(name, {reg: sorted(cells) for reg, cells in st["regimes"].items()})
 
 # %% [markdown]
 # ## 1. What a run records
@@ -60,7 +80,7 @@ fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.4), sha
 recomputed = {}
 for ax, regime in zip(axes[0], regimes):
     for preset in summary["regimes"][regime]:
-        mine = [x for x in grid if x["regime"] == regime and x["preset"] == preset]
+        mine = cell_runs(summary, regime, preset)
         steps = sorted({e["step"] for x in mine for e in x["evals"]})
         curve = [bootstrap_ci([e["avg"] for x in mine for e in x["evals"] if e["step"] == s])
                  for s in steps]
@@ -131,19 +151,95 @@ for tag, s in sorted(sweep.items(), key=lambda kv: -kv[1]["final"]):
           f"clip {100 * s['clip_frac']:.2f}%  selected {100 * s['select_frac']:.1f}%")
 
 # %% [markdown]
-# ## 6. Verdict
+# ## 6. The trace forms, each at its own learning rate
 #
-# Printed from the numbers above: which presets differ from GRPO with intervals that exclude
-# zero, per regime. The README's results section states the same verdict in words.
+# The ratio form's clip bounds an average of log-ratios, not any token; the **token gate** and
+# the **weight form** keep PPO's per-token guarantee (`docs/ALGORITHMS.md`, "Trace forms"). Each
+# method's learning rate was picked from a grid on tuning seeds that the comparison does not use
+# (held-out avg@k at the end of the tuning runs, with four updates per batch):
+
+# %%
+for method, t in forms["tuning"].items():
+    scores = "  ".join(f"lr {lr}: {100 * v:5.1f}%" for lr, v in t["scores"].items())
+    print(f"{method:15s} {scores}   -> {t['lr']:g}")
+
+# %% [markdown]
+# Sample efficiency (held-out accuracy against answers generated) and token efficiency (against
+# answer tokens generated), one column per regime; recomputed from the runs.
+
+# %%
+fregimes = list(forms["regimes"])
+fig, axes = plt.subplots(2, len(fregimes), figsize=(4.2 * len(fregimes), 6.4), sharey=True,
+                         squeeze=False)
+recomputed_forms = {}
+per_step = forms_grid[0]["flags"]
+answers_per_step = (int(per_step[per_step.index("--prompts_per_step") + 1])
+                    * int(per_step[per_step.index("--group_size") + 1]))
+for col, regime in enumerate(fregimes):
+    for preset in forms["regimes"][regime]:
+        mine = cell_runs(forms, regime, preset)
+        steps = sorted({e["step"] for x in mine for e in x["evals"]})
+        curve = [bootstrap_ci([e["avg"] for x in mine for e in x["evals"] if e["step"] == s])
+                 for s in steps]
+        tokens = [sum(sum(x["tokens_per_step"][:s]) for x in mine) / len(mine) for s in steps]
+        recomputed_forms[(regime, preset)] = curve[-1][0]
+        for row, xs in enumerate(([s * answers_per_step for s in steps], tokens)):
+            ax = axes[row][col]
+            line, = ax.plot(xs, [100 * m for m, _, _ in curve], label=preset)
+            ax.fill_between(xs, [100 * lo for _, lo, _ in curve],
+                            [100 * hi for _, _, hi in curve], alpha=0.12, color=line.get_color())
+    axes[0][col].set_title(f"{regime} ({forms['regimes'][regime]['grpo']['updates_per_batch']} "
+                           "upd./batch)")
+    axes[0][col].set_xlabel("answers generated")
+    axes[1][col].set_xlabel("answer tokens generated")
+for row in axes:
+    row[0].set_ylabel("held-out avg@k (%)")
+axes[0][-1].legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+agree_forms = all(abs(recomputed_forms[(reg, p)] - forms["regimes"][reg][p]["final"][0]) < 1e-9
+                  for reg in fregimes for p in forms["regimes"][reg])
+print("recomputed final means equal the study's summary:", agree_forms)
+
+# %%
+form_rows = []
+for regime, cells in forms["regimes"].items():
+    for preset, c in cells.items():
+        v = c.get("vs_grpo")
+        if not v:
+            continue
+        d, lo, hi = v["final_diff"]
+        sr, tr = v["steps_ratio"], v["tokens_ratio"]
+        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
+        form_rows.append((regime, preset, d, lo, hi, verdict))
+        print(f"{regime:11s} {preset:15s} lr {c['lr']:g}: avg@k - GRPO {100 * d:+5.1f} "
+              f"[{100 * lo:+5.1f}, {100 * hi:+5.1f}] points; answers to threshold {sr[0]:.2f}x "
+              f"[{sr[1]:.2f}, {sr[2]:.2f}], tokens {tr[0]:.2f}x [{tr[1]:.2f}, {tr[2]:.2f}] "
+              f"-> {verdict}")
+
+# %% [markdown]
+# ## 7. Verdict
+#
+# Printed from the numbers above: which methods differ from GRPO with intervals that exclude
+# zero, per study and regime. The README's results section states the same verdict in words.
 
 # %%
 better = [(reg, p) for reg, p, _, lo, _, _, _ in rows if lo > 0]
 worse = [(reg, p) for reg, p, _, _, hi, _, _ in rows if hi < 0]
-print("better than GRPO (interval above 0):", better or "none")
-print("worse than GRPO (interval below 0):", worse or "none")
+forms_better = [(reg, p) for reg, p, _, lo, _, _ in form_rows if lo > 0]
+forms_worse = [(reg, p) for reg, p, _, _, hi, _ in form_rows if hi < 0]
+print("presets study, better than GRPO (interval above 0):", better or "none")
+print("presets study, worse than GRPO (interval below 0):", worse or "none")
+print("forms study, better than GRPO:", forms_better or "none")
+print("forms study, worse than GRPO:", forms_worse or "none")
 random.seed(0)
 print("SUMMARY_JSON " + json.dumps({
-    "grid_runs": len(grid), "sweep_runs": len(runs) - len(grid), "regimes": regimes,
+    "grid_runs": len(grid), "sweep_runs": len(sweep_runs), "regimes": regimes,
     "recomputed_agree": agree, "better": better, "worse": worse,
     "n_comparisons": len(rows), "grad_checkpoints": sorted(grad), "sweep_settings": len(sweep),
+    "forms_grid_runs": len(forms_grid), "forms_tuning_runs": len(tuning_runs),
+    "forms_regimes": fregimes, "forms_recomputed_agree": agree_forms,
+    "forms_tuned_lr": {m: t["lr"] for m, t in forms["tuning"].items()},
+    "forms_better": forms_better, "forms_worse": forms_worse,
+    "forms_n_comparisons": len(form_rows),
 }))
