@@ -155,9 +155,18 @@ def policy_loss(
         loss = aggregate over M = (m if loss_on_selected_only else response_mask)
                of  w_t L_t + beta kl_t
 
-    with the optional detached behaviour weight ``w`` (:func:`behaviour_weights`; 1 when not
-    given) and the optional KL-to-reference term ``kl_t = kl_penalty(logprobs, ref, estimator)``
-    (:func:`kl_penalty`; ``beta = kl_coef``, 0 when not given). Both leave the denominator of
+    in the default ``form="ratio"``. ``form="gate"`` builds the same trace from
+    ``dhat_k = delta_k`` while token k's own ratio ``rho_k`` is inside its trust region on
+    ``A_k``'s side, ``stopgrad(delta_k)`` once it has left (same values, no gradient pushes a
+    token past its bound). ``form="weight"`` keeps each token's own ratio and a detached weight::
+
+        L_t = -w_t min(rho_t A_t, clip(rho_t, 1 - clip_low, 1 + clip_high) A_t)
+        w_t = clip(exp(past_log_weight(delta, m, lam, clock)_t), weight_min, weight_max)
+
+    (``docs/ALGORITHMS.md``, "Trace forms"). Then the optional detached behaviour weight
+    ``w`` (:func:`behaviour_weights`; 1 when not given) and the optional KL-to-reference term
+    ``kl_t = kl_penalty(logprobs, ref, estimator)`` (:func:`kl_penalty`; ``beta = kl_coef``, 0
+    when not given). Both leave the denominator of
     the aggregation as it is; without them the loss is exactly the plain trace loss.
 
     Why a trace: the exact off-policy gradient of token t carries the historical weight
@@ -257,7 +266,7 @@ def policy_loss(
         tau,
         config,
     )
-    metrics.update(_form_metrics(gate, weight, selected, loss_mask, config))
+    metrics.update(_form_metrics(gate, weight, selected, loss_mask))
     if kl_ref is not None:
         metrics["policy/kl_ref"] = _masked_mean(kl_ref.detach(), loss_mask.to(work))
     return PolicyLossOutput(
@@ -330,7 +339,6 @@ def _form_metrics(
     weight: tuple[torch.Tensor, torch.Tensor] | None,
     selected: torch.Tensor,
     loss_mask: torch.Tensor,
-    config: TraceConfig,
 ) -> dict[str, float]:
     """The gate's and the weight's figures (NaN for the forms they do not belong to).
 
