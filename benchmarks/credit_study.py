@@ -106,7 +106,9 @@ SWEEP_LAMS = (0.0, 0.5, 0.9, 0.95, 0.99)
 SWEEP_QS = (0.1, 0.2, 0.5)
 STEP_KEYS = ("reward/mean", "response/length_mean", "policy/clip_frac_low",
              "policy/clip_frac_high", "select/frac", "policy/entropy_mean",
-             "trace/abs_log_ratio_mean", "rollout/staleness_mean", "perf/step_s")  # fmt: skip
+             "trace/abs_log_ratio_mean", "rollout/staleness_mean", "perf/step_s",
+             "trace/gated_frac", "trace/weight_mean", "trace/weight_max",
+             "trace/weight_clipped_frac", "behaviour/weight_mean")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
