@@ -17,6 +17,8 @@ them). A method is a loss preset or ``preset@form``, a trace preset in another f
 
 * ``presets``: the five presets as first shipped (trace presets in the ratio form), all at
   ``--lr``, regimes on-policy, off-policy and stale; with the gradient probe and the sweep.
+* ``ratio``: the ratio form with four updates per batch at the rate the forms study picked for
+  every method (not tuned itself), beside GRPO's runs at that rate.
 * ``forms``: GRPO and the trace presets in the gate and weight forms. Each method's learning
   rate is picked from ``--tune_lrs`` on ``--tune_seeds`` (never among ``--seeds``) in
   ``--tune_regime`` by the mean held-out avg@k of the last two evaluations, then used in every
@@ -88,9 +90,15 @@ STUDIES: dict[str, dict] = {
                           "s_trace@weight"),
               "regimes": ("updates_2", "off_policy", "stale_token"),
               "tune_lrs": (1e-4, 2e-4, 4e-4)},
+    # the ratio form at the rate every method of the forms study picked: is its collapse with
+    # four updates per batch the rate's? (not tuned itself; GRPO's runs are the forms study's)
+    "ratio": {"presets": ("grpo", "p_trace@ratio", "s_trace@ratio"), "regimes": ("off_policy",),
+              "tune_lrs": (), "lr": 1e-4},
 }  # fmt: skip
 """The committed studies: methods (a preset, or preset@form for ``--form``), regimes, and the
-learning-rate grid each method is tuned on (empty: every method at ``--lr``)."""
+learning-rate grid each method is tuned on (empty: every method at the study's ``lr``, else at
+``--lr``)."""
+DEFAULT_LR = 2e-4
 REGIMES: dict[str, list[str]] = {
     "on_policy": ["--mini_batches", "1", "--epochs", "1"],
     "updates_2": ["--mini_batches", "2", "--epochs", "1"],
@@ -138,8 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts_per_step", type=int, default=16)
     p.add_argument("--group_size", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=144)
-    p.add_argument("--lr", type=float, default=2e-4,
-                   help="every method's learning rate when --tune_lrs is empty")
+    p.add_argument("--lr", type=float, default=None,
+                   help="every method's learning rate when --tune_lrs is empty (default: the "
+                        f"study's, else {DEFAULT_LR})")
     p.add_argument("--tune_lrs", default=None,
                    help="learning-rate grid: each method runs it on --tune_seeds in "
                         "--tune_regime and takes the rate with the best held-out avg@k (mean of "
@@ -183,6 +192,8 @@ def study_args(args: argparse.Namespace, study: str) -> argparse.Namespace:
     for name in ("presets", "regimes", "tune_lrs"):
         if getattr(args, name) is None:
             setattr(sub, name, list(STUDIES[study][name]))
+    if args.lr is None:
+        sub.lr = STUDIES[study].get("lr", DEFAULT_LR)
     if args.smoke and args.tune_lrs is None:
         sub.tune_lrs, sub.tune_seeds = sub.tune_lrs[:2], sub.tune_seeds[:1]
     return sub
@@ -570,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = run_study(sub)
         out["studies"][study] = summary
         texts.append(report(sub, summary, summary["grad"]))
-        if summary["regimes"]:
+        if summary["regimes"] and study in FIGURES:
             figure(summary, args.work / FIGURES[study])
     (args.work / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
     (args.work / "results.md").write_text("\n".join(texts))

@@ -212,7 +212,7 @@ def test_trace_overrides_come_from_trace_config():
     assert cfg.trace_config() != TraceConfig.preset("grpo")
     on = TrainConfig(loss="highent_grpo", loss_on_selected_only=False).trace_config()
     assert on.loss_on_selected_only is False and on.entropy_top_quantile == 0.2
-    assert TrainConfig(window="sequence").trace_config().window == "sequence"
+    assert TrainConfig(window="sequence", form="ratio").trace_config().window == "sequence"
     with pytest.raises(ValueError, match="log_ratio_clamp must be > 0"):
         TrainConfig(log_ratio_clamp=0.0)
     with pytest.raises(ValueError, match="log_ratio_clamp must be a finite number"):

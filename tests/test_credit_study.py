@@ -131,7 +131,8 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     commands = _readme_commands()
     assert any("--phase" in c and "sweep" in c for c in commands)
     assert any("--report-only" in c for c in commands)
-    assert {c[c.index("--study") + 1] for c in commands if "--study" in c} == {"presets", "forms"}
+    studies = {c[c.index("--study") + 1] for c in commands if "--study" in c}
+    assert studies == set(credit_study.STUDIES)
     reports = []
     for argv in commands:
         cmd = [sys.executable, str(SCRIPT), *_with_work(argv, work), *small]
@@ -145,7 +146,7 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     assert len(tuning) == 2 * 2  # smoke: 2 rates x 1 tuning seed x 2 methods
     assert {r["seed"] for r in tuning} == {100} and {r["regime"] for r in tuning} == {"off_policy"}
     summary = json.loads((work / "summary.json").read_text())
-    assert list(summary["studies"]) == ["presets", "forms"]
+    assert list(summary["studies"]) == ["presets", "forms", "ratio"]
     presets, forms = summary["studies"]["presets"], summary["studies"]["forms"]
     assert set(presets["regimes"]) == set(forms["regimes"]) == {"on_policy", "stale"}
     assert set(presets["sweep"]) == {"s_trace-lam0.0-q0.2", "s_trace-lam0.95-q0.2"}
@@ -202,7 +203,7 @@ def test_committed_study_is_complete() -> None:
         cells = summary["studies"][name]
         lrs = {m: t["lr"] for m, t in (cells["tuning"] or {}).items()}
         grid = {(r["regime"], r["preset"], r["seed"]) for r in records
-                if r["tag"] == r["preset"] and r["lr"] == lrs.get(r["preset"], args.lr)}
+                if r["tag"] == r["preset"] and r["lr"] == lrs.get(r["preset"], sub.lr)}
         assert {(reg, p, s) for reg in spec["regimes"] for p in spec["presets"]
                 for s in args.seeds} <= grid, name  # fmt: skip
         assert list(cells["regimes"]) == list(spec["regimes"])

@@ -175,8 +175,9 @@ def test_lam1_first_token_gets_harmonic_credit():
 
 @pytest.mark.parametrize("name", ["s_trace", "highent_grpo"])
 def test_selection_gives_zero_gradient_to_unselected_tokens(name):
+    # the ratio form (the weight form keeps every token's own term: test_trace_forms.py)
     b = make_batch(4, 20, seed=18, holes=True)
-    _, grad, _ = run(b, TraceConfig.preset(name))
+    _, grad, _ = run(b, TraceConfig.preset(name, form="ratio"))
     m, _ = ref_select(b["mask"], b["entropy"], 0.2)
     assert torch.all(grad[~m] == 0)
     assert (grad[m] != 0).float().mean() > 0.5  # and selected tokens do get credit
@@ -267,25 +268,27 @@ def test_loss_denominator_is_the_local_normaliser(agg):
 
 
 PRESET_TABLE = {
-    # name: (lam, window, clip_low, clip_high, entropy_top_quantile, selected_only, loss_agg)
-    "grpo": (0.0, "causal", 0.2, 0.2, None, False, "token_mean"),
-    "gspo": (None, "sequence", 3e-4, 4e-4, None, False, "seq_mean_token_mean"),
-    "highent_grpo": (0.0, "causal", 0.2, 0.2, 0.2, True, "token_mean"),
-    "p_trace": (0.95, "causal", 0.2, 0.28, None, False, "token_mean"),
-    "s_trace": (0.95, "causal", 0.2, 0.28, 0.2, False, "token_mean"),
+    # name: (lam, window, clip_low, clip_high, entropy_top_quantile, selected_only, loss_agg,
+    #        form)
+    "grpo": (0.0, "causal", 0.2, 0.2, None, False, "token_mean", "ratio"),
+    "gspo": (None, "sequence", 3e-4, 4e-4, None, False, "seq_mean_token_mean", "ratio"),
+    "highent_grpo": (0.0, "causal", 0.2, 0.2, 0.2, True, "token_mean", "ratio"),
+    "p_trace": (0.95, "causal", 0.2, 0.28, None, False, "token_mean", "weight"),
+    "s_trace": (0.95, "causal", 0.2, 0.28, 0.2, False, "token_mean", "weight"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_TABLE))
 def test_preset_values(name):
-    lam, window, lo, hi, q, sel, agg = PRESET_TABLE[name]
+    lam, window, lo, hi, q, sel, agg, form = PRESET_TABLE[name]
     c = TraceConfig.preset(name)
     assert c == PRESETS[name]
     if lam is not None:  # gspo: lam unused ("—" in the table)
         assert c.lam == lam
     assert (c.window, c.clip_low, c.clip_high) == (window, lo, hi)
     assert c.entropy_top_quantile == q
-    assert (c.loss_on_selected_only, c.loss_agg) == (sel, agg)
+    assert (c.loss_on_selected_only, c.loss_agg, c.form) == (sel, agg, form)
+    assert (c.weight_clock, c.weight_min, c.weight_max) == ("selected", 0.0, 2.0)
 
 
 def test_preset_names_and_unknown_name():

@@ -226,3 +226,12 @@ def test_05_credit_study():
     assert s["n_comparisons"] == 12  # 4 presets x 3 regimes
     assert s["grad_checkpoints"] == ["after GRPO", "warm start"]
     assert s["sweep_settings"] == 20  # 15 on-policy (lam x q) + 5 off-policy (lam)
+    # the forms study: 5 methods x 3 regimes x 5 seeds at the tuned rates, 5 x 3 rates x 2
+    # tuning seeds, every curve recomputed from the runs
+    assert s["forms_grid_runs"] == 75 and s["forms_tuning_runs"] == 30
+    assert s["forms_regimes"] == ["updates_2", "off_policy", "stale_token"]
+    assert s["forms_recomputed_agree"] is True and s["forms_n_comparisons"] == 12
+    assert set(s["forms_tuned_lr"]) == {"grpo", "p_trace@gate", "s_trace@gate", "p_trace@weight",
+                                        "s_trace@weight"}
+    assert [row[:2] for row in s["ratio_comparisons"]] == [
+        ["off_policy", "p_trace@ratio"], ["off_policy", "s_trace@ratio"]]

@@ -96,7 +96,7 @@ def test_gate_never_pushes_a_token_past_its_own_bound(name, lam):
     # A token outside its trust region in its advantage's direction gets exactly no gradient
     # from any term of the trace; the ratio form keeps pushing some of those tokens out.
     b = make_batch(6, 40, seed=34, scale=0.6)
-    config = TraceConfig.preset(name, lam=lam)
+    config = TraceConfig.preset(name, lam=lam, form="ratio")
     rho = torch.exp(b["logp"].detach() - b["old"])
     A = b["A"][:, None].expand_as(rho)
     out_high = (A > 0) & (rho > 1 + config.clip_high) & b["mask"]

@@ -8,6 +8,10 @@
 # `strace_ds.losses`; the notebook only adds a tiny sequence MDP whose exact gradient can be
 # enumerated, so that we can *measure* what each estimator does.
 #
+# The trace here is in its **ratio form** (`form="ratio"`, the form the presets first shipped
+# with); the `p_trace`/`s_trace` presets now use the weight form, chosen by the credit study
+# (`docs/ALGORITHMS.md`, "Trace forms"; section 5e of notebook 01 compares the forms).
+#
 # Plan:
 # 1. the exact off-policy policy gradient and the historical importance weight PPO/GRPO drop;
 # 2. why the full product of ratios is unusable on long answers (its variance grows
@@ -503,7 +507,7 @@ theta = theta_old + FIXED_DRIFT * uphill
 g_true = exact_gradient(theta)
 lam_sweep = {
     "trust region off": [replicated(theta, g_true, TraceConfig(lam=lam, **NO_CLIP)) for lam in LAMS],
-    "clip 0.2 / 0.28": [replicated(theta, g_true, TraceConfig.preset("p_trace", lam=lam)) for lam in LAMS],
+    "clip 0.2 / 0.28": [replicated(theta, g_true, TraceConfig.preset("p_trace", lam=lam, form="ratio")) for lam in LAMS],
 }
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 for label, rows in lam_sweep.items():
@@ -546,8 +550,8 @@ for label, d in sweep_bias_drop.items():
 # %%
 CLIPPED = {
     "GRPO (preset)": TraceConfig.preset("grpo"),
-    "P-trace (preset, lam=0.95)": TraceConfig.preset("p_trace"),
-    "P-trace, clip 0.2/0.2": TraceConfig.preset("p_trace", clip_high=0.2),
+    "P-trace (preset, lam=0.95)": TraceConfig.preset("p_trace", form="ratio"),
+    "P-trace, clip 0.2/0.2": TraceConfig.preset("p_trace", clip_high=0.2, form="ratio"),
     "GSPO (preset clip)": TraceConfig.preset("gspo"),
     "GSPO, clip 0.2": TraceConfig.preset("gspo", clip_low=0.2, clip_high=0.2),
 }

@@ -8,6 +8,10 @@
 # paper's own derivation is not public), and checks it numerically against independent
 # implementations written here from the GRPO and GSPO papers.
 #
+# The trace here is in its **ratio form** (`form="ratio"`, the form the presets first shipped
+# with); the `p_trace`/`s_trace` presets now use the weight form, chosen by the credit study
+# (`docs/ALGORITHMS.md`, "Trace forms"; section 5e of notebook 01 compares the forms).
+#
 # 1. GSPO's sequence ratio is the trace with a uniform, whole-answer window;
 #    GRPO is the trace with $\lambda = 0$.
 # 2. `strace_ds.losses.policy_loss` reproduces both to float64 precision (gradients included).
@@ -167,8 +171,8 @@ adv = torch.tensor([1.0, -0.5, 0.3, -0.8])  # [B] (answer 0 was right)
 members = {
     "GRPO": TraceConfig.preset("grpo"),
     "GSPO": TraceConfig.preset("gspo"),
-    "P-trace (lam=0.95)": TraceConfig.preset("p_trace"),
-    "S-trace (lam=0.95, q=0.2)": TraceConfig.preset("s_trace"),
+    "P-trace (lam=0.95)": TraceConfig.preset("p_trace", form="ratio"),
+    "S-trace (lam=0.95, q=0.2)": TraceConfig.preset("s_trace", form="ratio"),
 }
 credit = {name: token_credit(logp, logp, adv, mask, entropy=entropy, config=cfg)
           for name, cfg in members.items()}
@@ -208,7 +212,7 @@ print("per-answer total credit, GRPO   :", [round(float(x), 6) for x in total["G
 print("per-answer total credit, P-trace:", [round(float(x), 6) for x in total["P-trace (lam=0.95)"]])
 print("per-answer total credit, S-trace:", [round(float(x), 6) for x in total["S-trace (lam=0.95, q=0.2)"]])
 credit_total_diff = float((total["GRPO"] - total["P-trace (lam=0.95)"]).abs().max())
-lam1 = token_credit(logp, logp, adv, mask, config=TraceConfig.preset("p_trace", lam=1.0))
+lam1 = token_credit(logp, logp, adv, mask, config=TraceConfig.preset("p_trace", lam=1.0, form="ratio"))
 harmonic = sum(1.0 / k for k in range(1, T + 1))
 first_ratio = float(lam1[0, 0] / credit["GRPO"][0, 0])
 last_ratio = float(lam1[0, -1] / credit["GRPO"][0, -1])
@@ -245,7 +249,7 @@ adv = torch.tensor([1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0])  # [B]
 
 compare = {
     "GRPO (0.2/0.2)": TraceConfig.preset("grpo"),
-    "P-trace (lam=0.95, 0.2/0.28)": TraceConfig.preset("p_trace"),
+    "P-trace (lam=0.95, 0.2/0.28)": TraceConfig.preset("p_trace", form="ratio"),
     "GSPO (preset 3e-4/4e-4)": TraceConfig.preset("gspo"),
     "GSPO (0.2/0.28)": TraceConfig.preset("gspo", clip_low=0.2, clip_high=0.28),
 }

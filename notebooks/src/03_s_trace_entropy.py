@@ -5,7 +5,11 @@
 # (Mou et al., 2026) describes the S-trace as "a sparse eligibility traces mechanism to further
 # mitigate variance and achieve fine-grained credit assignment by selectively masking
 # low-entropy tokens". The formulas below are **this project's formalisation of that
-# sentence** (`docs/ALGORITHMS.md`), not the paper's text:
+# sentence** (`docs/ALGORITHMS.md`), not the paper's text.
+#
+# The trace here is in its **ratio form** (`form="ratio"`, the form the presets first shipped
+# with); the `p_trace`/`s_trace` presets now use the weight form, chosen by the credit study
+# (`docs/ALGORITHMS.md`, "Trace forms"; section 5e of notebook 01 compares the forms).
 #
 # $$\tau = \operatorname{quantile}\big(\{H_{i,t} : t \text{ valid}\},\ 1 - q\big), \qquad
 #   m_{i,t} = [H_{i,t} \ge \tau],$$
@@ -230,8 +234,9 @@ print("head path vs answer_logprobs:", f"{float((check - logp_pool[:4]).abs()[va
 # %%
 QS = [0.5, 0.3, 0.2, 0.1, 0.05]  # q = 1 selects every token: that is the P-trace line
 P_TRACE, EIGHTY = "P-trace (no selection)", "80/20 GRPO (q=0.2, loss on selected)"
-objectives = {"GRPO": TraceConfig.preset("grpo"), P_TRACE: TraceConfig.preset("p_trace")}
-objectives.update({f"S-trace q={q}": TraceConfig.preset("s_trace", entropy_top_quantile=q) for q in QS})
+objectives = {"GRPO": TraceConfig.preset("grpo"), P_TRACE: TraceConfig.preset("p_trace", form="ratio")}
+objectives.update({f"S-trace q={q}": TraceConfig.preset("s_trace", entropy_top_quantile=q, form="ratio")
+                   for q in QS})
 objectives[EIGHTY] = TraceConfig.preset("highent_grpo")
 
 G, N_RESAMPLE, SEEDS = 8, 20, list(range(16))  # SEEDS: one independent pool each
@@ -444,7 +449,7 @@ sub = batch.rows(rows)
 with torch.no_grad():
     logp_b, ent_b = answer_logprobs(model, sub)
 credit = {name: token_credit(logp_b, logp_b, adv, sub.response_mask, entropy=ent_b,
-                             config=TraceConfig.preset(name))
+                             config=TraceConfig.preset(name, form="ratio"))
           for name in ("grpo", "s_trace")}
 sel_b, _ = select_tokens(sub.response_mask, ent_b, 0.2)
 pos, neg = int(torch.nonzero(adv > 0)[0]), int(torch.nonzero(adv < 0)[0])

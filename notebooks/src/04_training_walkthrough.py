@@ -9,7 +9,8 @@
 # real model, a real dataset and an SGLang server.
 #
 # The P-trace/S-trace losses are **this project's formalisation of the paper's abstract**
-# (Mou et al., 2026; `docs/ALGORITHMS.md`), not the paper's text.
+# (Mou et al., 2026; `docs/ALGORITHMS.md`), not the paper's text. The `s_trace` preset is in the
+# weight form: GRPO on each batch's first update, a bounded historical weight on the later ones.
 #
 # The budget is deliberately tiny (6 steps of 16 prompts x 4 answers) so that the notebook runs
 # in a few minutes on a laptop CPU: it shows the machinery and the metrics, not a converged run,

@@ -218,6 +218,25 @@ for regime, cells in forms["regimes"].items():
               f"-> {verdict}")
 
 # %% [markdown]
+# The ratio form at the rate every method above picked (study `ratio`: not tuned itself, four
+# updates per batch, GRPO's runs are the forms study's): is its collapse in the first study the
+# learning rate's?
+
+# %%
+ratio_study = everything["studies"].get("ratio", {"regimes": {}})
+ratio_rows = []
+for regime, cells in ratio_study["regimes"].items():
+    for preset, c in cells.items():
+        m, lo, hi = c["final"]
+        v = c.get("vs_grpo")
+        if v:
+            ratio_rows.append((regime, preset, *v["final_diff"]))
+        diff = "" if not v else (f"; avg@k - GRPO {100 * v['final_diff'][0]:+5.1f} "
+                                 f"[{100 * v['final_diff'][1]:+5.1f}, {100 * v['final_diff'][2]:+5.1f}]")
+        print(f"{regime} {preset:14s} lr {c['lr']:g}: final {100 * m:5.1f}% [{100 * lo:5.1f}, "
+              f"{100 * hi:5.1f}]{diff}")
+
+# %% [markdown]
 # ## 7. Verdict
 #
 # Printed from the numbers above: which methods differ from GRPO with intervals that exclude
@@ -242,4 +261,6 @@ print("SUMMARY_JSON " + json.dumps({
     "forms_tuned_lr": {m: t["lr"] for m, t in forms["tuning"].items()},
     "forms_better": forms_better, "forms_worse": forms_worse,
     "forms_n_comparisons": len(form_rows),
+    "ratio_comparisons": [[reg, p, round(d, 6), round(lo, 6), round(hi, 6)]
+                          for reg, p, d, lo, hi in ratio_rows],
 }))

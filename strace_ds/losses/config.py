@@ -156,10 +156,16 @@ PRESETS: dict[str, TraceConfig] = {
     "highent_grpo": TraceConfig(
         lam=0.0, clip_low=0.2, clip_high=0.2, entropy_top_quantile=0.2, loss_on_selected_only=True
     ),
-    # P-trace: a decaying causal trace of token log-ratios, clipped per token.
-    "p_trace": TraceConfig(lam=0.95, window="causal", clip_low=0.2, clip_high=0.28),
-    # S-trace: the P-trace that only ticks on the top-20% entropy tokens.
+    # P-trace: a decaying causal trace of the token log-ratios. In the weight form (the credit
+    # study's most stable form, README "Credit-assignment study"): each token keeps its own
+    # PPO-clipped term, weighted by a detached, bounded, decayed product of the past ratios.
+    # form="ratio" is the trace ratio clipped per token (the presets' first form).
+    "p_trace": TraceConfig(
+        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, form="weight"
+    ),
+    # S-trace: the P-trace whose trace only ticks on the top-20% entropy tokens.
     "s_trace": TraceConfig(
-        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, entropy_top_quantile=0.2
+        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, entropy_top_quantile=0.2,
+        form="weight",
     ),
 }
