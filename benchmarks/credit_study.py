@@ -85,7 +85,7 @@ STUDIES: dict[str, dict] = {
                 "regimes": ("on_policy", "off_policy", "stale"), "tune_lrs": ()},
     # the trace forms against GRPO, each at its own tuned rate, 2 / 4 updates per batch and
     # stale answers with the token correction (one update per batch: the weight form is GRPO
-    # and the gate is the ratio form, identities of docs/ALGORITHMS.md)
+    # and the gate is the ratio form: docs/ALGORITHMS.md, "Identities the tests prove")
     "forms": {"presets": ("grpo", "p_trace@gate", "s_trace@gate", "p_trace@weight",
                           "s_trace@weight"),
               "regimes": ("updates_2", "off_policy", "stale_token"),

@@ -22,13 +22,16 @@ from credit_gradients import (  # noqa: E402
     gradient_probe,
     gradient_stats,
     load_policy,
+    method_config,
 )
 
 from strace_ds.losses import PRESETS  # noqa: E402
 
 TINY = str(REPO / "strace_ds" / "assets" / "tiny-qwen3")
 SIZES = dict(n_batches=2, prompts_per_batch=2, group_size=4, max_new_tokens=24, seed=0)
-PROBED = ["grpo", "s_trace", "gspo"]
+# s_trace in the ratio form: the presets' weight form is GRPO exactly on-policy (no past
+# ratio moves), so only the ratio form gives the probe a second gradient to tell apart.
+PROBED = ["grpo", "s_trace@ratio", "gspo"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_result_structure(probe):
 def test_probe_is_the_stats_of_its_batches(probe, sampled):
     """Same answers for every preset, small batches first, large batches the second half."""
     model, batches = sampled
-    configs = {name: PRESETS[name] for name in PROBED}
+    configs = {name: method_config(name) for name in PROBED}
     grads = [batch_gradients(model, gb, configs, SIZES["max_new_tokens"])[0] for gb in batches]
     n = SIZES["n_batches"]
     rewards = torch.cat([gb.rewards for gb in batches])
@@ -80,7 +83,11 @@ def test_probe_is_the_stats_of_its_batches(probe, sampled):
         assert got["cosine"] == pytest.approx(stats["cosine"], rel=1e-6, abs=1e-9)
     # the presets' losses differ: so do their gradients on the same answers
     b = next(i for i, gb in enumerate(batches) if bool(gb.informative.any()))
-    assert not torch.allclose(grads[b]["grpo"], grads[b]["s_trace"])
+    assert not torch.allclose(grads[b]["grpo"], grads[b]["s_trace@ratio"])
+    # ... and the weight form, on-policy, is GRPO's gradient (docs/ALGORITHMS.md identities)
+    weight = batch_gradients(model, batches[b], {"s": PRESETS["s_trace"]}, SIZES["max_new_tokens"])
+    assert PRESETS["s_trace"].form == "weight"
+    torch.testing.assert_close(weight[0]["s"], grads[b]["grpo"], rtol=1e-5, atol=1e-9)
 
 
 def _reference_grpo_gradient(model, gb) -> torch.Tensor:
