@@ -2,17 +2,19 @@
 
     python benchmarks/credit_study.py --study presets       # the first study (cached runs reused)
     python benchmarks/credit_study.py --study forms         # the trace forms, tuned rates
+    python benchmarks/credit_study.py --study long          # a second task shape
     python benchmarks/credit_study.py --study presets --phase sweep   # lam x q sweep of s_trace
     python benchmarks/credit_study.py --report-only         # tables + figures from the cache
     python benchmarks/credit_study.py --smoke --work DIR    # tiny sizes, for the tests
 
-Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``), long answers (~100 tokens)
-whose reward hinges on three results, trained from the shipped chain policy
-(:mod:`strace_ds.tiny_chain`, sampled accuracy ~25%) with ``scripts/train.py`` and
-``ds_configs/zero3.json``, the in-process engine, one thread per run, ``--jobs`` runs at a time.
+Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``; by default long answers of ~100
+tokens whose reward hinges on three results), trained from the task shape's shipped policy
+(:mod:`strace_ds.tiny_chain`, sampled accuracy ~25% on the default shape) with
+``scripts/train.py`` and ``ds_configs/zero3.json``, the in-process engine, one thread per run,
+``--jobs`` runs at a time.
 
-Two studies (``STUDIES``, ``--study``; ``--presets``, ``--regimes`` and ``--tune_lrs`` override
-them). A method is a loss preset or ``preset@form``, a trace preset in another form
+Four studies (``STUDIES``, ``--study``; ``--task``, ``--presets``, ``--regimes`` and ``--tune_lrs``
+override them). A method is a loss preset or ``preset@form``, a trace preset in another form
 (``--form``: ratio, gate, weight; ``docs/ALGORITHMS.md`` "Trace forms").
 
 * ``presets``: the five presets as first shipped (trace presets in the ratio form), all at
@@ -25,6 +27,10 @@ them). A method is a loss preset or ``preset@form``, a trace preset in another f
   regime: two and four updates per batch and stale answers with the token correction. One
   update per batch is not run again: there the weight form is GRPO exactly and the gate is the
   ratio form exactly (the first study's on-policy cells).
+* ``long``: the headline cells on a second task shape, ``chain:decisive=5,filler=2`` (five
+  decisive results, answers of ~185 tokens, its own shipped policy): GRPO and the presets' form
+  (weight) with two and four updates per batch, at the rate the forms study picked for every
+  method (not tuned on this task).
 
 Regimes (``REGIMES``, updates per batch in ``UPDATES``):
 
@@ -89,15 +95,24 @@ STUDIES: dict[str, dict] = {
     "forms": {"presets": ("grpo", "p_trace@gate", "s_trace@gate", "p_trace@weight",
                           "s_trace@weight"),
               "regimes": ("updates_2", "off_policy", "stale_token"),
-              "tune_lrs": (1e-4, 2e-4, 4e-4)},
+              "tune_lrs": (1e-4, 2e-4, 4e-4), "check_lams": (0.5, 0.99)},
     # the ratio form at the rate every method of the forms study picked: is its collapse with
     # four updates per batch the rate's? (not tuned itself; GRPO's runs are the forms study's)
     "ratio": {"presets": ("grpo", "p_trace@ratio", "s_trace@ratio"), "regimes": ("off_policy",),
               "tune_lrs": (), "lr": 1e-4},
+    # the headline cells on a second task shape: five decisive results per answer, ~185 tokens
+    # (its own shipped policy), the presets' form at the rate the forms study picked for all
+    "long": {"task": "chain:decisive=5,filler=2", "max_new_tokens": 208,
+             "presets": ("grpo", "p_trace@weight", "s_trace@weight"),
+             "regimes": ("updates_2", "off_policy"), "tune_lrs": (), "lr": 1e-4},
 }  # fmt: skip
 """The committed studies: methods (a preset, or preset@form for ``--form``), regimes, and the
 learning-rate grid each method is tuned on (empty: every method at the study's ``lr``, else at
-``--lr``)."""
+``--lr``); optionally the task and answer cap (``--task``, ``--max_new_tokens`` otherwise) and
+``check_lams``: other ``lam`` values of the trace methods, run like the tuning runs at each
+method's picked rate (the lam check; the grid keeps the presets' ``lam``)."""
+DEFAULT_TASK = "chain"
+DEFAULT_MAX_NEW_TOKENS = 144
 DEFAULT_LR = 2e-4
 REGIMES: dict[str, list[str]] = {
     "on_policy": ["--mini_batches", "1", "--epochs", "1"],
@@ -128,7 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--study", default="all", choices=(*STUDIES, "all"),
                    help="which committed study (STUDIES) sets the methods, regimes and "
                         "learning-rate grid; --presets, --regimes and --tune_lrs override it")
-    p.add_argument("--task", default="chain", help="a generated --dataset spec")
+    p.add_argument("--task", default=None,
+                   help=f"a generated --dataset spec (default: the study's, else {DEFAULT_TASK})")
     p.add_argument("--presets", default=None,
                    help="methods: a preset name, or preset@form (p_trace@weight) for another "
                         "trace form (--form of scripts/train.py)")
@@ -145,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_k", type=int, default=4)
     p.add_argument("--prompts_per_step", type=int, default=16)
     p.add_argument("--group_size", type=int, default=8)
-    p.add_argument("--max_new_tokens", type=int, default=144)
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help=f"answer cap (default: the study's, else {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--lr", type=float, default=None,
                    help="every method's learning rate when --tune_lrs is empty (default: the "
                         f"study's, else {DEFAULT_LR})")
@@ -165,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.eval_every, args.eval_size, args.eval_k = 2, 1, 8, 2
-        args.prompts_per_step, args.group_size, args.max_new_tokens = 4, 4, 128
+        args.prompts_per_step, args.group_size = 4, 4
+        args.max_new_tokens = args.max_new_tokens or 128
         args.grad_batches, args.sweep_lams, args.sweep_qs = 2, "0.0,0.95", "0.2"
         args.sweep_off_policy_qs = ""
     for name in ("presets", "regimes", "seeds", "sweep_seeds", "sweep_lams", "sweep_qs",
@@ -186,7 +204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def study_args(args: argparse.Namespace, study: str) -> argparse.Namespace:
-    """``args`` with the study's methods, regimes and grid wherever the command left them out."""
+    """``args`` with the study's task, methods, regimes and grid wherever the command left them
+    out, and the sha256 of the task's shipped policy (part of every cache key)."""
     sub = argparse.Namespace(**vars(args))
     sub.study = study
     for name in ("presets", "regimes", "tune_lrs"):
@@ -194,6 +213,12 @@ def study_args(args: argparse.Namespace, study: str) -> argparse.Namespace:
             setattr(sub, name, list(STUDIES[study][name]))
     if args.lr is None:
         sub.lr = STUDIES[study].get("lr", DEFAULT_LR)
+    if args.task is None:
+        sub.task = STUDIES[study].get("task", DEFAULT_TASK)
+    if args.max_new_tokens is None:
+        sub.max_new_tokens = STUDIES[study].get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    sub.check_lams = list(STUDIES[study].get("check_lams", ()))
+    sub.policy_sha = policy_sha(sub.task)
     if args.smoke and args.tune_lrs is None:
         sub.tune_lrs, sub.tune_seeds = sub.tune_lrs[:2], sub.tune_seeds[:1]
     return sub
@@ -227,7 +252,7 @@ def policy_sha(task: str) -> str:
     task_entry = generated_task(task)
     if task_entry is None:
         raise SystemExit(f"--task {task!r} is not a generated task")
-    return file_sha256(task_entry.policy_dir() / "model.safetensors")
+    return file_sha256(task_entry.policy_dir(task) / "model.safetensors")
 
 
 def run_flags(args, regime: str, preset: str, seed: int, extra=(), lr=None) -> list[str]:
@@ -300,20 +325,63 @@ def tune_jobs(args) -> list[tuple]:
             for method in args.presets]  # fmt: skip
 
 
+def tuning_score(runs: list[dict]) -> float:
+    """Mean held-out avg@k over tuning runs, each scored by the mean of its last two
+    evaluations (which damps one noisy one)."""
+    return sum(sum(e["avg"] for e in r["evals"][-2:]) / len(r["evals"][-2:])
+               for r in runs) / len(runs)  # fmt: skip
+
+
 def pick_lrs(args, records: list[dict]) -> dict[str, dict]:
-    """Per method, the grid's rate with the best mean held-out avg@k over the tuning seeds
-    (each run scored by the mean of its last two evaluations, which damps one noisy one)."""
+    """Per method, the grid's rate with the best :func:`tuning_score` over the tuning seeds."""
     out = {}
     for method in args.presets:
         scores = {}
         for lr in args.tune_lrs:
             runs = [r for r in records if r["tag"] == f"{method}-lr{lr}"]
             if runs:
-                scores[lr] = sum(sum(e["avg"] for e in r["evals"][-2:]) / len(r["evals"][-2:])
-                                 for r in runs) / len(runs)  # fmt: skip
+                scores[lr] = tuning_score(runs)
         if scores:
             out[method] = {"lr": max(scores, key=scores.get),
                            "scores": {str(k): v for k, v in scores.items()}}  # fmt: skip
+    return out
+
+
+def trace_methods(args) -> list[str]:
+    """The study's methods that carry a trace (``lam`` > 0): those the lam check varies."""
+    from credit_gradients import method_config
+
+    return [m for m in args.presets if method_config(m).lam > 0]
+
+
+def lam_jobs(args) -> list[tuple]:
+    if not (args.check_lams and args.tune_lrs):
+        return []
+    return [(args.tune_regime, method, seed, ["--lam", str(lam)], f"{method}-lam{lam}", False,
+             method_lr(args, method))
+            for seed in args.tune_seeds for lam in args.check_lams
+            for method in trace_methods(args)]  # fmt: skip
+
+
+def lam_check(args, records: list[dict]) -> dict[str, dict]:
+    """Per trace method, :func:`tuning_score` at each ``lam`` at its picked rate: the preset's
+    own ``lam`` is its tuning run at that rate, ``lam = 0`` is GRPO's tuning run at that rate
+    (the identity of every form), the others are the lam check's runs."""
+    from credit_gradients import method_config
+
+    out = {}
+    for method in trace_methods(args):
+        lr = method_lr(args, method)
+        tags = {method_config(method).lam: f"{method}-lr{lr}", 0.0: f"grpo-lr{lr}",
+                **{lam: f"{method}-lam{lam}" for lam in args.check_lams}}  # fmt: skip
+        scores = {}
+        for lam in sorted(tags):
+            runs = [r for r in records if r["tag"] == tags[lam]]
+            if runs:
+                scores[str(lam)] = tuning_score(runs)
+        if scores:
+            out[method] = {"lr": lr, "lam": method_config(method).lam, "scores": scores,
+                           "best": float(max(scores, key=scores.get))}  # fmt: skip
     return out
 
 
@@ -522,6 +590,21 @@ def report(args, summary: dict, grad: dict | None) -> str:
                      for lr in lrs]  # fmt: skip
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if summary.get("lam_check"):
+        lams = sorted({lam for t in summary["lam_check"].values() for lam in t["scores"]},
+                      key=float)  # fmt: skip
+        lines += ["## lam check", "", f"{args.tune_regime}, seeds {args.tune_seeds}, each trace "
+                  f"method at its picked rate: held-out avg@{k} %, mean of the last two "
+                  "evaluations (lam 0 is GRPO's run, the preset's own lam its tuning run; the "
+                  "grid above keeps the preset's lam; best in bold).", "",
+                  "| method | lr | " + " | ".join(f"lam {lam}" for lam in lams) + " |",
+                  "|---|---|" + "---|" * len(lams)]  # fmt: skip
+        for method, t in summary["lam_check"].items():
+            cells = [(f"**{100 * t['scores'][lam]:.1f}**" if float(lam) == t["best"]
+                      else f"{100 * t['scores'][lam]:.1f}") if lam in t["scores"] else "-"
+                     for lam in lams]  # fmt: skip
+            lines.append(f"| {method} | {t['lr']:g} | " + " | ".join(cells) + " |")
+        lines.append("")
     if summary["sweep"]:
         lines += ["## s_trace: lam x entropy_top_quantile", "", "On-policy unless the run "
                   "name says otherwise; one update per batch never clips (ratio 1), so the clip "
@@ -570,11 +653,10 @@ def figure(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    args.policy_sha = policy_sha(args.task)
     if args.phase == "report":
         args.report_only = True
     studies = list(STUDIES) if args.study == "all" else [args.study]
-    out: dict = {"task": args.task, "studies": {}}
+    out: dict = {"task": args.task or DEFAULT_TASK, "studies": {}}
     texts = []
     for study in studies:
         sub = study_args(args, study)
@@ -588,15 +670,18 @@ def main(argv: list[str] | None = None) -> None:
     print(args.work / "results.md")
 
 
-FIGURES = {"presets": "credit_study.png", "forms": "credit_study_forms.png"}
+FIGURES = {"presets": "credit_study.png", "forms": "credit_study_forms.png",
+           "long": "credit_study_long.png"}
 
 
 def run_study(args) -> dict:
     """One study: tuning, grid (and for ``presets`` the sweep and the gradient probe), summary."""
     # tuning first: the grid runs each method at its picked rate (reported runs only read)
     args.tuned_lr = {}
-    tuning = pick_lrs(args, run_all(args, tune_jobs(args))) if args.tune_lrs else {}
+    tuned = run_all(args, tune_jobs(args)) if args.tune_lrs else []
+    tuning = pick_lrs(args, tuned) if args.tune_lrs else {}
     args.tuned_lr = {m: t["lr"] for m, t in tuning.items()}
+    lams = lam_check(args, tuned + run_all(args, lam_jobs(args))) if lam_jobs(args) else {}
     extras = args.study == "presets"  # the sweep and the gradient probe belong to the first study
     report_only = args.report_only
     if args.phase in ("study", "all", "runs"):
@@ -611,6 +696,7 @@ def run_study(args) -> dict:
     summary = summarise(args, records)
     summary["study"] = args.study
     summary["tuning"] = tuning
+    summary["lam_check"] = lams
     summary["grad"] = grad
     return summary
 
@@ -649,7 +735,7 @@ def grad_phase(args) -> dict | None:
         if (final / "config.json").is_file():
             break
     out = {}
-    for name, model_dir in (("warm start", generated_task(args.task).policy_dir()),
+    for name, model_dir in (("warm start", generated_task(args.task).policy_dir(args.task)),
                             ("after GRPO", final)):  # fmt: skip
         out[name] = gradient_probe(str(model_dir), args.task, list(args.presets),
                                    n_batches=args.grad_batches,

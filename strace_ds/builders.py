@@ -46,8 +46,8 @@ def resolve_model(cfg: Any, log: Log = _quiet) -> str:
         return cfg.model
     from strace_ds.data.tasks import GENERATED_TASKS, generated_task
 
-    task = generated_task(cfg.dataset) or GENERATED_TASKS["synthetic"]
-    path = task.policy_dir()
+    task = generated_task(cfg.dataset)
+    path = task.policy_dir(cfg.dataset) if task else GENERATED_TASKS["synthetic"].policy_dir("")
     log(f"policy: embedded tiny Qwen3 at {path}")
     return str(path)
 

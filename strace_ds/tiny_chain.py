@@ -10,11 +10,13 @@ by a teacher that slips at each decisive result with probability ``ChainConfig.s
 accuracy at temperature 1 then starts in 10-40%: RL has signal in most groups and a long way to
 go, and what it has to learn is a handful of tokens per answer.
 
-As for the default policy, the build that the study uses ships with the package
-(``strace_ds/assets/tiny-qwen3-chain``, pinned by :data:`CHAIN_SHA256`) because float
-reductions differ between machines; this module is the recipe that regenerates it
-(``python -m strace_ds.tiny_chain --out strace_ds/assets/tiny-qwen3-chain --force``, then update
-:data:`CHAIN_SHA256`). Its ``BUILD_INFO.json`` records the config and the measured accuracies.
+As for the default policy, the builds that the study uses ship with the package (one per task
+shape in :data:`SHIPPED_CHAIN_BUILDS`, each pinned by its sha256) because float reductions
+differ between machines; this module is the recipe that regenerates them (the command of each
+is in :func:`regenerate_command`, then update the pinned sha256). Each ``BUILD_INFO.json``
+records the config and the measured accuracies. :func:`chain_policy_dir` picks the build whose
+problems a ``--dataset chain:...`` spec draws (every field but the teacher's ``slip_rate``), and
+the default build for a shape that has none.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,19 @@ from strace_ds.tiny import (
 
 CHAIN_BUILD_VERSION = 1
 """Bumped whenever the recipe changes, so old caches are not reused."""
-CHAIN_DIR = Path(__file__).resolve().parent / "assets" / "tiny-qwen3-chain"
-"""The chain-task build (seed 0) the credit study uses, shipped with the package."""
+ASSETS = Path(__file__).resolve().parent / "assets"
+CHAIN_DIR = ASSETS / "tiny-qwen3-chain"
+"""The default chain-task build (seed 0, ``--dataset chain``), shipped with the package."""
 CHAIN_SHA256 = "f04b3d377c04cbe84202c67424726aa57e93b1fecf041b99edcb7a42bc5dec66"
 """sha256 of the shipped chain build's ``model.safetensors``."""
+LONG_CHAIN_SPEC = "chain:decisive=5,filler=2"
+"""The second task shape of the credit study: five decisive results, answers of ~185 tokens."""
+LONG_CHAIN_DIR = ASSETS / "tiny-qwen3-chain-d5"
+"""The build for :data:`LONG_CHAIN_SPEC`, shipped with the package."""
+LONG_CHAIN_SHA256 = "b70a67903d288908773d0d2af85fa66d5243fb663eeaafcc4e5ff71d95aff13a"
+"""sha256 of the long-chain build's ``model.safetensors``."""
+LONG_CHAIN_MAX_NEW_TOKENS = 224
+"""Answer cap of the long build's accuracy measurement (its answers run to ~195 tokens)."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +102,60 @@ class ChainBuildConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def chain_policy_dir() -> Path:
-    """The shipped chain-task policy; raises with the regeneration command if it is missing."""
-    if not (_is_build(CHAIN_DIR) and (CHAIN_DIR / "model.safetensors").is_file()):
+@dataclass(frozen=True)
+class ShippedChainBuild:
+    """A chain-task build shipped with the package: the recipe's config, where, and its pin."""
+
+    spec: str
+    """The ``--dataset`` spec whose problems it was warm-started on."""
+    path: Path
+    sha256: str
+    """sha256 of its ``model.safetensors``."""
+    max_new_tokens: int = ChainBuildConfig.max_new_tokens
+
+    def build_config(self) -> ChainBuildConfig:
+        return ChainBuildConfig(task=parse_chain_spec(self.spec).to_dict(),
+                                max_new_tokens=self.max_new_tokens)  # fmt: skip
+
+
+def shipped_chain_builds() -> list[ShippedChainBuild]:
+    """The shipped builds, the default one first (read at call time: tests move the paths)."""
+    return [ShippedChainBuild("chain", CHAIN_DIR, CHAIN_SHA256),
+            ShippedChainBuild(LONG_CHAIN_SPEC, LONG_CHAIN_DIR, LONG_CHAIN_SHA256,
+                              LONG_CHAIN_MAX_NEW_TOKENS)]  # fmt: skip
+
+
+def regenerate_command(build: ShippedChainBuild) -> str:
+    """The command that rebuilds ``build`` in place (then update its pinned sha256)."""
+    extra = "" if build.spec == "chain" else f" --task {build.spec}"
+    if build.max_new_tokens != ChainBuildConfig.max_new_tokens:
+        extra += f" --max-new-tokens {build.max_new_tokens}"
+    return f"python -m strace_ds.tiny_chain --out {build.path}{extra} --force"
+
+
+def _problem_shape(cfg: ChainConfig) -> ChainConfig:
+    """The fields that decide the problems (the teacher's slip rate only shapes a warm start)."""
+    return replace(cfg, slip_rate=ChainConfig.slip_rate)
+
+
+def shipped_chain_build(spec: str = "chain") -> ShippedChainBuild:
+    """The shipped build whose problems ``spec`` draws, else the default build."""
+    want = _problem_shape(parse_chain_spec(spec))
+    builds = shipped_chain_builds()
+    return next((b for b in builds if _problem_shape(parse_chain_spec(b.spec)) == want),
+                builds[0])  # fmt: skip
+
+
+def chain_policy_dir(spec: str = "chain") -> Path:
+    """The shipped policy for the chain task ``spec`` (:func:`shipped_chain_build`); raises
+    with the regeneration command if it is missing."""
+    build = shipped_chain_build(spec)
+    if not (_is_build(build.path) and (build.path / "model.safetensors").is_file()):
         raise FileNotFoundError(
-            f"the shipped chain-task policy at {CHAIN_DIR} is missing or incomplete; reinstall "
-            f"strace_ds or regenerate it with `python -m strace_ds.tiny_chain --out {CHAIN_DIR} "
-            "--force`"
+            f"the shipped chain-task policy at {build.path} is missing or incomplete; reinstall "
+            f"strace_ds or regenerate it with `{regenerate_command(build)}`"
         )
-    return CHAIN_DIR
+    return build.path
 
 
 def teacher_targets(examples: list, task: ChainConfig, seed: int) -> list[str]:
@@ -179,10 +235,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sft-steps", type=int, default=ChainBuildConfig.sft_steps)
     p.add_argument("--task", default="chain",
                    help="the task and teacher, as --dataset spells it (chain:slip_rate=0.3,...)")
+    p.add_argument("--max-new-tokens", type=int, default=ChainBuildConfig.max_new_tokens,
+                   help="answer cap of the accuracy measurement (raise it for longer chains)")
     p.add_argument("--force", action="store_true", help="rebuild even if a build exists")
     args = p.parse_args(argv)
     task = parse_chain_spec(args.task).to_dict()
-    cfg = ChainBuildConfig(seed=args.seed, sft_steps=args.sft_steps, task=task)
+    cfg = ChainBuildConfig(seed=args.seed, sft_steps=args.sft_steps, task=task,
+                           max_new_tokens=args.max_new_tokens)
     out = build_chain_policy(args.out, cfg, force=args.force)
     print(out)
     print((out / BUILD_INFO).read_text(), end="")

@@ -11,7 +11,7 @@ from strace_ds.config import TrainConfig
 from strace_ds.data.chain import ChainConfig, chain_dataset
 from strace_ds.evaluation.benchmarks import load_benchmark
 from strace_ds.tiny import default_policy_dir
-from strace_ds.tiny_chain import chain_policy_dir
+from strace_ds.tiny_chain import LONG_CHAIN_DIR, chain_policy_dir
 from strace_ds.trainer import Trainer
 
 
@@ -28,6 +28,9 @@ def test_chain_spec_builds_its_data_policy_and_instruction() -> None:
     held = builders.load_eval_data(cfg)
     assert held.source == "chain:test" and len(held) == 7
     assert builders.resolve_model(cfg) == str(chain_policy_dir())
+    # a task shape with a shipped build of its own trains that build
+    long = _cfg(dataset="chain:decisive=5,filler=2")
+    assert builders.resolve_model(long) == str(LONG_CHAIN_DIR) != str(chain_policy_dir())
     assert builders.run_instruction(cfg) == ""
     assert Trainer.eval_name.fget(SimpleNamespace(cfg=cfg)) == "chain"
 

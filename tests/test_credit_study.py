@@ -97,6 +97,41 @@ def test_learning_rates_are_picked_on_tuning_seeds_only() -> None:
         credit_study.parse_args(["--presets", "grpo,p_trace@product"])
 
 
+def test_lam_check_runs_trace_methods_at_their_picked_rate() -> None:
+    """The lam check varies ``lam`` of the trace methods only (GRPO has none), on the tuning
+    seeds at each method's picked rate; its table reads the preset's own lam from the tuning
+    run and lam 0 from GRPO's tuning run at that rate (lam 0 is GRPO in every form)."""
+    args = credit_study.study_args(credit_study.parse_args(["--presets", "grpo,s_trace@weight"]),
+                                   "forms")
+    assert args.check_lams == [0.5, 0.99]
+    args.tuned_lr = {"grpo": 2e-4, "s_trace@weight": 1e-4}
+    jobs = credit_study.lam_jobs(args)
+    assert [(j[1], j[2], j[3], j[4], j[6]) for j in jobs] == [
+        ("s_trace@weight", seed, ["--lam", str(lam)], f"s_trace@weight-lam{lam}", 1e-4)
+        for seed in (100, 101) for lam in (0.5, 0.99)]  # fmt: skip
+    flags = credit_study.run_flags(args, *jobs[0][:3], extra=jobs[0][3], lr=jobs[0][6])
+    assert flags[-2:] == ["--lam", "0.5"] and flags[flags.index("--lr") + 1] == "0.0001"
+
+    def tagged(tag, seed, last_two):
+        return {**_record([0.3, *last_two], seed=seed), "tag": tag}
+
+    runs = [tagged("s_trace@weight-lr0.0001", s, [0.40, 0.42]) for s in (100, 101)]  # lam 0.95
+    runs += [tagged("grpo-lr0.0001", s, [0.38, 0.40]) for s in (100, 101)]  # lam 0
+    runs += [tagged("grpo-lr0.0002", s, [0.9, 0.9]) for s in (100, 101)]  # another rate: unread
+    runs += [tagged("s_trace@weight-lam0.5", s, [0.44, 0.46]) for s in (100, 101)]
+    runs += [tagged("s_trace@weight-lam0.99", 100, [0.2, 0.3])]
+    check = credit_study.lam_check(args, runs)
+    assert list(check) == ["s_trace@weight"]
+    t = check["s_trace@weight"]
+    assert t["lr"] == 1e-4 and t["lam"] == 0.95 and t["best"] == 0.5
+    assert t["scores"] == pytest.approx({"0.0": 0.39, "0.5": 0.45, "0.95": 0.41, "0.99": 0.25})
+    summary = {"regimes": {}, "threshold": 0.4, "sweep": {}, "lam_check": check}
+    text = credit_study.report(args, summary, None)
+    assert "| s_trace@weight | 0.0001 | 39.0 | **45.0** | 41.0 | 25.0 |" in text
+    args.check_lams = []
+    assert credit_study.lam_jobs(args) == []
+
+
 def _readme_commands() -> list[list[str]]:
     """The argv (after the script) of every command in the README's study code block."""
     text = (REPO / "README.md").read_text()
@@ -146,7 +181,14 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     assert len(tuning) == 2 * 2  # smoke: 2 rates x 1 tuning seed x 2 methods
     assert {r["seed"] for r in tuning} == {100} and {r["regime"] for r in tuning} == {"off_policy"}
     summary = json.loads((work / "summary.json").read_text())
-    assert list(summary["studies"]) == ["presets", "forms", "ratio"]
+    assert list(summary["studies"]) == ["presets", "forms", "ratio", "long"]
+    # the second task shape trains its own shipped policy (smoke: its answers cut at 128 tokens)
+    from strace_ds.tiny_chain import LONG_CHAIN_SPEC, shipped_chain_build
+
+    long = [json.loads(p.read_text()) for p in (work / "cache").glob("chain_*.json")]
+    assert len(long) == 2 * 2 * 2 and {r["task"] for r in long} == {LONG_CHAIN_SPEC}
+    assert {r["policy_sha256"] for r in long} == {shipped_chain_build(LONG_CHAIN_SPEC).sha256}
+    assert summary["studies"]["long"]["task"] == LONG_CHAIN_SPEC
     presets, forms = summary["studies"]["presets"], summary["studies"]["forms"]
     assert set(presets["regimes"]) == set(forms["regimes"]) == {"on_policy", "stale"}
     assert set(presets["sweep"]) == {"s_trace-lam0.0-q0.2", "s_trace-lam0.95-q0.2"}
@@ -172,12 +214,18 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
         assert [p["answers"] for p in cell["curve"]] == [0, 16, 32]  # steps x 4 x 4 answers
         tokens = [p["tokens"] for p in cell["curve"]]
         assert tokens[0] == 0 < tokens[1] < tokens[2]
-    for name in ("credit_study.png", "credit_study_forms.png"):
+    for name in credit_study.FIGURES.values():
         png = (work / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     text = reports[-1]
     assert "## Gradients" in text and "lam x entropy_top_quantile" in text
     assert "## Learning-rate tuning" in text and "# Credit-assignment study `forms`" in text
+    # the lam check: s_trace@weight at lam 0.5 and 0.99 on the tuning seed, at its picked rate
+    lams = [r for r in records if "-lam" in r["tag"] and "@" in r["tag"]]
+    assert sorted(r["tag"] for r in lams) == ["s_trace@weight-lam0.5", "s_trace@weight-lam0.99"]
+    assert {r["lr"] for r in lams} == {forms["tuning"]["s_trace@weight"]["lr"]}
+    assert set(forms["lam_check"]["s_trace@weight"]["scores"]) == {"0.0", "0.5", "0.95", "0.99"}
+    assert "## lam check" in text
     stamp = [p.stat().st_mtime_ns for p in cached]
     again = subprocess.run(  # everything cached: nothing trains, the same report
         [sys.executable, str(SCRIPT), "--phase", "all", "--work", str(work), *small],
@@ -188,19 +236,21 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
 
 
 def test_committed_study_is_complete() -> None:
-    """The committed studies: every grid and tuning run cached, with the shipped chain policy,
-    and each method of the forms study at the rate its tuning runs picked."""
-    from strace_ds.tiny_chain import CHAIN_SHA256
+    """The committed studies: every grid and tuning run cached, with its task's shipped chain
+    policy, and each method of the forms study at the rate its tuning runs picked."""
+    from strace_ds.tiny_chain import shipped_chain_build
 
     study = REPO / "benchmarks" / "credit_study"
     summary = json.loads((study / "summary.json").read_text())
-    records = [json.loads(p.read_text()) for p in (study / "cache").glob("chain-*.json")]
+    every = [json.loads(p.read_text()) for p in (study / "cache").glob("chain*.json")]
+    assert all(r["policy_sha256"] == shipped_chain_build(r["task"]).sha256 for r in every)
     args = credit_study.parse_args([])
-    assert all(r["policy_sha256"] == CHAIN_SHA256 for r in records)
     assert list(summary["studies"]) == list(credit_study.STUDIES)
     for name, spec in credit_study.STUDIES.items():
         sub = credit_study.study_args(args, name)
+        records = [r for r in every if r["task"] == sub.task]
         cells = summary["studies"][name]
+        assert cells["task"] == sub.task == spec.get("task", "chain")
         lrs = {m: t["lr"] for m, t in (cells["tuning"] or {}).items()}
         grid = {(r["regime"], r["preset"], r["seed"]) for r in records
                 if r["tag"] == r["preset"] and r["lr"] == lrs.get(r["preset"], sub.lr)}
@@ -212,5 +262,5 @@ def test_committed_study_is_complete() -> None:
             assert {(p, lr, s) for p in spec["presets"] for lr in spec["tune_lrs"]
                     for s in sub.tune_seeds} <= tuned, name  # fmt: skip
             assert not set(sub.tune_seeds) & set(args.seeds)
-    for name in ("credit_study.png", "credit_study_forms.png"):
+    for name in credit_study.FIGURES.values():
         assert (study / name).read_bytes()[:4] == b"\x89PNG"

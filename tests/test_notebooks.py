@@ -235,3 +235,9 @@ def test_05_credit_study():
                                         "s_trace@weight"}
     assert [row[:2] for row in s["ratio_comparisons"]] == [
         ["off_policy", "p_trace@ratio"], ["off_policy", "s_trace@ratio"]]
+    # the second task shape: 3 methods x 2 regimes x 5 seeds on its own task and policy
+    assert s["long_task"] == "chain:decisive=5,filler=2" and s["long_grid_runs"] == 30
+    assert s["long_recomputed_agree"] is True
+    methods = ("p_trace@weight", "s_trace@weight")
+    assert [row[:2] for row in s["long_comparisons"]] == [
+        [reg, m] for reg in ("updates_2", "off_policy") for m in methods]

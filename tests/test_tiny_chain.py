@@ -17,16 +17,37 @@ from strace_ds.data.chain import ChainConfig, chain_dataset
 _EQ = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
 
 
-def test_shipped_chain_policy_is_the_pinned_default_build() -> None:
-    path = tiny_chain.chain_policy_dir()
+@pytest.mark.parametrize("build", tiny_chain.shipped_chain_builds(), ids=lambda b: b.spec)
+def test_shipped_chain_policies_are_their_pinned_builds(build) -> None:
+    path = tiny_chain.chain_policy_dir(build.spec)
+    assert path == build.path
     info = json.loads((path / tiny.BUILD_INFO).read_text())
-    assert info["digest"] == tiny_chain.ChainBuildConfig().digest(), (
-        "the shipped chain policy is not the recipe's default build: regenerate it with "
-        "`python -m strace_ds.tiny_chain --out strace_ds/assets/tiny-qwen3-chain --force`"
+    assert info["digest"] == build.build_config().digest(), (
+        f"the shipped chain policy at {path} is not its recipe's build: regenerate it with "
+        f"`{tiny_chain.regenerate_command(build)}`"
     )
-    assert tiny.file_sha256(path / "model.safetensors") == tiny_chain.CHAIN_SHA256
+    assert tiny.file_sha256(path / "model.safetensors") == build.sha256
     assert info["base_sha256"] == tiny.SHIPPED_SHA256
-    assert 0.10 <= info["sampled_accuracy_t1"] <= 0.40 < info["greedy_accuracy"]
+    # unsure, yet it writes the chain: RL has signal in most groups and room to learn
+    assert 0.05 <= info["sampled_accuracy_t1"] <= 0.40 < info["greedy_accuracy"]
+    assert info["boxed_rate_t1"] >= 0.9
+
+
+def test_each_chain_shape_gets_its_build() -> None:
+    """A spec takes the build of its problems (the teacher's slip rate aside), else the
+    default build; the regeneration command rebuilds the same config."""
+    long = tiny_chain.LONG_CHAIN_SPEC
+    assert tiny_chain.shipped_chain_build().build_config() == tiny_chain.ChainBuildConfig()
+    assert tiny_chain.chain_policy_dir() == tiny_chain.CHAIN_DIR
+    assert tiny_chain.chain_policy_dir("chain:filler=2") == tiny_chain.CHAIN_DIR
+    assert tiny_chain.chain_policy_dir(long) == tiny_chain.LONG_CHAIN_DIR
+    assert tiny_chain.chain_policy_dir("chain:filler=2,decisive=5,slip_rate=0.1") == (
+        tiny_chain.LONG_CHAIN_DIR)
+    assert tiny_chain.chain_policy_dir("chain:decisive=2,filler=0") == tiny_chain.CHAIN_DIR
+    build = tiny_chain.shipped_chain_build(long)
+    argv = tiny_chain.regenerate_command(build).split()[3:]
+    assert argv == ["--out", str(tiny_chain.LONG_CHAIN_DIR), "--task", long, "--max-new-tokens",
+                    str(tiny_chain.LONG_CHAIN_MAX_NEW_TOKENS), "--force"]  # fmt: skip
 
 
 def test_shipped_chain_policy_errs_at_the_decisions() -> None:
@@ -94,3 +115,6 @@ def test_missing_chain_policy_names_the_fix(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(tiny_chain, "CHAIN_DIR", tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="python -m strace_ds.tiny_chain"):
         tiny_chain.chain_policy_dir()
+    monkeypatch.setattr(tiny_chain, "LONG_CHAIN_DIR", tmp_path / "gone-too")
+    with pytest.raises(FileNotFoundError, match="--task chain:decisive=5,filler=2 --max-new"):
+        tiny_chain.chain_policy_dir(tiny_chain.LONG_CHAIN_SPEC)

@@ -3,12 +3,14 @@
 #
 # This notebook reads the committed results of `benchmarks/credit_study.py` (it trains
 # nothing): the chain task (`strace_ds.data.chain`), whose ~100-token answers are decided by
-# three arithmetic results, trained from the shipped chain policy (`strace_ds.tiny_chain`). Two
+# three arithmetic results, trained from the shipped chain policy (`strace_ds.tiny_chain`). Four
 # studies: **presets** (the five presets as first shipped, the trace in its ratio form, one
-# learning rate, three regimes) and **forms** (GRPO against the trace presets in the token-gate
-# and weight forms, each at its own learning rate tuned on separate seeds, with 1, 2 and 4
-# updates per batch and stale answers with the token correction), It recomputes the headline numbers
-# from the cached runs, shows the curves with their intervals, and states the verdict.
+# learning rate, three regimes), **forms** (GRPO against the trace presets in the token-gate
+# and weight forms, each at its own learning rate tuned on separate seeds, with 2 and 4
+# updates per batch and stale answers with the token correction), **ratio** (the ratio form at
+# the forms study's rate) and **long** (the headline cells on a second task shape, five decisive
+# results in ~170-token answers). It recomputes the headline numbers from the cached runs, shows
+# the curves with their intervals, and states the verdict.
 #
 # The traces are **this project's formalisation of the paper's abstract** (`docs/ALGORITHMS.md`),
 # not the paper's text; the paper reports S-trace above GRPO by +0.49 / +3.16 / +2.98 points of
@@ -36,10 +38,10 @@ tuning_runs = [r for r in cached if "-lr" in r["tag"]]
 
 
 def cell_runs(study, regime, preset):
-    """The cached runs of one cell of a study, at the cell's learning rate."""
+    """The cached runs of one cell of a study: its task, at the cell's learning rate."""
     lr = study["regimes"][regime][preset]["lr"]
     return [r for r in runs if r["tag"] == r["preset"] and r["regime"] == regime
-            and r["preset"] == preset and r["lr"] == lr]
+            and r["preset"] == preset and r["lr"] == lr and r["task"] == study["task"]]
 
 
 grid = [r for reg, cells in summary["regimes"].items() for p in cells
@@ -168,54 +170,71 @@ for method, t in forms["tuning"].items():
 # answer tokens generated), one column per regime; recomputed from the runs.
 
 # %%
+def efficiency_curves(study):
+    """Sample- and token-efficiency curves of a study's cells, recomputed from its runs and
+    plotted one column per regime; returns the recomputed final means."""
+    regs = list(study["regimes"])
+    fig, axes = plt.subplots(2, len(regs), figsize=(4.2 * len(regs), 6.4), sharey=True,
+                             squeeze=False)
+    final = {}
+    for col, regime in enumerate(regs):
+        for preset in study["regimes"][regime]:
+            mine = cell_runs(study, regime, preset)
+            flags = mine[0]["flags"]
+            per_step = (int(flags[flags.index("--prompts_per_step") + 1])
+                        * int(flags[flags.index("--group_size") + 1]))
+            steps = sorted({e["step"] for x in mine for e in x["evals"]})
+            curve = [bootstrap_ci([e["avg"] for x in mine for e in x["evals"] if e["step"] == s])
+                     for s in steps]
+            tokens = [sum(sum(x["tokens_per_step"][:s]) for x in mine) / len(mine) for s in steps]
+            final[(regime, preset)] = curve[-1][0]
+            for row, xs in enumerate(([s * per_step for s in steps], tokens)):
+                ax = axes[row][col]
+                line, = ax.plot(xs, [100 * m for m, _, _ in curve], label=preset)
+                ax.fill_between(xs, [100 * lo for _, lo, _ in curve],
+                                [100 * hi for _, _, hi in curve], alpha=0.12,
+                                color=line.get_color())
+        axes[0][col].set_title(f"{regime} ({study['regimes'][regime]['grpo']['updates_per_batch']}"
+                               " upd./batch)")
+        axes[0][col].set_xlabel("answers generated")
+        axes[1][col].set_xlabel("answer tokens generated")
+    for row in axes:
+        row[0].set_ylabel("held-out avg@k (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(study["task"], fontsize=9)
+    plt.tight_layout()
+    plt.show()
+    return final
+
+
+def compare_with_grpo(study):
+    """Each method's final avg@k minus GRPO's (paired by seed) and efficiency ratios, printed;
+    returns (regime, method, diff, lo, hi, verdict) rows."""
+    out = []
+    for regime, cells in study["regimes"].items():
+        for preset, c in cells.items():
+            v = c.get("vs_grpo")
+            if not v:
+                continue
+            d, lo, hi = v["final_diff"]
+            sr, tr = v["steps_ratio"], v["tokens_ratio"]
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
+            out.append((regime, preset, d, lo, hi, verdict))
+            print(f"{regime:11s} {preset:15s} lr {c['lr']:g}: avg@k - GRPO {100 * d:+5.1f} "
+                  f"[{100 * lo:+5.1f}, {100 * hi:+5.1f}] points; answers to threshold "
+                  f"{sr[0]:.2f}x [{sr[1]:.2f}, {sr[2]:.2f}], tokens {tr[0]:.2f}x "
+                  f"[{tr[1]:.2f}, {tr[2]:.2f}] -> {verdict}")
+    return out
+
+
 fregimes = list(forms["regimes"])
-fig, axes = plt.subplots(2, len(fregimes), figsize=(4.2 * len(fregimes), 6.4), sharey=True,
-                         squeeze=False)
-recomputed_forms = {}
-per_step = forms_grid[0]["flags"]
-answers_per_step = (int(per_step[per_step.index("--prompts_per_step") + 1])
-                    * int(per_step[per_step.index("--group_size") + 1]))
-for col, regime in enumerate(fregimes):
-    for preset in forms["regimes"][regime]:
-        mine = cell_runs(forms, regime, preset)
-        steps = sorted({e["step"] for x in mine for e in x["evals"]})
-        curve = [bootstrap_ci([e["avg"] for x in mine for e in x["evals"] if e["step"] == s])
-                 for s in steps]
-        tokens = [sum(sum(x["tokens_per_step"][:s]) for x in mine) / len(mine) for s in steps]
-        recomputed_forms[(regime, preset)] = curve[-1][0]
-        for row, xs in enumerate(([s * answers_per_step for s in steps], tokens)):
-            ax = axes[row][col]
-            line, = ax.plot(xs, [100 * m for m, _, _ in curve], label=preset)
-            ax.fill_between(xs, [100 * lo for _, lo, _ in curve],
-                            [100 * hi for _, _, hi in curve], alpha=0.12, color=line.get_color())
-    axes[0][col].set_title(f"{regime} ({forms['regimes'][regime]['grpo']['updates_per_batch']} "
-                           "upd./batch)")
-    axes[0][col].set_xlabel("answers generated")
-    axes[1][col].set_xlabel("answer tokens generated")
-for row in axes:
-    row[0].set_ylabel("held-out avg@k (%)")
-axes[0][-1].legend(fontsize=7)
-plt.tight_layout()
-plt.show()
+recomputed_forms = efficiency_curves(forms)
 agree_forms = all(abs(recomputed_forms[(reg, p)] - forms["regimes"][reg][p]["final"][0]) < 1e-9
                   for reg in fregimes for p in forms["regimes"][reg])
 print("recomputed final means equal the study's summary:", agree_forms)
 
 # %%
-form_rows = []
-for regime, cells in forms["regimes"].items():
-    for preset, c in cells.items():
-        v = c.get("vs_grpo")
-        if not v:
-            continue
-        d, lo, hi = v["final_diff"]
-        sr, tr = v["steps_ratio"], v["tokens_ratio"]
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
-        form_rows.append((regime, preset, d, lo, hi, verdict))
-        print(f"{regime:11s} {preset:15s} lr {c['lr']:g}: avg@k - GRPO {100 * d:+5.1f} "
-              f"[{100 * lo:+5.1f}, {100 * hi:+5.1f}] points; answers to threshold {sr[0]:.2f}x "
-              f"[{sr[1]:.2f}, {sr[2]:.2f}], tokens {tr[0]:.2f}x [{tr[1]:.2f}, {tr[2]:.2f}] "
-              f"-> {verdict}")
+form_rows = compare_with_grpo(forms)
 
 # %% [markdown]
 # The ratio form at the rate every method above picked (study `ratio`: not tuned itself, four
@@ -237,7 +256,29 @@ for regime, cells in ratio_study["regimes"].items():
               f"{100 * hi:5.1f}]{diff}")
 
 # %% [markdown]
-# ## 7. Verdict
+# ## 7. A second task shape
+#
+# Study `long`: the same comparison on `chain:decisive=5,filler=2`, five decisive results in
+# answers of ~170 tokens, trained from that shape's own shipped policy. GRPO and the presets'
+# form (weight) with two and four updates per batch, at the rate the forms study picked for
+# every method (not tuned again on this task).
+
+# %%
+long_study = everything["studies"]["long"]
+recomputed_long = efficiency_curves(long_study)
+agree_long = all(abs(recomputed_long[(reg, p)] - long_study["regimes"][reg][p]["final"][0])
+                 < 1e-9 for reg in long_study["regimes"] for p in long_study["regimes"][reg])
+long_grid = [r for reg, cells in long_study["regimes"].items() for p in cells
+             for r in cell_runs(long_study, reg, p)]
+print(f"{len(long_grid)} runs on {long_study['task']}; recomputed final means equal the "
+      f"study's summary: {agree_long}")
+for regime in long_study["regimes"]:
+    m, lo, hi = long_study["regimes"][regime]["grpo"]["final"]
+    print(f"GRPO, {regime}: final {100 * m:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+long_rows = compare_with_grpo(long_study)
+
+# %% [markdown]
+# ## 8. Verdict
 #
 # Printed from the numbers above: which methods differ from GRPO with intervals that exclude
 # zero, per study and regime. The README's results section states the same verdict in words.
@@ -251,6 +292,10 @@ print("presets study, better than GRPO (interval above 0):", better or "none")
 print("presets study, worse than GRPO (interval below 0):", worse or "none")
 print("forms study, better than GRPO:", forms_better or "none")
 print("forms study, worse than GRPO:", forms_worse or "none")
+long_better = [(reg, p) for reg, p, _, lo, _, _ in long_rows if lo > 0]
+long_worse = [(reg, p) for reg, p, _, _, hi, _ in long_rows if hi < 0]
+print("second task shape, better than GRPO:", long_better or "none")
+print("second task shape, worse than GRPO:", long_worse or "none")
 random.seed(0)
 print("SUMMARY_JSON " + json.dumps({
     "grid_runs": len(grid), "sweep_runs": len(sweep_runs), "regimes": regimes,
@@ -263,4 +308,8 @@ print("SUMMARY_JSON " + json.dumps({
     "forms_n_comparisons": len(form_rows),
     "ratio_comparisons": [[reg, p, round(d, 6), round(lo, 6), round(hi, 6)]
                           for reg, p, d, lo, hi in ratio_rows],
+    "long_task": long_study["task"], "long_grid_runs": len(long_grid),
+    "long_recomputed_agree": agree_long,
+    "long_comparisons": [[reg, p, round(d, 6), round(lo, 6), round(hi, 6)]
+                         for reg, p, d, lo, hi, _ in long_rows],
 }))

@@ -22,8 +22,8 @@ class GeneratedTask:
 
     dataset: Callable[[str, str, int, int], PromptDataset]
     """``(spec, split, size, seed)`` -> problems; ``spec`` is the full ``--dataset`` value."""
-    policy_dir: Callable[[], Path]
-    """The shipped tiny policy warm-started on this task."""
+    policy_dir: Callable[[str], Path]
+    """``spec`` -> the shipped tiny policy warm-started on this task (shape)."""
 
 
 def _arithmetic(spec: str, split: str, size: int, seed: int) -> PromptDataset:
@@ -40,16 +40,16 @@ def _chain(spec: str, split: str, size: int, seed: int) -> PromptDataset:
     return chain_dataset(split, size=size, seed=seed, config=parse_chain_spec(spec))
 
 
-def _default_policy() -> Path:
+def _default_policy(spec: str) -> Path:
     from strace_ds.tiny import default_policy_dir
 
     return default_policy_dir()
 
 
-def _chain_policy() -> Path:
+def _chain_policy(spec: str) -> Path:
     from strace_ds.tiny_chain import chain_policy_dir
 
-    return chain_policy_dir()
+    return chain_policy_dir(spec)
 
 
 GENERATED_TASKS: dict[str, GeneratedTask] = {
