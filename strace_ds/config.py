@@ -448,7 +448,7 @@ class RewardConfig(_Section):
         "math_verify",
         "rewards as NAME[:WEIGHT],...: math_verify, format (a \\boxed{} answer present), "
         "synthetic, or package.module:function (response, gold, example dict) -> float; "
-        "weighted sum, each logged as reward/<name> (README, 'Rewards')",
+        "weighted sum, each logged as reward/<name> (docs/TRAINING.md, 'Rewards')",
     )
     reward_workers: int = _f(2, "grading worker processes per rank")
     reward_timeout_s: float = _f(10.0, "hard per-answer grading timeout (killed, scored 0)")

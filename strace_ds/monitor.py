@@ -1,6 +1,6 @@
 """TensorBoard logging and the per-token credit picture.
 
-Every scalar is namespaced; the full list with one line each is in the README ("Metrics").
+Every scalar is namespaced; the full list with one line each is in docs/TRAINING.md ("Metrics").
 Only rank 0 writes.
 """
 

@@ -11,7 +11,7 @@ accuracy at temperature 1 then starts in 10-40%: RL has signal in most groups an
 go, and what it has to learn is a handful of tokens per answer.
 
 As for the default policy, the builds that the study uses ship with the package (one per task
-shape in :data:`SHIPPED_CHAIN_BUILDS`, each pinned by its sha256) because float reductions
+shape in :func:`shipped_chain_builds`, each pinned by its sha256) because float reductions
 differ between machines; this module is the recipe that regenerates them (the command of each
 is in :func:`regenerate_command`, then update the pinned sha256). Each ``BUILD_INFO.json``
 records the config and the measured accuracies. :func:`chain_policy_dir` picks the build whose

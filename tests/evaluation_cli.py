@@ -1,7 +1,7 @@
-"""``scripts/evaluate.py`` for tests: the module itself, the README "Evaluation" commands, and
+"""``scripts/evaluate.py`` for tests: the module itself, the commands of ``docs/EVALUATION.md``, and
 those commands rewritten to run locally in seconds (a subprocess, as a user runs them).
 
-Each README command is run by a test of its tier: ``--rollout hf`` (the default) ones by
+Each of those commands is run by a test of its tier: ``--rollout hf`` (the default) ones by
 ``tests/test_evaluation.py``, ``--rollout sglang`` ones against a real CPU server by
 ``tests/test_sglang_server.py``; ``test_readme_evaluation_commands_are_all_tested`` checks that
 the two cover the whole code block.
@@ -37,12 +37,11 @@ def load_cli() -> ModuleType:
 
 
 def readme_evaluation_commands() -> list[list[str]]:
-    """Every command of the README's "Evaluation" code block, as argv after the script."""
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Evaluation\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert section, "README.md has no '## Evaluation' section"
-    block = re.search(r"```bash\n(.*?)```", section.group(1), re.S)
-    assert block, "README.md's Evaluation section has no ```bash code block"
+    """Every command of the first code block of ``docs/EVALUATION.md`` (the page the README
+    links for evaluation), as argv after the script."""
+    text = (REPO / "docs" / "EVALUATION.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "docs/EVALUATION.md has no ```bash code block"
     commands = []
     for line in block.group(1).replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
@@ -58,7 +57,7 @@ def rollout_of(argv: list[str]) -> str:
 
 
 def readme_commands(rollout: str) -> list[tuple[int, list[str]]]:
-    """``(index in the code block, argv)`` of the README commands with this ``--rollout``."""
+    """``(index in the code block, argv)`` of the documented commands with this ``--rollout``."""
     return [(i, a) for i, a in enumerate(readme_evaluation_commands()) if rollout_of(a) == rollout]
 
 

@@ -133,8 +133,9 @@ def test_lam_check_runs_trace_methods_at_their_picked_rate() -> None:
 
 
 def _readme_commands() -> list[list[str]]:
-    """The argv (after the script) of every command in the README's study code block."""
-    text = (REPO / "README.md").read_text()
+    """The argv (after the script) of every command in the study's code block of
+    ``docs/RESULTS.md``."""
+    text = (REPO / "docs" / "RESULTS.md").read_text()
     section = text.split("## Credit-assignment study", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
     cmds = [shlex.split(line) for line in block.strip().splitlines()]
@@ -156,9 +157,10 @@ def _with_work(argv: list[str], work: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) -> None:
-    """The README's study commands, in order, at smoke size (2 methods x 2 seeds x 2 regimes,
-    2 steps; the presets study with the grad phase and a 2-setting sweep; the forms study with
-    its tuning runs) into a temporary work directory."""
+    """The study commands of docs/RESULTS.md, in order, at smoke size (2 methods x 2 seeds x
+    2 regimes, 2 steps; the presets study with the grad phase and a 2-setting sweep; the forms
+    study with its tuning runs and lam check; the long study on its own policy) into a temporary
+    work directory."""
     work = tmp_path / "study"
     small = ["--smoke", "--presets", "grpo,s_trace@weight", "--seeds", "0,1",
              "--regimes", "on_policy,stale"]  # fmt: skip

@@ -1,5 +1,5 @@
-"""The multi-seed study script of the README (``benchmarks/default_seeds.py``): its interval and
-verdict arithmetic, and a smoke run of the real script on a tiny budget."""
+"""The multi-seed study script of docs/RESULTS.md (``benchmarks/default_seeds.py``): its
+interval and verdict arithmetic, and a smoke run of the real script on a tiny budget."""
 
 from __future__ import annotations
 

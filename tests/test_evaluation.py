@@ -1,6 +1,6 @@
 """Evaluation: pass@k against brute-force enumeration, the benchmark registry and fixtures,
 end-to-end runs with fake engines of known accuracy and with the tiny policy, and the command
-line (the README's commands; the SGLang client it builds, against fake servers)."""
+line (the commands of docs/EVALUATION.md; the SGLang client it builds, against fake servers)."""
 
 from __future__ import annotations
 
@@ -386,7 +386,7 @@ def test_tiny_policy_end_to_end_report_is_consistent(tiny_engine, pool, tmp_path
 
 # ----------------------------------------------------------------------------- command line
 def test_readme_evaluation_commands_are_all_tested() -> None:
-    """Every command of the README's Evaluation block parses as written, and is run by the
+    """Every command of docs/EVALUATION.md's block parses as written, and is run by the
     test of its tier (hf: below; sglang: ``tests/test_sglang_server.py``, real server)."""
     cli = load_cli()
     commands = readme_evaluation_commands()

@@ -135,3 +135,12 @@ def test_cited_sections_of_algorithms_md_exist():
                 missing.append(f"{name}: section {section!r}")
     listing = "\n".join(missing)
     assert not missing, f"sections cited but not headings of docs/ALGORITHMS.md:\n{listing}"
+
+
+def test_ruff_check_passes():
+    """The lint rules of pyproject.toml ``[tool.ruff]`` hold on every file (what the pre-commit
+    hook runs)."""
+    ruff = pytest.importorskip("ruff.__main__")  # a dev dependency
+    proc = subprocess.run([ruff.find_ruff_bin(), "check", "--no-cache", "."], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

@@ -338,7 +338,8 @@ def test_evaluate_cli_on_real_server(server: SGLangServer, policy_dir: Path,
 )
 def test_readme_sglang_commands_run(argv: list[str], server: SGLangServer,
                                     policy_dir: Path, tmp_path: Path) -> None:
-    """The README's SGLang evaluation command(s), on the tiny policy and the offline fixtures."""
+    """The SGLang evaluation command(s) of docs/EVALUATION.md, on the tiny policy and the
+    offline fixtures."""
     local = localize(argv, policy_dir, tmp_path / "results.json", sglang_url=server.url)
     run_evaluate(local)
     check_report(tmp_path / "results.json", local)

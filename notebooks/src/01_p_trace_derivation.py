@@ -736,9 +736,9 @@ for name in FORMS_LAB:
 #   the ratio form. It cuts both the tokens GRPO cuts and the later terms whose trace ratio is
 #   clipped. The ratio form's better alignment here comes *from* the credit it keeps giving
 #   tokens that have left their own bounds (section 5c), the very push the gate removes and the
-#   push that collapses training when a batch is reused (README, credit study). On this MDP the
+#   push that collapses training when a batch is reused (`docs/RESULTS.md`, credit study). On this MDP the
 #   per-token guarantee and the ratio form's alignment gain are the same thing, traded off.
-# * The verdict on training runs is the credit study's (README "Credit-assignment study").
+# * The verdict on training runs is the credit study's (`docs/RESULTS.md`, "Credit-assignment study").
 
 # %% [markdown]
 # ## What you saw

@@ -150,7 +150,7 @@ for loss, series in scalars.items():
 # samples always agree). Whichever curve or end accuracy printed above is higher, the
 # difference is not a measurement of the methods, and one run gives no spread to judge it by.
 # The comparison of GRPO and S-trace on this task over several seeds, with 95% intervals of
-# the paired difference, is in the README's "Results on the embedded default" section
+# the paired difference, is in `docs/RESULTS.md`, "Results on the embedded default"
 # (produced by `benchmarks/default_seeds.py`); the comparison that matters (real models,
 # maths benchmarks) needs GPUs.
 #
@@ -231,7 +231,7 @@ print(real.name, real.trace_config())
 # `max_staleness=K` generates the answers of step t with policy version `max(0, t - 1 - K)`
 # in a background thread while the earlier steps train; `epochs` passes over each step's
 # rollouts; `behaviour_correction` weights each token for the gap between the policy that
-# sampled it and the proximal one (README, "Off-policy and asynchronous training"). The same
+# sampled it and the proximal one (`docs/TRAINING.md`, "Off-policy and asynchronous training"). The same
 # fields are flags (`--max_staleness 1`) and YAML keys (`rollouts: {max_staleness: 1}`).
 
 # %%
@@ -256,7 +256,7 @@ print("staleness per step:", staleness,
 #   selects 20% of the tokens (one entropy threshold per step, from the scoring pass, over all
 #   ranks), GRPO all of them.
 # * One six-step run per loss checks plumbing; it shows nothing about which loss is better (for
-#   that: the README's multi-seed results). Read the reward trend together with
+#   that: the multi-seed results of `docs/RESULTS.md`). Read the reward trend together with
 #   `policy/approx_kl` before a long run (section 3 prints the verdict for this run).
 # * The real run is the same config with `--model`, `--dataset` (+ columns) and, optionally,
 #   `--rollout sglang --sglang-url`.

@@ -281,7 +281,7 @@ long_rows = compare_with_grpo(long_study)
 # ## 8. Verdict
 #
 # Printed from the numbers above: which methods differ from GRPO with intervals that exclude
-# zero, per study and regime. The README's results section states the same verdict in words.
+# zero, per study and regime. `docs/RESULTS.md` states the same verdict in words.
 
 # %%
 better = [(reg, p) for reg, p, _, lo, _, _, _ in rows if lo > 0]

@@ -157,7 +157,7 @@ PRESETS: dict[str, TraceConfig] = {
         lam=0.0, clip_low=0.2, clip_high=0.2, entropy_top_quantile=0.2, loss_on_selected_only=True
     ),
     # P-trace: a decaying causal trace of the token log-ratios. In the weight form (the credit
-    # study's most stable form, README "Credit-assignment study"): each token keeps its own
+    # study's most stable form, docs/RESULTS.md "Credit-assignment study"): each token keeps its own
     # PPO-clipped term, weighted by a detached, bounded, decayed product of the past ratios.
     # form="ratio" is the trace ratio clipped per token (the presets' first form).
     "p_trace": TraceConfig(
