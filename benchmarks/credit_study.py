@@ -585,10 +585,7 @@ def report(args, summary: dict, grad: dict | None) -> str:
                   "| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
                   "|---|" + "---|" * len(lrs)]  # fmt: skip
         for method, t in summary["tuning"].items():
-            cells = [(f"**{100 * t['scores'][lr]:.1f}**" if float(lr) == t["lr"]
-                      else f"{100 * t['scores'][lr]:.1f}") if lr in t["scores"] else "-"
-                     for lr in lrs]  # fmt: skip
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method} | " + _score_cells(t["scores"], lrs, t["lr"]) + " |")
         lines.append("")
     if summary.get("lam_check"):
         lams = sorted({lam for t in summary["lam_check"].values() for lam in t["scores"]},
@@ -600,10 +597,8 @@ def report(args, summary: dict, grad: dict | None) -> str:
                   "| method | lr | " + " | ".join(f"lam {lam}" for lam in lams) + " |",
                   "|---|---|" + "---|" * len(lams)]  # fmt: skip
         for method, t in summary["lam_check"].items():
-            cells = [(f"**{100 * t['scores'][lam]:.1f}**" if float(lam) == t["best"]
-                      else f"{100 * t['scores'][lam]:.1f}") if lam in t["scores"] else "-"
-                     for lam in lams]  # fmt: skip
-            lines.append(f"| {method} | {t['lr']:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method} | {t['lr']:g} | "
+                         + _score_cells(t["scores"], lams, t["best"]) + " |")
         lines.append("")
     if summary["sweep"]:
         lines += ["## s_trace: lam x entropy_top_quantile", "", "On-policy unless the run "
@@ -616,6 +611,13 @@ def report(args, summary: dict, grad: dict | None) -> str:
                          f"{s['reward_last']:.3f} | {100 * s['clip_frac']:.2f} | "
                          f"{100 * s['select_frac']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _score_cells(scores: dict[str, float], keys: list[str], best: float) -> str:
+    """One table row's tuning scores in %, the ``best`` setting in bold, ``-`` where not run."""
+    return " | ".join((f"**{100 * scores[key]:.1f}**" if float(key) == best
+                       else f"{100 * scores[key]:.1f}") if key in scores else "-"
+                      for key in keys)  # fmt: skip
 
 
 def figure(summary: dict, path: Path) -> None:
@@ -681,7 +683,8 @@ def run_study(args) -> dict:
     tuned = run_all(args, tune_jobs(args)) if args.tune_lrs else []
     tuning = pick_lrs(args, tuned) if args.tune_lrs else {}
     args.tuned_lr = {m: t["lr"] for m, t in tuning.items()}
-    lams = lam_check(args, tuned + run_all(args, lam_jobs(args))) if lam_jobs(args) else {}
+    lam_runs = lam_jobs(args)
+    lams = lam_check(args, tuned + run_all(args, lam_runs)) if lam_runs else {}
     extras = args.study == "presets"  # the sweep and the gradient probe belong to the first study
     report_only = args.report_only
     if args.phase in ("study", "all", "runs"):

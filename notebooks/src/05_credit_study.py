@@ -109,19 +109,27 @@ print("recomputed final means equal the study's summary:", agree)
 # is established only where its interval excludes 0 (a ratio: excludes 1).
 
 # %%
-rows = []
-for regime, cells in summary["regimes"].items():
-    for preset, c in cells.items():
-        v = c.get("vs_grpo")
-        if not v:
-            continue
-        d, lo, hi = v["final_diff"]
-        sr = v["steps_ratio"]
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
-        rows.append((regime, preset, d, lo, hi, sr, verdict))
-        print(f"{regime:10s} {preset:13s} avg@k - GRPO {100 * d:+5.1f} [{100 * lo:+5.1f}, "
-              f"{100 * hi:+5.1f}] points; steps-to-threshold ratio {sr[0]:.2f} "
-              f"[{sr[1]:.2f}, {sr[2]:.2f}] -> {verdict}")
+def compare_with_grpo(study):
+    """Each method's final avg@k minus GRPO's (paired by seed) and efficiency ratios, printed;
+    returns (regime, method, diff, lo, hi, verdict) rows."""
+    out = []
+    for regime, cells in study["regimes"].items():
+        for preset, c in cells.items():
+            v = c.get("vs_grpo")
+            if not v:
+                continue
+            d, lo, hi = v["final_diff"]
+            sr, tr = v["steps_ratio"], v["tokens_ratio"]
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
+            out.append((regime, preset, d, lo, hi, verdict))
+            print(f"{regime:11s} {preset:15s} lr {c['lr']:g}: avg@k - GRPO {100 * d:+5.1f} "
+                  f"[{100 * lo:+5.1f}, {100 * hi:+5.1f}] points; answers to threshold "
+                  f"{sr[0]:.2f}x [{sr[1]:.2f}, {sr[2]:.2f}], tokens {tr[0]:.2f}x "
+                  f"[{tr[1]:.2f}, {tr[2]:.2f}] -> {verdict}")
+    return out
+
+
+rows = compare_with_grpo(summary)
 
 # %% [markdown]
 # ## 4. Gradients: variance and alignment at two checkpoints
@@ -207,26 +215,6 @@ def efficiency_curves(study):
     return final
 
 
-def compare_with_grpo(study):
-    """Each method's final avg@k minus GRPO's (paired by seed) and efficiency ratios, printed;
-    returns (regime, method, diff, lo, hi, verdict) rows."""
-    out = []
-    for regime, cells in study["regimes"].items():
-        for preset, c in cells.items():
-            v = c.get("vs_grpo")
-            if not v:
-                continue
-            d, lo, hi = v["final_diff"]
-            sr, tr = v["steps_ratio"], v["tokens_ratio"]
-            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference detected"
-            out.append((regime, preset, d, lo, hi, verdict))
-            print(f"{regime:11s} {preset:15s} lr {c['lr']:g}: avg@k - GRPO {100 * d:+5.1f} "
-                  f"[{100 * lo:+5.1f}, {100 * hi:+5.1f}] points; answers to threshold "
-                  f"{sr[0]:.2f}x [{sr[1]:.2f}, {sr[2]:.2f}], tokens {tr[0]:.2f}x "
-                  f"[{tr[1]:.2f}, {tr[2]:.2f}] -> {verdict}")
-    return out
-
-
 fregimes = list(forms["regimes"])
 recomputed_forms = efficiency_curves(forms)
 agree_forms = all(abs(recomputed_forms[(reg, p)] - forms["regimes"][reg][p]["final"][0]) < 1e-9
@@ -284,16 +272,19 @@ long_rows = compare_with_grpo(long_study)
 # zero, per study and regime. `docs/RESULTS.md` states the same verdict in words.
 
 # %%
-better = [(reg, p) for reg, p, _, lo, _, _, _ in rows if lo > 0]
-worse = [(reg, p) for reg, p, _, _, hi, _, _ in rows if hi < 0]
-forms_better = [(reg, p) for reg, p, _, lo, _, _ in form_rows if lo > 0]
-forms_worse = [(reg, p) for reg, p, _, _, hi, _ in form_rows if hi < 0]
+def established(comparisons):
+    """(better, worse): the (regime, method) pairs whose interval lies above / below zero."""
+    return ([(reg, p) for reg, p, _, lo, _, _ in comparisons if lo > 0],
+            [(reg, p) for reg, p, _, _, hi, _ in comparisons if hi < 0])
+
+
+better, worse = established(rows)
+forms_better, forms_worse = established(form_rows)
 print("presets study, better than GRPO (interval above 0):", better or "none")
 print("presets study, worse than GRPO (interval below 0):", worse or "none")
 print("forms study, better than GRPO:", forms_better or "none")
 print("forms study, worse than GRPO:", forms_worse or "none")
-long_better = [(reg, p) for reg, p, _, lo, _, _ in long_rows if lo > 0]
-long_worse = [(reg, p) for reg, p, _, _, hi, _ in long_rows if hi < 0]
+long_better, long_worse = established(long_rows)
 print("second task shape, better than GRPO:", long_better or "none")
 print("second task shape, worse than GRPO:", long_worse or "none")
 random.seed(0)
