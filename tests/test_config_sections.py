@@ -9,6 +9,7 @@ import json
 import math
 import pickle
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,16 @@ def test_trace_overrides_come_from_trace_config():
     assert TraceConfig.field_names() == TRACE_OVERRIDES
     for name in TRACE_OVERRIDES:
         assert FIELD_SECTIONS[name] == "objective"
+    # The overrides are written out in ObjectiveConfig, right after ``loss``, one per
+    # TraceConfig field in its order and of its type (optional): a new TraceConfig field
+    # without its override fails here.
+    names = [f.name for f in dataclasses.fields(ObjectiveConfig)]
+    assert tuple(names[1 : 1 + len(TRACE_OVERRIDES)]) == TRACE_OVERRIDES
+    trace_types = typing.get_type_hints(TraceConfig)
+    objective_types = typing.get_type_hints(ObjectiveConfig)
+    for name in TRACE_OVERRIDES:
+        assert objective_types[name] == trace_types[name] | None, name
+        assert ObjectiveConfig.__dataclass_fields__[name].default is None
     assert TrainConfig().trace_config() == TraceConfig.preset("s_trace")
     cfg = _parse(["--loss", "grpo", "--loss_on_selected_only", "true", "--log_ratio_clamp", "5"])
     assert (cfg.loss_on_selected_only, cfg.log_ratio_clamp) == (True, 5.0)
