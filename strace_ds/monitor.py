@@ -1,4 +1,4 @@
-"""TensorBoard logging and the per-token credit picture.
+"""TensorBoard logging, the run's ``metrics.jsonl`` and the per-token credit picture.
 
 Every scalar is namespaced; the full list with one line each is in docs/TRAINING.md ("Metrics").
 Only rank 0 writes.
@@ -6,6 +6,7 @@ Only rank 0 writes.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,67 @@ class Monitor:
     def close(self) -> None:
         if self._writer:
             self._writer.close()
+
+
+METRICS_FILE = "metrics.jsonl"
+"""One JSON object per line in ``<output_dir>/<run_name>/``: what a test, a benchmark or a user
+reads instead of a checkpoint's internals."""
+
+
+class MetricsLog:
+    """The run's history as JSON lines: ``{"step": n, ...}`` per training step and ``{"eval_step":
+    n, ...}`` per evaluation, in the order they happened (the checkpoint's ``history``, with the
+    step number on each training line).
+
+    A resumed run first rewrites the file from the checkpoint's history (:meth:`reset`), so the
+    steps it re-runs appear once and an interrupted-then-resumed run leaves the same file as an
+    uninterrupted one. Lines are appended and flushed as they happen; a line cut short by a
+    crash is ignored by :func:`read_history`.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    @staticmethod
+    def line(entry: dict[str, float], step: int | None = None) -> str:
+        row = entry if step is None or "eval_step" in entry else {"step": step, **entry}
+        return json.dumps(row, allow_nan=True) + "\n"
+
+    def reset(self, history: list[dict[str, float]]) -> None:
+        """Replace the file with ``history`` (training entries numbered 1, 2, ... in order)."""
+        if not self.enabled:
+            return
+        from strace_ds.publish import atomic_write_text
+
+        step, lines = 0, []
+        for entry in history:
+            if "eval_step" not in entry:
+                step += 1
+            lines.append(self.line(entry, step))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, "".join(lines))
+
+    def append(self, entry: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(self.line(entry, step))
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The lines of ``<run_dir>/metrics.jsonl``: training steps (``"step"``) and evaluations
+    (``"eval_step"``), in order. A last line cut short by a crash is skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, text in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError:
+            if number < len(lines):  # only the last line can be cut short (one append each)
+                raise ValueError(f"{path}: line {number} is not JSON: {text[:80]!r}") from None
+    return rows
 
 
 def credit_figure(tokens: list[str], credit: list[float], title: str) -> Any:

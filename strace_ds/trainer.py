@@ -48,7 +48,7 @@ from strace_ds.experience import (
     step_seed,
 )
 from strace_ds.losses import METRIC_NAMES
-from strace_ds.monitor import Monitor
+from strace_ds.monitor import METRICS_FILE, MetricsLog, Monitor
 from strace_ds.publish import publish_dir
 from strace_ds.rollout import SamplingParams
 from strace_ds.step_logging import log_step
@@ -132,6 +132,7 @@ class Trainer:
         )
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
         self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
+        self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
         self.ckpt_dir = config.run_dir / "checkpoints"
         self.state = ckpt.TrainerState()
         self.eval_data = builders.load_eval_data(config)
@@ -167,6 +168,8 @@ class Trainer:
                 self._log(f"resume=auto: no checkpoint in {self.ckpt_dir}, starting fresh")
             # Steps after the checkpoint's are re-run: TensorBoard drops their old points.
             self.monitor.resume_after(self.state.step if found is not None else -1)
+        # metrics.jsonl holds this run's history as it stands (re-run steps appear once).
+        self.metrics_log.reset(self.state.history)
         if self.state.step >= cfg.steps:
             # A relaunch of a finished run: saving again would only risk the last checkpoint.
             self._log(f"run {cfg.name} already finished at step {self.state.step} "
@@ -201,6 +204,7 @@ class Trainer:
             last = self.train_step(step)
             self.state.step = step
             self.state.history.append(last)
+            self.metrics_log.append(last, step=step)
             bar.update(1)
             bar.set_postfix(
                 {
@@ -342,6 +346,7 @@ class Trainer:
             )
         scalars = dist_utils.broadcast_object(scalars)
         self.state.history.append({"eval_step": float(step), **scalars})
+        self.metrics_log.append(self.state.history[-1])
         return scalars
 
     @property
