@@ -5,8 +5,8 @@ One pure function, :func:`lr_multiplier`, defines the schedule; the trainer hand
 DeepSpeed config carries no ``"scheduler"`` section (one source of truth: ``TrainConfig``).
 DeepSpeed steps it once per optimizer update and saves its state in every checkpoint.
 
-With ``W = warmup_steps`` and ``T = total_updates`` (``steps x mini_batches``), update ``u``
-(0-based) uses ``lr x lr_multiplier(u)``:
+With ``W = warmup_steps`` and ``T = total_updates`` (``steps x mini_batches x epochs``),
+update ``u`` (0-based) uses ``lr x lr_multiplier(u)``:
 
 * warm-up, ``u < W``: ``(u + 1) / (W + 1)`` (``1/(W+1)``, ..., ``W/(W+1)``; DeepSpeed's
   ``WarmupLR`` from ``warmup_min_lr = 0`` spent its first two updates at lr 0);

@@ -330,7 +330,8 @@ class OptimConfig(_Section):
     lr_schedule: str = _f(
         "constant",
         "after warm-up: " + ", ".join(LR_SCHEDULES) + "; linear/cosine decay from lr towards "
-        "min_lr_ratio * lr, reached one update after the run's last (steps x mini_batches)",
+        "min_lr_ratio * lr, reached one update after the run's last (of steps x mini_batches x "
+        "epochs)",
     )
     min_lr_ratio: float = _f(
         0.0, "final learning rate of the linear/cosine decay, as a fraction of lr (in [0, 1])"
