@@ -127,7 +127,3 @@ def _looks_like_path(value: str) -> bool:
     if os.sep in value or (os.altsep and os.altsep in value) or "/" in value:
         return not _HUB_ID.fullmatch(value)
     return False
-
-
-def _divisors_hint(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)

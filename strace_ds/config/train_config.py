@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
+from strace_ds.batch_layout import BatchLayout
 from strace_ds.config.fields import (
     _base_type,
     _default,
-    _divisors_hint,
     _first_line,
     _hints,
     _Section,
@@ -127,29 +127,16 @@ class TrainConfig:
             )
 
     def _validate_sizes(self, world_size: int) -> None:
-        if self.prompts_per_step % world_size:
-            raise ValueError(
-                f"prompts_per_step ({self.prompts_per_step}) must be divisible by the number of "
-                f"ranks ({world_size})"
-            )
-        rows = self.prompts_per_step // world_size * self.group_size
-        if rows % self.mini_batches:
-            raise ValueError(
-                f"mini_batches ({self.mini_batches}) must divide the rows per rank per step "
-                f"(prompts_per_step / ranks * group_size = {rows})"
-            )
-        mini = rows // self.mini_batches
-        if mini % min(self.micro_batch_size, mini):
-            raise ValueError(
-                f"micro_batch_size ({self.micro_batch_size}) must divide the rows per mini-batch "
-                f"on each rank ({mini}); try {_divisors_hint(mini)}"
-            )
+        self.layout(world_size).check()
+
+    def layout(self, world_size: int) -> BatchLayout:
+        """The step's batch geometry on ``world_size`` ranks."""
+        return BatchLayout.of(self.rollouts, self.optim, world_size)
 
     def micro_batches_per_update(self, world_size: int) -> tuple[int, int]:
         """``(rows per micro-batch, micro-batches per optimizer update)`` on each rank."""
-        mini = self.prompts_per_step // world_size * self.group_size // self.mini_batches
-        micro = min(self.micro_batch_size, mini)
-        return micro, mini // micro
+        layout = self.layout(world_size)
+        return layout.micro, layout.accumulation
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
