@@ -431,6 +431,11 @@ class RunConfig(_Section):
     save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     keep_last: int = _f(2, "checkpoints kept")
     resume: str | None = _f(None, "'auto' (latest in the run's dir) or a checkpoint path")
+    resume_override: str | None = _f(
+        None,
+        "identity fields a --resume may change, comma-separated (loss, seed, dataset, batch "
+        "geometry...: refused by default, naming the fields; never world_size)",
+    )
     image_every: int = _f(10, "log a per-token credit picture every N steps (0 = never)")
     sample_every: int = _f(5, "log sample answers every N steps (0 = never)")
     export: bool = _f(True, "export the final policy in Hugging Face format")
@@ -439,6 +444,12 @@ class RunConfig(_Section):
     )
 
     def _check(self) -> None:
+        if self.resume_override:
+            from strace_ds.run_identity import identity_overridable
+
+            allowed = (*identity_overridable(), *TraceConfig.field_names())
+            for name in self.resume_override.split(","):
+                _choice("resume_override", name.strip(), allowed)
         _at_least(self, 1, "keep_last")
         _at_least(self, 0, "save_every", "image_every", "sample_every")
         if self.stop_after is not None and self.stop_after < 1:
