@@ -18,7 +18,7 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "loss", "advantage", "filter_zero_variance", "overlong", "kl_coef", "kl_in",
     # the data and its order
     "model", "dataset", "dataset_split", "dataset_subset", "prompt_column", "answer_column",
-    "dataset_size", "instruction", "seed",
+    "dataset_size", "instruction", "drop_long_prompts", "seed",
     # the batch geometry
     "prompts_per_step", "group_size", "mini_batches", "epochs", "max_new_tokens",
 )  # fmt: skip

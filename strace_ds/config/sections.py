@@ -53,6 +53,11 @@ class DataConfig(_Section):
     instruction: str | None = _f(
         None, "text appended to each question; empty = the dataset's default"
     )
+    drop_long_prompts: bool = _f(
+        False,
+        "skip (and count) prompts longer than the model's context minus max_new_tokens; "
+        "by default such a prompt stops the run at start-up, naming its row",
+    )
 
     def _check(self) -> None:
         _at_least(self, 1, "dataset_size")

@@ -8,6 +8,7 @@ prompts; pass ``instruction=""`` for those.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,3 +71,42 @@ def build_prompt_ids(tokenizer: Any, question: str, instruction: str | None = No
     messages = [{"role": "user", "content": user_message(question, instruction)}]
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return _as_id_list(encoded)
+
+
+def fit_to_context(
+    data: Any, prompt_ids: list[list[int]], context: int | None, max_new_tokens: int,
+    drop: bool = False,
+) -> tuple[Any, list[list[int]], int]:  # fmt: skip
+    """The prompts that leave room for ``max_new_tokens`` in the model's ``context``.
+
+    A longer prompt cannot be answered: the model has no positions left (the tiny policy has
+    512), or a huge one allocates its attention and logits at step 1 and kills the run. With
+    ``drop`` such prompts are skipped (returned count); otherwise the first is named with its
+    row and length in a ``ValueError`` that says how to fix it. ``context=None`` (a model
+    without a position limit) checks nothing. Returns ``(data, prompt_ids, dropped)``.
+    """
+    if context is None:
+        return data, prompt_ids, 0
+    limit = context - max_new_tokens
+    long = [i for i, ids in enumerate(prompt_ids) if len(ids) > limit]
+    if not long:
+        return data, prompt_ids, 0
+    if not drop:
+        first = data.examples[long[0]]
+        row = first.meta.get("row", long[0])
+        raise ValueError(
+            f"data: {len(long)} of {len(prompt_ids)} prompts of {data.source} are longer than "
+            f"the model's context ({context} positions) minus max_new_tokens ({max_new_tokens})"
+            f" = {limit} tokens, e.g. row {row} with {len(prompt_ids[long[0]])} tokens; "
+            "shorten or remove them, lower --max_new_tokens, or add --drop_long_prompts true "
+            "to skip them"
+        )
+    keep = sorted(set(range(len(prompt_ids))) - set(long))
+    kept = dataclasses.replace(data, examples=[data.examples[i] for i in keep])
+    return kept, [prompt_ids[i] for i in keep], len(long)
+
+
+def model_context(model_config: Any) -> int | None:
+    """Positions a model can attend over (``max_position_embeddings``), if it says."""
+    value = getattr(model_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
