@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from transformers import AutoTokenizer
 
+    from strace_ds.assets import default_policy_dir
     from strace_ds.evaluation import evaluate, format_table, parse_benchmark_names
     from strace_ds.rewards import RewardPool
     from strace_ds.rollout import SamplingParams
-    from strace_ds.tiny import default_policy_dir
 
     try:  # fail on a typo before loading anything
         names = parse_benchmark_names(args.benchmarks)

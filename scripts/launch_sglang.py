@@ -8,7 +8,7 @@ answers, then stays in the foreground until Ctrl-C / SIGTERM, and stops the serv
 process group on the way out (also when the server dies: the script exits with its log tail).
 Arguments it does not know are passed to ``python -m sglang.launch_server`` unchanged, e.g.
 ``--mem-fraction-static 0.5`` or ``--tp 2``. The work is done by
-:class:`strace_ds.rollout.sglang_server.SGLangServer`.
+:class:`strace_ds.rollout.sglang.server.SGLangServer`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from strace_ds.rollout.sglang_server import SGLangServer, SGLangServerError, tail
+from strace_ds.rollout.sglang.server import SGLangServer, SGLangServerError, tail
 
 
 def _detect_device() -> str:

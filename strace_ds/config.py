@@ -52,8 +52,8 @@ from strace_ds.losses import (
     WINDOWS,
     TraceConfig,
 )
-from strace_ds.lr_schedule import LR_SCHEDULES
 from strace_ds.rollout import ROLLOUT_ENGINES, SamplingParams
+from strace_ds.train.lr_schedule import LR_SCHEDULES
 
 ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
 OVERLONG_MODES = ("none", "mask", "soft")
