@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from strace_ds.losses import FORMS, PRESETS, TraceConfig, policy_loss, trace_log_ratio
-from strace_ds.token_stats import (
+from strace_ds.model.logprob_kernels import (
     token_logprobs_and_entropy,
     token_logprobs_and_entropy_from_hidden,
 )

@@ -6,14 +6,14 @@ A randomly initialised Qwen3-shaped model with the real vocabulary (``V = 151,93
 embeddings as in Qwen3-0.6B; hidden 256, 2 layers, 4 heads of 64, 2 KV heads, MLP 768;
 39.8M parameters, 39M of them the embedding), bf16, scores and differentiates one batch of 8
 rows (prompts of 64-256 tokens, answers of mixed lengths) with a PPO-style loss on
-:func:`strace_ds.rollout_batch.answer_logprobs`, micro-batch by micro-batch, one backward each
+:func:`strace_ds.model.logprobs.answer_logprobs`, micro-batch by micro-batch, one backward each
 (as the trainer does):
 
 (i)   ``unfused``: today's path: micro-batches of 4 rows, each padded to the whole batch's
       prompt and answer widths (``RolloutBatch.rows``), full logits ``[4, R+1, V]``;
-(ii)  ``fused``: the same micro-batches through the fused head (:mod:`strace_ds.fused_logprobs`);
+(ii)  ``fused``: the same micro-batches through the fused head (:mod:`strace_ds.model.fused_head`);
 (iii) ``fused+budget``: fused, micro-batches from
-      :func:`strace_ds.micro_batches.token_budget_micro_batches` (``--max_tokens``), each
+      :func:`strace_ds.train.micro_batches.token_budget_micro_batches` (``--max_tokens``), each
       trimmed to its own longest row (``RolloutBatch.trimmed``).
 
 Every run of every variant is a fresh subprocess (``--repeats`` runs each, round robin;
@@ -70,8 +70,8 @@ def _model(vocab: int, hidden: int):
 
 
 def _batch(answer_lens: list[int], vocab: int):
+    from strace_ds.model.batch import collate_rollouts
     from strace_ds.rollout.base import Generation
-    from strace_ds.rollout_batch import collate_rollouts
 
     gen = torch.Generator().manual_seed(1)
     rows = len(answer_lens)
@@ -85,7 +85,7 @@ def _batch(answer_lens: list[int], vocab: int):
 
 
 def _micro_batches(variant: str, lengths: list[int], max_tokens: int) -> list[list[int]]:
-    from strace_ds.micro_batches import token_budget_micro_batches
+    from strace_ds.train.micro_batches import token_budget_micro_batches
 
     if variant == "fused+budget":
         return token_budget_micro_batches(lengths, max_tokens)
@@ -95,7 +95,7 @@ def _micro_batches(variant: str, lengths: list[int], max_tokens: int) -> list[li
 
 def _step(model, batch, micro_batches, fused: bool, trim: bool) -> None:
     """One PPO-style update's forward+backward: ``-mean(ratio * A)`` over the answer tokens."""
-    from strace_ds.rollout_batch import answer_logprobs
+    from strace_ds.model.logprobs import answer_logprobs
 
     total = batch.response_mask.sum()  # normaliser of the whole batch
     adv = torch.linspace(-1.0, 1.0, len(batch))[:, None]  # [N, 1]
@@ -136,7 +136,7 @@ def worker(variant: str, mix: list[int], vocab: int, hidden: int, max_tokens: in
     peak = (_status_kb("VmHWM") - before) * 1024
     grad = torch.cat([p.grad.float().flatten() for p in model.parameters()])
     torch.save(grad, grad_path)
-    from strace_ds.micro_batches import pad_fraction
+    from strace_ds.train.micro_batches import pad_fraction
 
     slots = batch.input_ids.shape[1]
     return {

@@ -3,8 +3,8 @@
     python benchmarks/bench_rollout.py [--sglang-python .venv-sglang/bin/python] \\
         [--prompts 8] [--n 8] [--max-new-tokens 32] [--no-big] [--out FILE.md]
 
-Measures, on the same tiny policy (:func:`strace_ds.tiny.default_policy_dir`) and the same
-prompts (the synthetic arithmetic task in the chat template):
+Measures, on the same tiny policy (:func:`strace_ds.assets.default_policy_dir`) and the
+same prompts (the synthetic arithmetic task in the chat template):
 
 1. answer tokens per second of :class:`~strace_ds.rollout.sglang.SGLangRolloutEngine` (a real
    SGLang server on this machine) and of :class:`~strace_ds.rollout.hf.HFRolloutEngine`
@@ -34,7 +34,7 @@ import torch
 
 from strace_ds.rollout.base import SamplingParams
 from strace_ds.rollout.sglang import SGLangRolloutEngine
-from strace_ds.rollout.sglang_server import SGLangServer
+from strace_ds.rollout.sglang.server import SGLangServer
 
 REPO = Path(__file__).resolve().parents[1]
 BIG_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=22,
@@ -46,8 +46,8 @@ BIG_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=22,
 def tiny_prompts(policy_dir: Path, count: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from strace_ds.data.synthetic import arithmetic_dataset
-    from strace_ds.tiny import chat_prompt
+    from strace_ds.assets.recipes.arithmetic import chat_prompt
+    from strace_ds.data.arithmetic import arithmetic_dataset
 
     tok = AutoTokenizer.from_pretrained(policy_dir)
     examples = arithmetic_dataset("test", size=count, seed=0).examples
@@ -95,7 +95,7 @@ def hf_engine_class() -> Any:
 def bench_tiny(args: argparse.Namespace, rows: list[str], tmp: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.assets import default_policy_dir
 
     policy_dir = default_policy_dir()
     prompts = tiny_prompts(policy_dir, args.prompts)

@@ -11,7 +11,7 @@ What is measured. ``2 * n_batches`` independent batches are sampled from the pol
 temperature 1, each ``prompts_per_batch`` distinct training problems x ``group_size`` answers,
 graded by math-verify, with GRPO group advantages. Every preset sees the same answers. For a
 preset and batch ``b`` the loss is exactly the trainer's first update of a step
-(:class:`strace_ds.updater.PolicyUpdater`): the selection from the batch's entropies (one
+(:class:`strace_ds.train.updater.PolicyUpdater`): the selection from the batch's entropies (one
 quantile over its loss tokens), the token-count normaliser over the batch, ``policy_loss`` with
 the preset's :class:`~strace_ds.losses.TraceConfig`, and on-policy old log-probs (the current
 ones, detached), so every ratio is exactly 1, nothing is clipped, and ``g_b``, the flattened
@@ -59,10 +59,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from strace_ds.advantages import group_advantages
 from strace_ds.data.prompts import build_prompt_ids
 from strace_ds.data.tasks import generated_dataset
-from strace_ds.experience import step_seed
 from strace_ds.losses import (
     FORMS,
     PRESETS,
@@ -72,10 +70,13 @@ from strace_ds.losses import (
     policy_loss,
     select_tokens,
 )
+from strace_ds.losses.advantages import group_advantages
+from strace_ds.model.batch import RolloutBatch, collate_rollouts
+from strace_ds.model.logprobs import answer_logprobs
 from strace_ds.rewards.registry import math_verify_reward
 from strace_ds.rollout import SamplingParams
 from strace_ds.rollout.hf import HFRolloutEngine
-from strace_ds.rollout_batch import RolloutBatch, answer_logprobs, collate_rollouts
+from strace_ds.train.experience import step_seed
 
 __all__ = [
     "GradBatch",
@@ -104,8 +105,8 @@ def load_policy(model_dir: str) -> tuple[Any, Any]:
     and its tokenizer (pad = EOS when it has none)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from strace_ds import dropout
-    from strace_ds.builders import load_tokenizer
+    from strace_ds.train import dropout
+    from strace_ds.train.setup import load_tokenizer
 
     config = AutoConfig.from_pretrained(model_dir)
     dropout.disable_dropout(config)

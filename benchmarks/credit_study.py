@@ -9,7 +9,7 @@
 
 Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``; by default long answers of ~100
 tokens whose reward hinges on three results), trained from the task shape's shipped policy
-(:mod:`strace_ds.tiny_chain`, sampled accuracy ~25% on the default shape) with
+(:mod:`strace_ds.assets.recipes.chain`, sampled accuracy ~25% on the default shape) with
 ``scripts/train.py`` and ``ds_configs/zero3.json``, the in-process engine, one thread per run,
 ``--jobs`` runs at a time.
 
@@ -246,8 +246,8 @@ def base_flags(args: argparse.Namespace, lr: float | None = None) -> list[str]:
 
 
 def policy_sha(task: str) -> str:
+    from strace_ds.assets.recipes.arithmetic import file_sha256
     from strace_ds.data.tasks import generated_task
-    from strace_ds.tiny import file_sha256
 
     task_entry = generated_task(task)
     if task_entry is None:

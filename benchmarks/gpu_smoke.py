@@ -48,7 +48,7 @@ RANDOM_SHAPES = {
     "random-0.5b": (1024, 24, 16, 8, 128, 3072),
     "random-tiny": (64, 2, 4, 2, 16, 192),  # --cpu: the real vocabulary, little else
 }
-IMPORTS = ("deepspeed", "math_verify", "torch.utils.tensorboard", "strace_ds.trainer")
+IMPORTS = ("deepspeed", "math_verify", "torch.utils.tensorboard", "strace_ds.train.loop")
 
 
 def model_flops_utilisation(params: int, tokens: float, seconds: float,
@@ -85,7 +85,7 @@ def write_random_model(name: str, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.assets import default_policy_dir
 
     hidden, layers, heads, kv_heads, head_dim, mlp = RANDOM_SHAPES[name]
     tiny = default_policy_dir()
@@ -110,7 +110,7 @@ def count_params(model_dir: Path | None) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.assets import default_policy_dir
 
     config = AutoConfig.from_pretrained(model_dir or default_policy_dir())
     with torch.device("meta"):
@@ -139,7 +139,7 @@ def train_flags(name: str, model_dir: Path | None, out: Path, steps: int, cpu: b
 
 # ------------------------------------------------------------------ one run (own process)
 def train_one(flags: list[str]) -> dict:
-    """Train through ``scripts/train.py``'s parser and ``strace_ds.trainer.run``; the figures."""
+    """Train through ``scripts/train.py``'s parser and ``strace_ds.train.loop.run``; the figures."""
     import resource
 
     import torch
@@ -147,7 +147,7 @@ def train_one(flags: list[str]) -> dict:
     sys.path.insert(0, str(REPO / "scripts"))
     import train as train_script  # scripts/train.py
 
-    from strace_ds.trainer import run
+    from strace_ds.train.loop import run
 
     config = train_script.parse_args(flags)
     cuda = torch.cuda.is_available()

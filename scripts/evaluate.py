@@ -27,22 +27,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16, help="samples per problem")
     p.add_argument("--ks", default=None, help="pass@j to report, e.g. 1,4,16 (default 1,2,4..k)")
     p.add_argument("--rollout", choices=("hf", "sglang"), default="hf", help="rollout engine")
-    p.add_argument("--sglang-url", default="http://localhost:30000",
+    p.add_argument("--sglang_url", "--sglang-url", default="http://localhost:30000",
                    help="SGLang server URL(s), comma separated")
-    p.add_argument("--skip-model-check", action="store_true",
+    p.add_argument("--skip_model_check", "--skip-model-check", action="store_true",
                    help="evaluate even if the servers' /model_info model_path is not --model")
-    p.add_argument("--data-dir", default=None, help="directory with <benchmark>.jsonl files")
+    p.add_argument("--data_dir", "--data-dir",
+                   default=None, help="directory with <benchmark>.jsonl files")
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=-1, help="-1 = off")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--top_p", "--top-p", type=float, default=0.95)
+    p.add_argument("--top_k", "--top-k", type=int, default=-1, help="-1 = off")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (reproducible runs)")
     p.add_argument("--device", default=None, help="hf engine device (default cuda if available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--max-batch-size", type=int, default=64, help="hf engine rows per batch")
-    p.add_argument("--reward-workers", type=int, default=2, help="grading processes")
-    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per answer")
+    p.add_argument("--max_batch_size", "--max-batch-size",
+                   type=int, default=64, help="hf engine rows per batch")
+    p.add_argument("--reward_workers", "--reward-workers",
+                   type=int, default=2, help="grading processes")
+    p.add_argument("--reward_timeout", "--reward-timeout",
+                   type=float, default=10.0, help="seconds per answer")
     p.add_argument("--out", default=None, help="JSON report path (per-problem samples)")
     return p.parse_args(argv)
 
@@ -86,10 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from transformers import AutoTokenizer
 
+    from strace_ds.assets import default_policy_dir
     from strace_ds.evaluation import evaluate, format_table, parse_benchmark_names
     from strace_ds.rewards import RewardPool
     from strace_ds.rollout import SamplingParams
-    from strace_ds.tiny import default_policy_dir
 
     try:  # fail on a typo before loading anything
         names = parse_benchmark_names(args.benchmarks)

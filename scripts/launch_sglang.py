@@ -8,7 +8,7 @@ answers, then stays in the foreground until Ctrl-C / SIGTERM, and stops the serv
 process group on the way out (also when the server dies: the script exits with its log tail).
 Arguments it does not know are passed to ``python -m sglang.launch_server`` unchanged, e.g.
 ``--mem-fraction-static 0.5`` or ``--tp 2``. The work is done by
-:class:`strace_ds.rollout.sglang_server.SGLangServer`.
+:class:`strace_ds.rollout.sglang.server.SGLangServer`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from strace_ds.rollout.sglang_server import SGLangServer, SGLangServerError, tail
+from strace_ds.rollout.sglang.server import SGLangServer, SGLangServerError, tail
 
 
 def _detect_device() -> str:
@@ -35,16 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--python", required=True,
                    help="the SGLang environment's python (scripts/setup_sglang_env.sh builds it)")
-    p.add_argument("--model-path", required=True, help="Hugging Face model directory")
+    p.add_argument("--model_path", "--model-path",
+                   required=True, help="Hugging Face model directory")
     p.add_argument("--port", type=int, default=30000, help="HTTP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (0.0.0.0 to serve other nodes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when nvidia-smi lists a GPU, else cpu (which adds "
                    "SGLANG_USE_CPU_ENGINE=1 and the CPU defaults)")
-    p.add_argument("--weight-version", type=int, default=0,
+    p.add_argument("--weight_version", "--weight-version", type=int, default=0,
                    help="version stamped on answers until the first weight sync")
-    p.add_argument("--startup-timeout", type=float, default=900.0,
+    p.add_argument("--startup_timeout", "--startup-timeout", type=float, default=900.0,
                    help="seconds to wait for /health")
     p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
     args, extra = p.parse_known_args(argv)

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from strace_ds.trainer import Trainer
+    from strace_ds.train.loop import Trainer
 
     try:
         trainer = Trainer(config)

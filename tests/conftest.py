@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# What strace_ds.trainer.init_distributed (and the deepspeed launcher) put in os.environ.
+# What strace_ds.distributed.init_distributed (and the deepspeed launcher) put in os.environ.
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
 
@@ -40,6 +40,6 @@ def fake():
 @pytest.fixture(scope="session")
 def tiny_policy() -> Path:
     """The default warm-started tiny Qwen3 policy: the pinned copy in ``strace_ds/assets``."""
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.assets import default_policy_dir
 
     return default_policy_dir()

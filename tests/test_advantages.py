@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from strace_ds.advantages import (
+from strace_ds.losses.advantages import (
     ADVANTAGE_METHODS,
     GroupAdvantages,
     filter_zero_variance_groups,

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from strace_ds.batch_layout import BatchLayout
+from strace_ds.train.layout import BatchLayout
 
 
 def test_sizes_by_hand():

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from strace_ds import builders
+from strace_ds.assets import LONG_CHAIN_DIR, chain_policy_dir, default_policy_dir
 from strace_ds.config import TrainConfig
 from strace_ds.data.chain import ChainConfig, chain_dataset
 from strace_ds.evaluation.benchmarks import load_benchmark
-from strace_ds.tiny import default_policy_dir
-from strace_ds.tiny_chain import LONG_CHAIN_DIR, chain_policy_dir
-from strace_ds.trainer import Trainer
+from strace_ds.train import setup as builders
+from strace_ds.train.loop import Trainer
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from strace_ds.data.arithmetic import INSTRUCTION, split_of
 from strace_ds.data.chain import (
     ChainConfig,
     chain_dataset,
@@ -14,7 +15,6 @@ from strace_ds.data.chain import (
     parse_chain_spec,
     teacher_slips,
 )
-from strace_ds.data.synthetic import INSTRUCTION, split_of
 from strace_ds.data.tasks import GENERATED_TASKS, generated_dataset, generated_task
 
 _EQ = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from strace_ds.config import TrainConfig
-from strace_ds.distributed import resolve_ds_config
+from strace_ds.deepspeed_config import resolve_ds_config
 from strace_ds.losses import TraceConfig
 
 

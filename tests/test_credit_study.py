@@ -185,7 +185,7 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     summary = json.loads((work / "summary.json").read_text())
     assert list(summary["studies"]) == ["presets", "forms", "ratio", "long"]
     # the second task shape trains its own shipped policy (smoke: its answers cut at 128 tokens)
-    from strace_ds.tiny_chain import LONG_CHAIN_SPEC, shipped_chain_build
+    from strace_ds.assets import LONG_CHAIN_SPEC, shipped_chain_build
 
     long = [json.loads(p.read_text()) for p in (work / "cache").glob("chain_*.json")]
     assert len(long) == 2 * 2 * 2 and {r["task"] for r in long} == {LONG_CHAIN_SPEC}
@@ -240,7 +240,7 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
 def test_committed_study_is_complete() -> None:
     """The committed studies: every grid and tuning run cached, with its task's shipped chain
     policy, and each method of the forms study at the rate its tuning runs picked."""
-    from strace_ds.tiny_chain import shipped_chain_build
+    from strace_ds.assets import shipped_chain_build
 
     study = REPO / "benchmarks" / "credit_study"
     summary = json.loads((study / "summary.json").read_text())

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
 from strace_ds.config import TrainConfig
-from strace_ds.dropout import describe, disable_dropout, disable_dropout_modules
+from strace_ds.train.dropout import describe, disable_dropout, disable_dropout_modules
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[1, 5, 7, 9, 11, 13, 15, 17], [1, 6, 8, 10, 12, 14, 16, 18]])
@@ -61,8 +61,8 @@ def test_without_dropout_train_and_eval_log_probs_are_identical(dropout_policy):
 
 
 def test_the_trainer_engine_has_dropout_off(dropout_policy):
-    from strace_ds.builders import build_policy_engine
-    from strace_ds.trainer import init_distributed
+    from strace_ds.distributed import init_distributed
+    from strace_ds.train.setup import build_policy_engine
 
     init_distributed()
     cfg = TrainConfig(

@@ -23,9 +23,9 @@ from evaluation_cli import (
 )
 from fake_sglang import FakeSGLang
 
+from strace_ds.data.arithmetic import INSTRUCTION as SYNTHETIC_INSTRUCTION
+from strace_ds.data.arithmetic import arithmetic_dataset
 from strace_ds.data.prompts import INSTRUCTION
-from strace_ds.data.synthetic import INSTRUCTION as SYNTHETIC_INSTRUCTION
-from strace_ds.data.synthetic import arithmetic_dataset
 from strace_ds.evaluation import (
     BENCHMARKS,
     default_ks,
@@ -166,7 +166,7 @@ def test_missing_local_file_names_the_fix(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tokenizer():
     """The tiny policy's byte-level BPE + ChatML template, trained on the synthetic task."""
-    from strace_ds.tiny import _tokenizer_corpus, build_tokenizer
+    from strace_ds.assets.recipes.arithmetic import _tokenizer_corpus, build_tokenizer
 
     return build_tokenizer(
         _tokenizer_corpus(arithmetic_dataset("train", 300, seed=0).examples), 512
@@ -330,8 +330,8 @@ def test_invalid_arguments(tokenizer, pool) -> None:
 def tiny_engine():
     from transformers import AutoTokenizer
 
+    from strace_ds.assets import default_policy_dir
     from strace_ds.rollout.hf import HFRolloutEngine
-    from strace_ds.tiny import default_policy_dir
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls on a shared box: one thread is much faster

@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from strace_ds.experience import (
+from strace_ds.model.batch import RolloutBatch
+from strace_ds.train.experience import (
     AsyncExperience,
     Experience,
     StalenessError,
@@ -18,7 +19,6 @@ from strace_ds.experience import (
     generation_version,
     prompt_positions,
 )
-from strace_ds.rollout_batch import RolloutBatch
 
 
 def _experience(step: int, version: int) -> Experience:
@@ -214,7 +214,7 @@ def _producer(silent, **cfg):
     import types
 
     from strace_ds.data.types import PromptDataset, PromptExample
-    from strace_ds.experience import ExperienceProducer
+    from strace_ds.train.experience import ExperienceProducer
 
     n = 40
     data = PromptDataset([PromptExample(f"q{i}", "silent" if silent(i) else "mixed")

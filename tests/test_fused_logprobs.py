@@ -1,4 +1,4 @@
-"""The fused answer log-probs (``strace_ds.fused_logprobs``) against the full-logits path.
+"""The fused answer log-probs (``strace_ds.model.fused_head``) against the full-logits path.
 
 Same log-probs, entropies and parameter gradients on the tiny Qwen3 policy (tied and untied
 head, float32 and float64), the same ZeRO-3 gradients through a real one-rank DeepSpeed
@@ -15,8 +15,9 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from strace_ds.model.batch import RolloutBatch, collate_rollouts
+from strace_ds.model.logprobs import answer_logprobs
 from strace_ds.rollout.base import Generation
-from strace_ds.rollout_batch import RolloutBatch, answer_logprobs, collate_rollouts
 
 TEMPERATURE = 0.7
 
@@ -134,7 +135,7 @@ def test_models_that_change_their_logits_fall_back(tiny_policy) -> None:
 def _zero3_engine(model: torch.nn.Module):
     import deepspeed
 
-    from strace_ds.trainer import init_distributed
+    from strace_ds.distributed import init_distributed
 
     init_distributed()
     config = {

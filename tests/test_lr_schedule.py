@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from strace_ds import checkpoint as ckpt
+from strace_ds import deepspeed_config
 from strace_ds import distributed as dist_utils
-from strace_ds.builders import build_policy_engine
 from strace_ds.config import TrainConfig
-from strace_ds.lr_schedule import lr_at, lr_multiplier
-from strace_ds.trainer import init_distributed
+from strace_ds.distributed import init_distributed
+from strace_ds.storage import checkpoint as ckpt
+from strace_ds.train.lr_schedule import lr_at, lr_multiplier
+from strace_ds.train.setup import build_policy_engine
 
 REPO = Path(__file__).resolve().parents[1]
 LR = 1e-3
@@ -98,16 +99,16 @@ def test_ds_config_scheduler_is_dropped_or_rejected():
             "warmup_type": "linear",
         },
     }
-    cfg, notes = dist_utils.resolve_ds_config({"scheduler": template}, **run)
+    cfg, notes = deepspeed_config.resolve_ds_config({"scheduler": template}, **run)
     assert "scheduler" not in cfg and any("scheduler" in n for n in notes)
     for own in (
         {"type": "WarmupLR", "params": {**template["params"], "warmup_num_steps": 100}},
         {"type": "WarmupDecayLR", "params": {"total_num_steps": 10, "warmup_max_lr": "auto"}},
     ):
         with pytest.raises(ValueError, match="--lr_schedule"):
-            dist_utils.resolve_ds_config({"scheduler": own}, **run)
+            deepspeed_config.resolve_ds_config({"scheduler": own}, **run)
     for name in ("zero2.json", "zero3.json", "zero3_offload.json"):
-        shipped = dist_utils.load_ds_config(REPO / "ds_configs" / name)
+        shipped = deepspeed_config.load_ds_config(REPO / "ds_configs" / name)
         assert "scheduler" not in shipped, name
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from strace_ds.monitor import METRICS_FILE, MetricsLog, read_history
+from strace_ds.train.monitor import METRICS_FILE, MetricsLog, read_history
 
 HISTORY = [
     {"eval_step": 0.0, "eval/accuracy": 0.25},

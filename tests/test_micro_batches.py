@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from strace_ds.micro_batches import pad_fraction, token_budget_micro_batches
+from strace_ds.train.micro_batches import pad_fraction, token_budget_micro_batches
 
 
 def test_hand_worked_packing() -> None:

@@ -6,7 +6,7 @@ tutorials are exactly what ``notebooks/make_notebooks.py`` generates from ``note
 Slow tests execute each tutorial headless with nbclient (kernel ``python3``, which
 jupyter_client starts with this interpreter; cwd ``notebooks/``), fail on any cell error and
 check the numbers the notebook's last cell prints as ``SUMMARY_JSON {...}``. Notebooks 03 and
-04 run the tiny policy shipped with the package (``strace_ds.tiny.default_policy_dir()``): the
+04 run the tiny policy shipped with the package (``strace_ds.assets.default_policy_dir()``): the
 same pinned weights everywhere, nothing to build.
 """
 

@@ -45,6 +45,7 @@ def test_a_live_build_is_waited_for_and_its_lock_left_alone(tmp_path, monkeypatc
     assert holder.stdout.readline().strip() == "building"
     said = []
     with guarded_op_builds(log=said.append, wait_notice_s=0.2):
-        assert holder.poll() is not None  # entered only once the builder was done
-        assert not building.exists()
+        assert not building.exists()  # entered once the build was done (it cleared its lock)
+    holder.wait(timeout=10)
+    # waited, and did not take the live build's lock for a stale one
     assert len(said) == 1 and said[0].startswith("waiting for another process building")

@@ -1,4 +1,4 @@
-"""Kill-safe directory publishing (``strace_ds.publish``) and the checkpoints that use it.
+"""Kill-safe directory publishing (``strace_ds.storage.publish``) and the checkpoints that use it.
 
 Unit tests of :func:`publish_dir` / :func:`recover_dir`; real kills (``SIGKILL`` at random
 moments of a publish loop, and ``os._exit`` injected between the two renames); and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from strace_ds.publish import (
+from strace_ds.storage.publish import (
     FAULT_ENV,
     FAULT_EXIT_CODE,
     aside_path,
@@ -130,7 +130,7 @@ _LOOP = textwrap.dedent(
     """
     import os, shutil, sys, time
     from pathlib import Path
-    from strace_ds.publish import aside_path, publish_dir
+    from strace_ds.storage.publish import aside_path, publish_dir
     target, files = Path(sys.argv[1]), int(sys.argv[2])
     rename = os.rename
 
@@ -185,7 +185,7 @@ def test_sigkill_at_random_moments_leaves_a_complete_copy(tmp_path: Path) -> Non
 def test_injected_exit_between_the_renames(tmp_path: Path, fault: str, expected: int) -> None:
     target = _make(tmp_path / "out", 1)
     _make(tmp_path / ".tmp-out", 2)
-    code = "import sys; from strace_ds.publish import publish_dir as p; p(*sys.argv[1:])"
+    code = "import sys; from strace_ds.storage.publish import publish_dir as p; p(*sys.argv[1:])"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / ".tmp-out"), str(target)],
         env=_env(**{FAULT_ENV: fault}), timeout=60,
@@ -226,7 +226,7 @@ class _FakeEngine:
 
 
 def _save(ckpt_dir: Path, step: int, gen: int, keep_last: int = 2) -> None:
-    from strace_ds import checkpoint as ckpt
+    from strace_ds.storage import checkpoint as ckpt
 
     state = ckpt.TrainerState(step=step, history=[{"gen": float(gen)}])
     ckpt.save_checkpoint(_FakeEngine({"step": step, "gen": gen}), ckpt_dir, state, keep_last)
@@ -234,7 +234,7 @@ def _save(ckpt_dir: Path, step: int, gen: int, keep_last: int = 2) -> None:
 
 def _load_latest(ckpt_dir: Path) -> tuple[int, int]:
     """Load what ``latest`` names, check engine and trainer state agree; (step, gen)."""
-    from strace_ds import checkpoint as ckpt
+    from strace_ds.storage import checkpoint as ckpt
 
     found = ckpt.find_checkpoint("auto", ckpt_dir)
     assert found is not None
@@ -249,7 +249,7 @@ def _load_latest(ckpt_dir: Path) -> tuple[int, int]:
 @pytest.fixture
 def keep_rng() -> Iterator[None]:
     """``load_checkpoint`` restores RNG states; leave this process's as they were."""
-    from strace_ds import checkpoint as ckpt
+    from strace_ds.storage import checkpoint as ckpt
 
     saved = ckpt.capture_rng()
     yield
@@ -357,7 +357,7 @@ def test_prune_never_deletes_the_checkpoint_latest_names(tmp_path: Path, keep_rn
 
 
 def test_tiny_publish_keeps_a_concurrent_winner(tmp_path: Path) -> None:
-    from strace_ds import tiny
+    from strace_ds.assets.recipes import arithmetic as tiny
 
     def build(path: Path, version: int) -> Path:
         _make(path, version)

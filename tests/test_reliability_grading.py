@@ -37,7 +37,7 @@ def limits_grader(response: str, gold: str) -> float:
     if response in ("LIMITS", "MAPPED", "CORE"):
         import resource
 
-        from strace_ds.rewards.pool import _address_space_bytes
+        from strace_ds.rewards.worker import _address_space_bytes
 
         if response == "LIMITS":
             return float(resource.getrlimit(resource.RLIMIT_AS)[0])

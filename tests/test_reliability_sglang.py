@@ -166,7 +166,7 @@ def test_config_fields_are_validated_and_named() -> None:
 
 def test_trainer_builder_passes_timeout_retries_concurrency_and_vocab(
         fake: FakeSGLang, tiny_policy: Path, tmp_path: Path) -> None:
-    from strace_ds.rollout.sglang_rollout import build_sglang_rollout
+    from strace_ds.rollout.sglang.ranks import build_sglang_rollout
 
     cfg = TrainConfig(rollout="sglang", sglang_url=fake.url, output_dir=str(tmp_path),
                       sglang_timeout_s=DEADLINE_S, sglang_max_retries=1,

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from strace_ds import checkpoint as ckpt
 from strace_ds.config import TrainConfig
+from strace_ds.storage import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -116,7 +116,7 @@ def two_checkpoints(tmp_path: Path) -> Path:
 
 
 def test_every_checkpoint_has_a_manifest_of_its_files(two_checkpoints: Path) -> None:
-    from strace_ds.manifest import MANIFEST, check_manifest
+    from strace_ds.storage.manifest import MANIFEST, check_manifest
 
     for tag in ("step_000001", "step_000002"):
         path = two_checkpoints / tag
@@ -230,13 +230,13 @@ def test_the_next_save_after_a_fallback_replaces_the_damaged_tag(two_checkpoints
 
 
 def test_a_checkpoint_without_manifest_says_how_to_trust_it(two_checkpoints: Path) -> None:
-    from strace_ds.manifest import main as manifest_cli
+    from strace_ds.storage.manifest import main as manifest_cli
 
     legacy = two_checkpoints / "step_000002"
     (legacy / "manifest.json").unlink()
     with pytest.raises(ckpt.CheckpointError) as err:
         ckpt.load_checkpoint(_Engine(), legacy)
-    assert "python -m strace_ds.manifest write" in str(err.value)
+    assert "python -m strace_ds.storage.manifest write" in str(err.value)
     assert manifest_cli(["write", str(legacy)]) == 0
     assert manifest_cli(["check", str(legacy)]) == 0
     assert ckpt.load_checkpoint(_Engine(), legacy).step == 2
@@ -254,7 +254,7 @@ _TWO_RANKS = textwrap.dedent(
                             world_size=2)
     sys.path.insert(0, sys.argv[5])
     import test_reliability_state as t
-    from strace_ds import checkpoint as ckpt
+    from strace_ds.storage import checkpoint as ckpt
     if mode == "save":
         for step in (1, 2):
             state = ckpt.TrainerState(step=step)
@@ -290,7 +290,7 @@ def _two_ranks(root: Path, mode: str) -> list[dict]:
 
 
 def test_two_ranks_manifest_covers_every_ranks_files(tmp_path: Path) -> None:
-    from strace_ds.manifest import MANIFEST, check_manifest
+    from strace_ds.storage.manifest import MANIFEST, check_manifest
 
     root = tmp_path / "checkpoints"
     _two_ranks(root, "save")
@@ -338,7 +338,7 @@ class _DataTrainer:
         self.logged: list[str] = []
 
     def _load_train_data(self):
-        from strace_ds.builders import load_train_data
+        from strace_ds.train.setup import load_train_data
 
         return load_train_data(self.cfg, log=self.logged.append)
 
@@ -381,8 +381,8 @@ class _LoopTrainer:
     """A Trainer whose steps are scripted: ``errors[i]`` grading errors at step i + 1."""
 
     def __new__(cls, tmp_path: Path, errors: list[float], **overrides):
-        from strace_ds.monitor import Monitor
-        from strace_ds.trainer import Trainer
+        from strace_ds.train.loop import Trainer
+        from strace_ds.train.monitor import Monitor
 
         cfg = TrainConfig(
             steps=len(errors), prompts_per_step=8, group_size=4, eval_every=-1,
@@ -417,7 +417,7 @@ class _LoopTrainer:
 
 
 def test_a_run_on_ungradable_answers_stops_after_a_checkpoint(tmp_path: Path) -> None:
-    from strace_ds.trainer import RunAbortedError
+    from strace_ds.train.loop import RunAbortedError
 
     trainer = _LoopTrainer(tmp_path, [32.0] * 10)  # 32 rows a step, every one an error
     with pytest.raises(RunAbortedError) as err:
@@ -438,7 +438,7 @@ def test_grading_errors_must_be_consecutive_and_above_the_fraction(tmp_path: Pat
 
 
 def test_the_grading_error_streak_survives_a_resume(tmp_path: Path) -> None:
-    from strace_ds.trainer import RunAbortedError
+    from strace_ds.train.loop import RunAbortedError
 
     trainer = _LoopTrainer(tmp_path, [32.0] * 10)
     trainer.state.step = 2  # as restored from a checkpoint: two bad steps already
@@ -469,7 +469,7 @@ def _log_steps(monitor, steps, scale: float) -> None:
 
 
 def test_a_resumed_monitor_logs_each_step_once(tmp_path: Path) -> None:
-    from strace_ds.monitor import Monitor
+    from strace_ds.train.monitor import Monitor
 
     _log_steps(Monitor(tmp_path / "plain"), range(1, 5), 1.0)
     _log_steps(Monitor(tmp_path / "plain"), range(3, 5), 10.0)  # re-run, no purge: twice
@@ -486,7 +486,7 @@ def test_a_resumed_monitor_logs_each_step_once(tmp_path: Path) -> None:
 
 
 def test_a_disabled_monitor_writes_nothing(tmp_path: Path) -> None:
-    from strace_ds.monitor import Monitor
+    from strace_ds.train.monitor import Monitor
 
     m = Monitor(tmp_path / "off", enabled=False)
     m.resume_after(3)
@@ -519,7 +519,7 @@ def _train(args: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
 def test_corrupted_checkpoint_end_to_end(tiny_policy: Path, tmp_path: Path) -> None:
     """Train, stop; flip 64 bytes of the step-2 fp32 weights/optimizer file; --resume auto
     falls back to step 1 and says so, re-runs step 2, and TensorBoard has each step once."""
-    from strace_ds.manifest import check_manifest
+    from strace_ds.storage.manifest import check_manifest
 
     common = ["--model", str(tiny_policy), "--output_dir", "out", "--log_dir", "runs",
               "--run_name", "r", "--loss", "grpo", "--steps", "3", "--save_every", "1",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from strace_ds.model.batch import collate_rollouts
+from strace_ds.model.logprobs import answer_logprobs
 from strace_ds.rollout.base import Generation
-from strace_ds.rollout_batch import answer_logprobs, collate_rollouts
 
 
 def test_trimmed_sub_batch_scores_the_same(tiny_policy) -> None:

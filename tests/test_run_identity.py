@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from strace_ds.config import TrainConfig
-from strace_ds.run_identity import check_identity, run_identity
+from strace_ds.storage.run_identity import check_identity, run_identity
 
 
 def test_unchanged_or_free_fields_pass():

@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from strace_ds.run_lock import LOCK_FILE, RunDirLockedError, RunLock
+from strace_ds.storage.run_lock import LOCK_FILE, RunDirLockedError, RunLock
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from strace_ds.run_lock import RunLock
+    from strace_ds.storage.run_lock import RunLock
     RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(60)

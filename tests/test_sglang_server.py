@@ -31,9 +31,9 @@ from strace_ds.rollout.sglang import (
     parse_generate_response,
     row_seed,
 )
-from strace_ds.rollout.sglang_server import SGLangServer
-from strace_ds.rollout.sglang_server import SGLangServerError as StartError
-from strace_ds.rollout.sglang_weights import publish_atomically, write_hf_checkpoint
+from strace_ds.rollout.sglang.server import SGLangServer
+from strace_ds.rollout.sglang.server import SGLangServerError as StartError
+from strace_ds.rollout.sglang.weights import publish_atomically, write_hf_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SGLANG_PYTHON = Path(
@@ -307,7 +307,7 @@ def hf_model(policy_dir: Path) -> Any:
 def prompts(policy_dir: Path) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from strace_ds.tiny import chat_prompt
+    from strace_ds.assets.recipes.arithmetic import chat_prompt
 
     tok = AutoTokenizer.from_pretrained(policy_dir)
     questions = ["What is 3 + 4?", "Compute 12 - 5.", "What is 7 * 8?", "What is 2 + 2?"]

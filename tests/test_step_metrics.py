@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_experience import _experience
 
-from strace_ds.step_metrics import MISMATCH_THRESHOLD, local_step_stats, reduce_step_metrics
-from strace_ds.updater import epoch_mini_batches
+from strace_ds.train.metrics import MISMATCH_THRESHOLD, local_step_stats, reduce_step_metrics
+from strace_ds.train.updater import epoch_mini_batches
 
 
 def _stats(seed: int, rows: int = 4):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from strace_ds.data.synthetic import (
+from strace_ds.data.arithmetic import (
     INSTRUCTION,
     KINDS,
     ArithmeticConfig,

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
-from strace_ds import tiny
-from strace_ds.data.synthetic import INSTRUCTION, arithmetic_dataset
+from strace_ds import assets
+from strace_ds.assets.recipes import arithmetic as tiny
+from strace_ds.data.arithmetic import INSTRUCTION, arithmetic_dataset
 
 FEW_STEPS = 3
 
@@ -234,7 +235,8 @@ def test_shipped_policy_is_the_pinned_default_build() -> None:
     path = tiny.default_policy_dir()
     info = json.loads((path / tiny.BUILD_INFO).read_text())
     assert info["digest"] == tiny.TinyBuildConfig().digest(), (
-        "the recipe changed: regenerate the shipped policy (python -m strace_ds.tiny --out "
+        "the recipe changed: regenerate the shipped policy (python -m "
+        "strace_ds.assets.recipes.arithmetic --out "
         "strace_ds/assets/tiny-qwen3 --force) and update SHIPPED_SHA256"
     )
     assert tiny.file_sha256(path / "model.safetensors") == tiny.SHIPPED_SHA256
@@ -244,7 +246,7 @@ def test_shipped_policy_is_the_pinned_default_build() -> None:
 
 
 def test_missing_shipped_policy_names_the_fix(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(tiny, "SHIPPED_DIR", tmp_path / "gone")
+    monkeypatch.setattr(assets, "SHIPPED_DIR", tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="regenerate it with"):
         tiny.default_policy_dir()
 

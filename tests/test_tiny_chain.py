@@ -11,7 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from strace_ds import tiny, tiny_chain
+from strace_ds import assets
+from strace_ds.assets.recipes import arithmetic as tiny
+from strace_ds.assets.recipes import chain as tiny_chain
 from strace_ds.data.chain import ChainConfig, chain_dataset
 
 _EQ = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
@@ -22,7 +24,7 @@ def test_shipped_chain_policies_are_their_pinned_builds(build) -> None:
     path = tiny_chain.chain_policy_dir(build.spec)
     assert path == build.path
     info = json.loads((path / tiny.BUILD_INFO).read_text())
-    assert info["digest"] == build.build_config().digest(), (
+    assert info["digest"] == tiny_chain.build_config(build).digest(), (
         f"the shipped chain policy at {path} is not its recipe's build: regenerate it with "
         f"`{tiny_chain.regenerate_command(build)}`"
     )
@@ -37,7 +39,8 @@ def test_each_chain_shape_gets_its_build() -> None:
     """A spec takes the build of its problems (the teacher's slip rate aside), else the
     default build; the regeneration command rebuilds the same config."""
     long = tiny_chain.LONG_CHAIN_SPEC
-    assert tiny_chain.shipped_chain_build().build_config() == tiny_chain.ChainBuildConfig()
+    default = tiny_chain.shipped_chain_build()
+    assert tiny_chain.build_config(default) == tiny_chain.ChainBuildConfig()
     assert tiny_chain.chain_policy_dir() == tiny_chain.CHAIN_DIR
     assert tiny_chain.chain_policy_dir("chain:filler=2") == tiny_chain.CHAIN_DIR
     assert tiny_chain.chain_policy_dir(long) == tiny_chain.LONG_CHAIN_DIR
@@ -112,9 +115,9 @@ def test_short_build_publishes_reuses_and_guards(tmp_path: Path) -> None:
 
 
 def test_missing_chain_policy_names_the_fix(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(tiny_chain, "CHAIN_DIR", tmp_path / "gone")
-    with pytest.raises(FileNotFoundError, match="python -m strace_ds.tiny_chain"):
+    monkeypatch.setattr(assets, "CHAIN_DIR", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="python -m strace_ds.assets.recipes.chain"):
         tiny_chain.chain_policy_dir()
-    monkeypatch.setattr(tiny_chain, "LONG_CHAIN_DIR", tmp_path / "gone-too")
+    monkeypatch.setattr(assets, "LONG_CHAIN_DIR", tmp_path / "gone-too")
     with pytest.raises(FileNotFoundError, match="--task chain:decisive=5,filler=2 --max-new"):
         tiny_chain.chain_policy_dir(tiny_chain.LONG_CHAIN_SPEC)

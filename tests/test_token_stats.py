@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from strace_ds.token_stats import (
+from strace_ds.model.logprob_kernels import (
     _backward_tiles,
     token_logprobs_and_entropy,
     token_logprobs_and_entropy_from_hidden,

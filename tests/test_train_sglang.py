@@ -162,8 +162,8 @@ def _get_json(url: str, timeout: float = 30.0) -> Any:
 def _probe_main(argv: list[str]) -> int:
     """``scripts/train.py`` with a check after every weight sync (see the module docstring)."""
     from strace_ds import distributed as dist_utils
-    from strace_ds import trainer as trainer_mod
     from strace_ds.rollout import SamplingParams
+    from strace_ds.train import loop as trainer_mod
 
     out = Path(os.environ[PROBE_ENV])
     build_engine = trainer_mod.builders.build_policy_engine
@@ -284,7 +284,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 def _launcher() -> list[str]:
     """Two CPU ranks through the deepspeed launcher when it is installed, else one process."""
-    from strace_ds.rollout.sglang_server import free_port
+    from strace_ds.rollout.sglang.server import free_port
 
     ds = Path(sys.executable).parent / "deepspeed"
     if ds.exists():
@@ -350,7 +350,7 @@ def test_launch_trains_with_synced_weights(policy_dir: Path, tmp_path: Path) -> 
 def test_killed_server_fails_cleanly_and_resume_continues(policy_dir: Path,
                                                           tmp_path: Path) -> None:
     """``--sglang-url``: SIGKILL the server once the step-2 checkpoint is written, then resume."""
-    from strace_ds.rollout.sglang_server import SGLangServer
+    from strace_ds.rollout.sglang.server import SGLangServer
 
     run = "killed"
     run_dir = tmp_path / "out" / run
@@ -434,9 +434,9 @@ def test_killed_server_fails_cleanly_and_resume_continues(policy_dir: Path,
         assert _get_json(second.url + "/model_info")["weight_version"] == "4"
         from transformers import AutoTokenizer
 
+        from strace_ds.assets.recipes.arithmetic import chat_prompt
         from strace_ds.rollout import SamplingParams
         from strace_ds.rollout.sglang import SGLangRolloutEngine
-        from strace_ds.tiny import chat_prompt
 
         final = _load_model(run_dir / "final")
         tok = AutoTokenizer.from_pretrained(run_dir / "final")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from strace_ds.builders import build_policy_engine
 from strace_ds.config import TrainConfig
-from strace_ds.experience import Experience
+from strace_ds.distributed import init_distributed
 from strace_ds.losses import loss_denominator
+from strace_ds.model.batch import collate_rollouts
 from strace_ds.rollout.base import Generation
-from strace_ds.rollout_batch import collate_rollouts
-from strace_ds.trainer import init_distributed
-from strace_ds.updater import PolicyUpdater
+from strace_ds.train.experience import Experience
+from strace_ds.train.setup import build_policy_engine
+from strace_ds.train.updater import PolicyUpdater
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -101,7 +101,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from strace_ds.advantages import group_advantages
+from strace_ds.losses.advantages import group_advantages
 from strace_ds.losses import TraceConfig, policy_loss, trace_log_ratio
 
 torch.set_default_dtype(torch.float64)  # exact enumeration: float64 everywhere
@@ -222,7 +222,7 @@ print({k: round(v[-1], 3) for k, v in exact_var.items()}, "at T =", MAX_T)
 #
 # **Estimators.** For each configuration we draw 400 batches of 16 answers (one GRPO group
 # each: the MDP has a single prompt), compute leave-one-out advantages with
-# `strace_ds.advantages.group_advantages(..., method="rloo")` (unbiased on-policy, so GRPO's
+# `strace_ds.losses.advantages.group_advantages(..., method="rloo")` (unbiased on-policy, so GRPO's
 # only bias is the missing historical weight) and obtain each batch's gradient **by autograd
 # through `strace_ds.losses.policy_loss`** with the corresponding `TraceConfig`. The two
 # importance-sampling baselines are written by hand below and labelled as such.

@@ -23,7 +23,7 @@
 # **receive no gradient**. The loss terms themselves stay on every token (`s_trace` preset:
 # $\lambda = 0.95$, $q = 0.2$, clip $0.2 / 0.28$).
 #
-# Everything here runs on the project's embedded tiny Qwen3 policy (`strace_ds.tiny`), trained
+# Everything here runs on the project's embedded tiny Qwen3 policy (`strace_ds.assets.recipes.arithmetic`), trained
 # briefly on the synthetic arithmetic task, with the library's own rollout engine and
 # log-prob/entropy code.
 
@@ -38,16 +38,17 @@ import torch
 from matplotlib import colors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from strace_ds.advantages import group_advantages
-from strace_ds.data.synthetic import arithmetic_dataset
+from strace_ds.losses.advantages import group_advantages
+from strace_ds.data.arithmetic import arithmetic_dataset
 from strace_ds.data.prompts import build_prompt_ids
 from strace_ds.losses import TraceConfig, policy_loss, select_tokens, token_credit
 from strace_ds.rewards import grade_answer
 from strace_ds.rollout.base import SamplingParams
 from strace_ds.rollout.hf import HFRolloutEngine
-from strace_ds.rollout_batch import answer_logprobs, collate_rollouts
-from strace_ds.tiny import default_policy_dir
-from strace_ds.token_stats import token_logprobs_and_entropy
+from strace_ds.model.batch import collate_rollouts
+from strace_ds.model.logprobs import answer_logprobs
+from strace_ds.assets import default_policy_dir
+from strace_ds.model.logprob_kernels import token_logprobs_and_entropy
 
 NOTEBOOK_START = time.perf_counter()
 torch.manual_seed(0)
@@ -91,7 +92,7 @@ for i in range(3):
 #
 # `collate_rollouts` pads the answers into one batch and `answer_logprobs` runs the policy over
 # it, returning the log-prob of every sampled token and the entropy $H_{i,t}$ of the
-# distribution it was drawn from (chunked over the vocabulary by `strace_ds.token_stats`).
+# distribution it was drawn from (chunked over the vocabulary by `strace_ds.model.logprob_kernels`).
 
 # %%
 batch = collate_rollouts(prompt_ids, gen, tokenizer.pad_token_id)

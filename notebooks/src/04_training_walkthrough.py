@@ -3,7 +3,7 @@
 #
 # This notebook runs the project's trainer — DeepSpeed ZeRO-3 (a single rank here, on CPU), the
 # in-process rollout engine, math-verify rewards, the trace loss family — on the **embedded
-# default**: the tiny Qwen3 policy (`strace_ds.tiny`) on the synthetic arithmetic task. It
+# default**: the tiny Qwen3 policy (`strace_ds.assets.recipes.arithmetic`) on the synthetic arithmetic task. It
 # trains GRPO and the S-trace with the same seed and the same budget, reads the TensorBoard
 # event files back and plots what the trainer logged. At the end: the same run pointed at a
 # real model, a real dataset and an SGLang server.
@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import strace_ds
 from strace_ds.config import TrainConfig
-from strace_ds.trainer import run
+from strace_ds.train.loop import run
 
 NOTEBOOK_START = time.perf_counter()
 REPO = Path(strace_ds.__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 #
 # This notebook reads the committed results of `benchmarks/credit_study.py` (it trains
 # nothing): the chain task (`strace_ds.data.chain`), whose ~100-token answers are decided by
-# three arithmetic results, trained from the shipped chain policy (`strace_ds.tiny_chain`). Four
+# three arithmetic results, trained from the shipped chain policy (`strace_ds.assets.recipes.chain`). Four
 # studies: **presets** (the five presets as first shipped, the trace in its ratio form, one
 # learning rate, three regimes), **forms** (GRPO against the trace presets in the token-gate
 # and weight forms, each at its own learning rate tuned on separate seeds, with 2 and 4

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from strace_ds.advantages import ADVANTAGE_METHODS as ADVANTAGE_ESTIMATORS
 from strace_ds.config.fields import _at_least, _choice, _f, _looks_like_path, _Section
 from strace_ds.losses import (
     BEHAVIOUR_CAP,
@@ -29,9 +28,10 @@ from strace_ds.losses import (
     WINDOWS,
     TraceConfig,
 )
-from strace_ds.lr_schedule import LR_SCHEDULES
+from strace_ds.losses.advantages import ADVANTAGE_METHODS as ADVANTAGE_ESTIMATORS
 from strace_ds.rewards.overlong import OVERLONG_MODES
 from strace_ds.rollout import ROLLOUT_ENGINES, SamplingParams
+from strace_ds.train.lr_schedule import LR_SCHEDULES
 
 # The allowed values of a field come from the module that implements them (one list each).
 ADVANTAGE_METHODS: tuple[str, ...] = tuple(ADVANTAGE_ESTIMATORS)
@@ -450,7 +450,7 @@ class RunConfig(_Section):
 
     def _check(self) -> None:
         if self.resume_override:
-            from strace_ds.run_identity import identity_overridable
+            from strace_ds.storage.run_identity import identity_overridable
 
             allowed = (*identity_overridable(), *TraceConfig.field_names())
             for name in self.resume_override.split(","):

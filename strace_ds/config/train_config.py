@@ -11,7 +11,6 @@ from typing import Any
 
 import yaml
 
-from strace_ds.batch_layout import BatchLayout
 from strace_ds.config.fields import (
     _base_type,
     _default,
@@ -41,6 +40,7 @@ from strace_ds.config.sections import (
 )
 from strace_ds.losses import TraceConfig
 from strace_ds.rollout import SamplingParams
+from strace_ds.train.layout import BatchLayout
 
 
 @dataclass(init=False)

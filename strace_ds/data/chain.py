@@ -15,13 +15,13 @@ phrasing is right) and so carries entropy without carrying credit. A 3-operation
 filler lines per step is ~90 answer tokens, of which ~6 decide the reward; ``filler`` and
 ``decisive`` move the length through 40-200 tokens.
 
-The warm start (:mod:`strace_ds.tiny_chain`) learns it from a teacher that slips at each
+The warm start (:mod:`strace_ds.assets.recipes.chain`) learns it from a teacher that slips at each
 decisive result with probability ``slip_rate`` (later lines stay consistent with the slip), so
 the policy starts unsure exactly at the decisions, as a base model is unsure at the few forks
 of a reasoning trace that matter.
 
-Names and splits follow :mod:`strace_ds.data.synthetic`: prompts end with its
-:data:`~strace_ds.data.synthetic.INSTRUCTION`, golds are integers graded through ``\\boxed{}``
+Names and splits follow :mod:`strace_ds.data.arithmetic`: prompts end with its
+:data:`~strace_ds.data.arithmetic.INSTRUCTION`, golds are integers graded through ``\\boxed{}``
 and math-verify, and a question is ``test`` when its text hash falls in the lowest
 ``test_fraction`` of buckets, whatever the seed. ``chain_dataset`` takes a
 :class:`ChainConfig`; the trainer's ``--dataset chain`` or ``chain:decisive=4,filler=1``
@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 
-from strace_ds.data.synthetic import APPLY, INSTRUCTION, draw_split
+from strace_ds.data.arithmetic import APPLY, INSTRUCTION, draw_split
 from strace_ds.data.types import PromptDataset, PromptExample
 
 _VERBS = {"+": "add {b}", "-": "subtract {b}", "*": "multiply by {b}"}

@@ -2,7 +2,7 @@
 
 The instruction asks for a ``\\boxed{}`` answer because that is what
 :func:`strace_ds.rewards.grade_answer` reads. The synthetic task
-(:mod:`strace_ds.data.synthetic`) has its own shorter instruction, already part of its stored
+(:mod:`strace_ds.data.arithmetic`) has its own shorter instruction, already part of its stored
 prompts; pass ``instruction=""`` for those.
 """
 

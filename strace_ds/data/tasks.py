@@ -27,7 +27,7 @@ class GeneratedTask:
 
 
 def _arithmetic(spec: str, split: str, size: int, seed: int) -> PromptDataset:
-    from strace_ds.data.synthetic import arithmetic_dataset
+    from strace_ds.data.arithmetic import arithmetic_dataset
 
     if spec != "synthetic":
         raise ValueError(f"dataset {spec!r}: the synthetic task takes no options")
@@ -41,13 +41,13 @@ def _chain(spec: str, split: str, size: int, seed: int) -> PromptDataset:
 
 
 def _default_policy(spec: str) -> Path:
-    from strace_ds.tiny import default_policy_dir
+    from strace_ds.assets import default_policy_dir
 
     return default_policy_dir()
 
 
 def _chain_policy(spec: str) -> Path:
-    from strace_ds.tiny_chain import chain_policy_dir
+    from strace_ds.assets import chain_policy_dir
 
     return chain_policy_dir(spec)
 

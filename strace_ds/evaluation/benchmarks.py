@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from strace_ds.data.arithmetic import arithmetic_dataset
 from strace_ds.data.loading import load_prompt_dataset
-from strace_ds.data.synthetic import arithmetic_dataset
 from strace_ds.data.types import PromptDataset
 
 
@@ -205,7 +205,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = _registry(
     _generated(
         "synthetic", _synthetic,
         "The project's arithmetic task, held-out split, seed 0 "
-        "(strace_ds.data.synthetic.arithmetic_dataset). Prompts already end with the "
+        "(strace_ds.data.arithmetic.arithmetic_dataset). Prompts already end with the "
         "task's own boxed-answer instruction, so none is added.",
     ),
     _generated(

@@ -51,7 +51,7 @@ def select_tokens(
         raise ValueError(
             "entropy is required when entropy_top_quantile is set (S-trace / highent_grpo): "
             "pass the token entropies of the current policy, e.g. from "
-            "strace_ds.token_stats.token_logprobs_and_entropy"
+            "strace_ds.model.logprob_kernels.token_logprobs_and_entropy"
         )
     if entropy.shape != valid.shape:
         raise ValueError(

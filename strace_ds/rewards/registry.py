@@ -72,7 +72,7 @@ def format_reward(response: str, gold: str, example: dict[str, Any]) -> float:
 REWARDS: dict[str, RewardFn] = {
     "math_verify": math_verify_reward,
     "format": format_reward,
-    # The synthetic task's golds are integers graded by math-verify (strace_ds.data.synthetic):
+    # The synthetic task's golds are integers graded by math-verify (strace_ds.data.arithmetic):
     # the same function, under the name a run on that task is likely to ask for.
     "synthetic": math_verify_reward,
 }

@@ -21,7 +21,7 @@ def _hf_for_run(cfg: Any, model_path: str, tokenizer: Any, is_main: bool, device
 
 
 def _sglang_for_run(cfg: Any, model_path: str, tokenizer: Any, is_main: bool, device: str) -> Any:
-    from strace_ds.rollout.sglang_rollout import build_sglang_rollout
+    from strace_ds.rollout.sglang.ranks import build_sglang_rollout
 
     return build_sglang_rollout(cfg, model_path, is_main=is_main)
 

@@ -66,19 +66,12 @@ number of answers and every ``meta_info`` field as requested; anything else is
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import hashlib
-import http.client
-import json
-import math
 import shutil
-import socket
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,368 +79,29 @@ from urllib.parse import urlsplit
 import torch
 
 from strace_ds.rollout.base import (
-    FINISH_REASONS,
     Generation,
     SamplingParams,
     check_generate_request,
 )
-from strace_ds.rollout.sglang_weights import (
+from strace_ds.rollout.sglang.client import (
+    HEALTH_TIMEOUT_S,
+    SGLangError,
+    SGLangServerError,
+    StaleWeightsError,
+    _Http,
+)
+from strace_ds.rollout.sglang.replies import (
+    _Answer,
+    _config_vocab_size,
+    _expect_dict,
+    parse_generate_response,
+)
+from strace_ds.rollout.sglang.weights import (
     publish_atomically,
     serialize_named_tensors,
     tensor_buckets,
     write_hf_checkpoint,
 )
-
-RETRY_STATUS = (429, 502, 503, 504)
-"""HTTP statuses worth retrying (overload, gateway); any other error status fails at once."""
-CONNECT_TIMEOUT_S = 10.0
-"""Longest TCP connect of one attempt (within the call's deadline)."""
-HEALTH_TIMEOUT_S = 10.0
-"""Deadline of the start-up ``/health`` probe (or the engine's ``timeout_s`` when shorter)."""
-LOGPROB_TOLERANCE = 1e-4
-"""Largest positive log-prob accepted (float noise on a near-certain token; clamped to 0)."""
-
-
-class SGLangError(RuntimeError):
-    """Base class of the engine's errors."""
-
-
-class SGLangServerError(SGLangError):
-    """A server is unreachable, timed out, or answered with an error."""
-
-
-class SGLangReplyError(SGLangServerError, ValueError):
-    """A server answered, but the reply is malformed (types, shapes, values); not retried."""
-
-
-class StaleWeightsError(SGLangError):
-    """A server answered with weights of another version than the engine last synced."""
-
-
-# --------------------------------------------------------------------------- HTTP
-
-
-def operation(path: str) -> str:
-    """What a request to ``path`` does, as errors name it: ``generate``, ``update_weights``
-    (every weight-sync endpoint), ``health``, or the path itself (``model_info``, ...)."""
-    if path == "/generate":
-        return "generate"
-    if path == "/health":
-        return "health"
-    if "weight" in path:  # /update_weights_from_*, /begin|end_weight_update, /update_weight_version
-        return "update_weights"
-    return path.strip("/")
-
-
-class _AbandonedError(Exception):
-    """An attempt cut off by the watchdog (deadline) or by :meth:`_Http.close`."""
-
-
-def _shutdown(conn: http.client.HTTPConnection) -> None:
-    """Wake whatever thread is blocked on ``conn``'s socket (connect, send or recv)."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Http:
-    """JSON over HTTP/1.1 where every call has ONE wall-clock deadline, retries included.
-
-    A per-socket-read timeout bounds nothing against a server that trickles bytes, and retries
-    multiply it; here each attempt gets what is left of the call's budget (``timeout_s``), a
-    watchdog timer shuts the socket down when the deadline passes (waking a blocked connect,
-    send or recv), and a retry whose backoff would end past the deadline is not made. So a call
-    returns or raises :class:`SGLangServerError` (URL, operation, attempts) within ``timeout_s``
-    plus scheduling noise, whatever the server does. One connection per request (no pooling:
-    the requests are few and long, and a connection a watchdog killed is never reused).
-    Proxies (``HTTP_PROXY``) are not used. Hostname resolution is not covered by the deadline.
-    """
-
-    def __init__(self, timeout_s: float, max_retries: int, backoff_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self._lock = threading.Lock()
-        self._inflight: dict[int, Any] = {}  # id -> abort(reason), for close()
-        self._closed = False
-
-    def call(
-        self, method: str, url: str, path: str, payload: Any = None,
-        timeout_s: float | None = None, retries: int | None = None,
-    ) -> Any:
-        """Send one request, retrying transient failures (connection errors, HTTP 429/502/503/
-        504) within one deadline; return the decoded JSON body (None for an empty body)."""
-        budget = self.timeout_s if timeout_s is None else timeout_s
-        retries = self.max_retries if retries is None else retries
-        op = operation(path)
-        data = None if payload is None else json.dumps(payload, allow_nan=False).encode()
-        start = time.monotonic()
-        deadline = start + budget
-        last, attempts, timed_out = "", 0, False
-        for attempt in range(retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                if time.monotonic() + delay >= deadline:
-                    timed_out = True  # the retry could not finish in time: do not make it
-                    last += f"; no retry: its {delay:g} s backoff would end past the deadline"
-                    break
-                time.sleep(delay)
-            if self._closed:
-                break
-            attempts += 1
-            try:
-                status, body = self._send(method, url, path, data, deadline)
-            except _AbandonedError as e:
-                last, timed_out = str(e), not self._closed
-                break
-            except (OSError, http.client.HTTPException) as e:
-                last = f"{type(e).__name__}: {e}"
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
-                continue
-            text = body.decode("utf-8", errors="replace")
-            if status in RETRY_STATUS:
-                last = f"HTTP {status}: {text[:300]}"
-                continue
-            if status >= 400:
-                raise SGLangServerError(
-                    f"SGLang server {url} answered {method} {path} ({op}) with HTTP {status}: "
-                    f"{text[:1000]}"
-                )
-            if not body.strip():
-                return None  # e.g. GET /health answers 200 with an empty body
-            try:
-                return json.loads(body)
-            except ValueError as e:
-                raise SGLangReplyError(
-                    f"SGLang server {url} answered {method} {path} ({op}) with non-JSON: "
-                    f"{text[:300]}"
-                ) from e
-        elapsed = time.monotonic() - start
-        hint = (f"Is the server at {url} running and reachable? Start one with "
-                "scripts/launch_sglang.py.")
-        if self._closed:
-            raise SGLangServerError(
-                f"SGLang server {url}: {method} {path} ({op}) abandoned after {elapsed:.1f} s: "
-                "the rollout engine was closed"
-            )
-        if timed_out:
-            raise SGLangServerError(
-                f"SGLang server {url} failed {method} {path} ({op}): no complete answer within "
-                f"the {budget:g} s deadline (sglang_timeout_s; {attempts} attempt(s) in "
-                f"{elapsed:.1f} s, last: {last or 'none'}). {hint} If it is only slow, raise "
-                "--sglang_timeout_s (the engine's timeout_s)."
-            )
-        raise SGLangServerError(
-            f"SGLang server {url} failed {method} {path} {attempts} times in {elapsed:.1f} s "
-            f"({op}; last: {last}). {hint}"
-        )
-
-    def _send(self, method: str, url: str, path: str, data: bytes | None,
-              deadline: float) -> tuple[int, bytes]:
-        """One attempt: ``(status, body)``, or :class:`_AbandonedError` once the deadline passes."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _AbandonedError("no time left in the deadline")
-        parts = urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port,
-                   timeout=min(CONNECT_TIMEOUT_S, remaining))
-        why: list[str] = []
-
-        def abort(reason: str) -> None:
-            why.append(reason)
-            _shutdown(conn)
-
-        watchdog = threading.Timer(remaining, abort, ("deadline passed mid-request",))
-        watchdog.daemon = True
-        key = id(watchdog)
-        with self._lock:
-            self._inflight[key] = abort
-        if self._closed:  # close() ran since call() checked: do not start
-            why.append("the rollout engine was closed")
-        watchdog.start()
-        try:
-            conn.connect()
-            if why:
-                raise _AbandonedError(why[0])
-            # A backstop per recv; the watchdog bounds the whole exchange.
-            conn.sock.settimeout(max(deadline - time.monotonic(), 1e-3))
-            headers = {"Accept": "application/json", "Connection": "close"}
-            if data is not None:
-                headers["Content-Type"] = "application/json"
-            conn.request(method, parts.path.rstrip("/") + path, body=data, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException) as e:
-            if why:
-                raise _AbandonedError(f"{why[0]} ({type(e).__name__}: {e})") from e
-            raise
-        finally:
-            watchdog.cancel()
-            with self._lock:
-                self._inflight.pop(key, None)
-            conn.close()
-        if why:  # shut down at the very end: a body without Content-Length may be cut
-            raise _AbandonedError(why[0])
-        return status, body
-
-    def close(self) -> None:
-        """Abandon every request in flight (their calls raise at once) and refuse new ones."""
-        self._closed = True
-        with self._lock:
-            aborts = list(self._inflight.values())
-        for abort in aborts:
-            abort("the rollout engine was closed")
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass
-class _Answer:
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str
-    weight_version: str
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_generate_response(
-    body: Any, n_rows: int, url: str = "?", vocab_size: int | None = None,
-    max_new_tokens: int | None = None,
-) -> list[_Answer]:
-    """Answers of one ``/generate`` response (a dict, or a list for batches / ``n > 1``).
-
-    Nothing of a reply is trusted. It must hold ``n_rows`` answers, each a dict with
-    ``output_ids`` (integer token ids in ``[0, vocab_size)``, at most ``max_new_tokens``; the
-    bounds are skipped when None) and ``meta_info`` with ``output_token_logprobs`` (one
-    ``[logprob, token_id, text]`` per output token, the same token id, the log-prob a finite
-    number <= 0: up to :data:`LOGPROB_TOLERANCE` of float noise is accepted and clamped to 0),
-    ``weight_version`` (a string or integer) and ``finish_reason.type`` (one of
-    :data:`~strace_ds.rollout.base.FINISH_REASONS`). Anything else raises
-    :class:`SGLangReplyError` (a ``ValueError``) naming the URL, the answer and the field.
-    """
-    items = body if isinstance(body, list) else [body]
-    if len(items) != n_rows:
-        raise SGLangReplyError(
-            f"{url}/generate returned {len(items)} answers, expected {n_rows} (one per sample "
-            f"requested): {str(body)[:300]}"
-        )
-    return [_parse_answer(item, k, url, vocab_size, max_new_tokens)
-            for k, item in enumerate(items)]
-
-
-def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
-                  max_new_tokens: int | None) -> _Answer:
-    def bad(what: str) -> SGLangReplyError:
-        return SGLangReplyError(f"{url}/generate answer {k}: {what}; answer: {str(item)[:300]}")
-
-    if not isinstance(item, dict):
-        raise bad(f"expected a dict with output_ids and meta_info, got {type(item).__name__}")
-    if "output_ids" not in item:
-        raise bad("output_ids missing")
-    ids = item["output_ids"]
-    if not isinstance(ids, list):
-        raise bad(f"output_ids must be a list of token ids, got {type(ids).__name__}")
-    meta = item.get("meta_info")
-    if not isinstance(meta, dict):
-        raise bad(f"meta_info missing or not a dict (got {type(meta).__name__})")
-    if "output_token_logprobs" not in meta:
-        raise bad("meta_info.output_token_logprobs missing (was return_logprob sent?)")
-    entries = meta["output_token_logprobs"]
-    if not isinstance(entries, list):
-        raise bad("meta_info.output_token_logprobs must be a list of [logprob, token_id, text], "
-                  f"got {type(entries).__name__}")
-    version = meta.get("weight_version")
-    if not (_is_int(version) or isinstance(version, str)):
-        raise bad(f"meta_info.weight_version missing or not a string/integer: {version!r}")
-    if "finish_reason" not in meta:
-        raise bad("meta_info.finish_reason missing")
-    reason = meta["finish_reason"]
-    if not isinstance(reason, dict) or reason.get("type") not in FINISH_REASONS:
-        raise bad(f"meta_info.finish_reason {reason!r}: unknown finish_reason, expected "
-                  f"{{'type': one of {', '.join(FINISH_REASONS)}}}")
-    if max_new_tokens is not None and len(ids) > max_new_tokens:
-        raise bad(f"output_ids has {len(ids)} tokens, more than max_new_tokens = "
-                  f"{max_new_tokens}")
-    for j, t in enumerate(ids):
-        if not _is_int(t):
-            raise bad(f"output_ids[{j}] must be an integer token id, got {t!r}")
-        if t < 0 or (vocab_size is not None and t >= vocab_size):
-            raise bad(f"output_ids[{j}] = {t} is not a token id of the vocabulary "
-                      f"(0 <= id < vocab_size = {vocab_size})")
-    if len(entries) != len(ids):
-        raise bad(f"meta_info.output_token_logprobs has {len(entries)} entries for {len(ids)} "
-                  "tokens in output_ids")
-    logprobs = []
-    for j, (entry, t) in enumerate(zip(entries, ids)):
-        field = f"meta_info.output_token_logprobs[{j}]"
-        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
-            raise bad(f"{field} must be [logprob, token_id, text], got {entry!r}")
-        lp, tid = entry[0], entry[1]
-        if not _is_int(tid):
-            raise bad(f"{field} token id must be an integer, got {tid!r}")
-        if tid != t:
-            raise bad(f"output_token_logprobs token ids do not match output_ids ({field} has "
-                      f"{tid}, output_ids[{j}] = {t})")
-        if not _is_number(lp):
-            raise bad(f"{field} log-prob must be a number, got {lp!r}")
-        lp = float(lp)
-        if not math.isfinite(lp):
-            raise bad(f"{field} log-prob = {lp} is not finite")
-        if lp > LOGPROB_TOLERANCE:
-            raise bad(f"{field} log-prob = {lp:g} > 0: a log-probability must be <= 0 "
-                      f"(float noise up to {LOGPROB_TOLERANCE:g} is accepted)")
-        logprobs.append(min(lp, 0.0))
-    return _Answer(list(ids), logprobs, reason["type"], str(version))
-
-
-def _expect_dict(body: Any, url: str, path: str, empty_ok: bool = True) -> dict[str, Any]:
-    """``body`` if it is a JSON object (None -> ``{}`` when ``empty_ok``), else
-    :class:`SGLangReplyError` naming the URL and the endpoint."""
-    if body is None and empty_ok:
-        return {}
-    if not isinstance(body, dict):
-        raise SGLangReplyError(
-            f"{url}{path}: expected a JSON object (dict) in the reply, got "
-            f"{type(body).__name__}: {str(body)[:300]}"
-        )
-    return body
-
-
-def _config_vocab_size(model: str | Path | None) -> int | None:
-    """``vocab_size`` of a model's ``config.json``: a local directory, or a hub id whose config
-    is in the local Hugging Face cache (never downloads); None when it cannot be read."""
-    if not model:
-        return None
-    try:
-        path = Path(model).expanduser() / "config.json"
-        if not path.is_file():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(str(model), "config.json")
-            if not isinstance(cached, str):
-                return None
-            path = Path(cached)
-        config = json.loads(path.read_text())
-        size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    except Exception:  # noqa: BLE001 - an unreadable config just leaves the bound unknown
-        return None
-    return size if _is_int(size) and size > 0 else None
-
-
-
 
 
 def _model_key(model: str | Path) -> str:
@@ -650,9 +304,9 @@ class SGLangRolloutEngine:
         device: str = "cpu", extra_args: Sequence[str] = (), num_servers: int = 1,
         **kwargs: Any,
     ) -> SGLangRolloutEngine:
-        """Start ``num_servers`` local servers (:class:`~strace_ds.rollout.sglang_server.
+        """Start ``num_servers`` local servers (:class:`~strace_ds.rollout.sglang.server.
         SGLangServer`) from ``python``'s environment and an engine that stops them on close()."""
-        from strace_ds.rollout.sglang_server import SGLangServer
+        from strace_ds.rollout.sglang.server import SGLangServer
 
         servers: list[SGLangServer] = []
         try:

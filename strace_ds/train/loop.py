@@ -1,0 +1,430 @@
+"""The training loop: schedule steps, evaluate, save, export, resume.
+
+One step::
+
+    ExperienceProducer (strace_ds.train.experience): prompts -> RolloutEngine.generate (G answers
+        each, sampling log-probs) -> RewardPool (math-verify in worker processes, hard
+        timeout) -> group advantages -> an Experience stamped with its weight version
+    PolicyUpdater (strace_ds.train.updater): proximal log-probs -> selection -> epochs x
+        mini-batches x [forward (ZeRO-3) -> log-probs + entropy -> policy_loss ->
+        engine.backward / engine.step]
+    weight sync to the rollout engine -> step metrics (strace_ds.train.metrics) -> TensorBoard
+
+With ``--max_staleness K >= 1`` the producer runs in a background thread, generating the next
+steps while this one trains (:class:`strace_ds.train.experience.AsyncExperience`); every answer is
+trained at most K policy versions after the one that produced it.
+
+Data parallelism: each rank samples, grades and trains on its share of the step's prompts;
+DeepSpeed averages gradients, and the loss normaliser is global (all-reduced) so that the
+update equals the single-process one. The components are built by :mod:`strace_ds.train.setup`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from strace_ds import distributed as dist_utils
+from strace_ds.config import TrainConfig
+from strace_ds.distributed import init_distributed
+from strace_ds.losses import METRIC_NAMES
+from strace_ds.rollout import SamplingParams
+from strace_ds.storage import checkpoint as ckpt
+from strace_ds.storage.publish import publish_dir
+from strace_ds.train import setup as builders
+from strace_ds.train.experience import (
+    AsyncExperience,
+    Experience,
+    ExperienceProducer,
+    StalenessError,
+    check_staleness,
+    step_seed,
+)
+from strace_ds.train.metrics import local_step_stats, reduce_step_metrics
+from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
+from strace_ds.train.step_log import log_step
+from strace_ds.train.updater import PolicyUpdater, StepBatch
+
+INFLIGHT_FILE = "inflight-rank{rank}.pt"
+"""Per-rank file of a checkpoint holding the answers generated but not yet trained on
+(``--max_staleness >= 1``): they came from policies the checkpoint no longer has."""
+
+
+class RunAbortedError(RuntimeError):
+    """The run stopped itself because going on would waste it (e.g. answers that cannot be
+    graded); a checkpoint of the last step was saved first."""
+
+class Trainer:
+    """Builds every component from a :class:`TrainConfig` and runs the loop."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        init_distributed()
+        self.cfg = config
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        config.validate(world_size=self.world)
+        self.is_main = self.rank == 0
+        self.trace_cfg = config.trace_config()
+        _seed_everything(config.seed)
+        self._log(f"strace_ds: {self.world} rank(s), loss={config.loss} {self.trace_cfg}")
+        self.model_path = builders.resolve_model(config, self._log)
+        self.tokenizer = builders.load_tokenizer(self.model_path)
+        self.instruction = builders.run_instruction(config)
+        self.train_data = builders.load_train_data(config, self.rank, self.world, self._log)
+        self.prompt_ids = [self._encode(ex.prompt) for ex in self.train_data.examples]
+        # Before the model: a reward function that cannot be imported fails the start at once.
+        self.reward_pool = builders.build_reward_pool(config)
+        # Before HfDeepSpeedConfig exists: the in-process engine loads a plain copy.
+        self.rollout = builders.build_rollout(config, self.model_path, self.tokenizer, self.is_main)
+        policy = builders.build_policy_engine(config, self.model_path, self.world, self._log)
+        self.engine, self.zero3, self.on_cpu = policy.engine, policy.zero3, policy.on_cpu
+        self.ds_config, self._hf_ds_config = policy.ds_config, policy.hf_ds_config
+        self.producer = ExperienceProducer(
+            config, self.rollout, self.reward_pool, self.tokenizer, self.train_data,
+            self.prompt_ids, self.rank, self.world,
+        )  # fmt: skip
+        reference = None
+        if config.kl_coef > 0:  # beta = 0 loads no reference and changes nothing
+            reference = builders.build_reference_engine(config, self.model_path, policy, self._log)
+        self.updater = PolicyUpdater(
+            self.engine, config, self.trace_cfg, self.rank, self.world, reference=reference
+        )
+        self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
+        self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
+        self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
+        self.ckpt_dir = config.run_dir / "checkpoints"
+        self.state = ckpt.TrainerState()
+        self.eval_data = builders.load_eval_data(config)
+        # Held-out accuracy is the verifier's alone, whatever --reward trains on.
+        self.eval_pool = self.reward_pool
+        if self.eval_data is not None and config.reward != "math_verify":
+            self.eval_pool = builders.build_reward_pool(config, rewards="math_verify")
+        self._inflight: list[Experience] = []
+
+    def _log(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg)
+
+    def _encode(self, question: str) -> list[int]:
+        from strace_ds.data.prompts import build_prompt_ids
+
+        return build_prompt_ids(self.tokenizer, question, self.instruction)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, float]:
+        """Run (or resume) the configured number of steps; returns the last step's metrics."""
+        cfg = self.cfg
+        if cfg.resume:
+            # Verified against its manifest; a broken ``latest`` falls back (and says so).
+            found = ckpt.find_checkpoint(cfg.resume, self.ckpt_dir, log=self._log)
+            if found is not None:
+                self.state = ckpt.load_checkpoint(self.engine, found, verify=False)
+                self._inflight = self._load_inflight(found)
+                self._log(f"resumed from {found} at step {self.state.step}"
+                          + (f" with {len(self._inflight)} step(s) of answers in flight"
+                             if self._inflight else ""))
+            else:
+                self._log(f"resume=auto: no checkpoint in {self.ckpt_dir}, starting fresh")
+            # Steps after the checkpoint's are re-run: TensorBoard drops their old points.
+            self.monitor.resume_after(self.state.step if found is not None else -1)
+        # metrics.jsonl holds this run's history as it stands (re-run steps appear once).
+        self.metrics_log.reset(self.state.history)
+        if self.state.step >= cfg.steps:
+            # A relaunch of a finished run: saving again would only risk the last checkpoint.
+            self._log(f"run {cfg.name} already finished at step {self.state.step} "
+                      f"(steps={cfg.steps}): nothing to train")
+            if cfg.export:
+                from strace_ds.storage.manifest import check_manifest
+
+                problems = check_manifest(cfg.run_dir / "final")
+                if problems:
+                    self._log(f"export {cfg.run_dir / 'final'}: {'; '.join(problems)}; "
+                              "exporting it again")
+                    self.export(cfg.run_dir / "final")
+            return next((h for h in reversed(self.state.history) if "reward/mean" in h), {})
+        self.sync_weights(self.state.step)
+        if cfg.max_staleness > 0:
+            self.experience = AsyncExperience(
+                self.producer, cfg.max_staleness, first_step=self.state.step + 1,
+                last_step=cfg.steps, engine_version=self.state.step, ready=self._inflight,
+            )  # fmt: skip
+        if self.state.step == 0 and self.eval_data is not None:
+            self.evaluate(step=0, label="start")
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.state.step,
+            disable=not self.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        while self.state.step < cfg.steps:
+            step = self.state.step + 1
+            last = self.train_step(step)
+            self.state.step = step
+            self.state.history.append(last)
+            self.metrics_log.append(last, step=step)
+            bar.update(1)
+            bar.set_postfix(
+                {
+                    k.split("/")[-1]: f"{last[k]:.3g}"
+                    for k in ("reward/mean", "policy/loss", "select/frac", "perf/step_s")
+                    if k in last
+                }
+            )
+            self._stop_on_grading_errors(bar)
+            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
+                self.evaluate(step=step, label=f"step {step}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                self.save()
+            if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
+                self.save()
+                self._log(f"stop_after={cfg.stop_after}: stopping after a checkpoint")
+                bar.close()
+                return last
+        bar.close()
+        if self.eval_data is not None:
+            self.evaluate(step=self.state.step, label="end")
+        self.save()
+        if cfg.export:
+            self.export(cfg.run_dir / "final")
+        self.monitor.flush()
+        return last
+
+    def _stop_on_grading_errors(self, bar: Any) -> None:
+        """Save and raise :class:`RunAbortedError` when more than ``max_grading_error_frac`` of the
+        answers failed to grade in each of the last ``grading_error_patience`` steps (counted
+        from the history, so a resume continues the count). Every rank decides the same."""
+        cfg = self.cfg
+        fracs = grading_error_streak(
+            self.state.history,
+            rows=cfg.prompts_per_step * cfg.group_size,
+            max_frac=cfg.max_grading_error_frac,
+            patience=cfg.grading_error_patience,
+        )
+        if fracs is None:
+            return
+        self.save()
+        bar.close()
+        last = getattr(self, "_last_grading_error", None)
+        raise RunAbortedError(
+            f"stopping at step {self.state.step}: more than max_grading_error_frac="
+            f"{cfg.max_grading_error_frac} of the answers failed to grade in "
+            f"{cfg.grading_error_patience} consecutive steps (error fractions "
+            f"{', '.join(f'{f:.2f}' for f in fracs)}), so the run trains on zero reward. "
+            + (f"Last grading error: {last[:300]}. " if last else "")
+            + f"A checkpoint of step {self.state.step} was saved; fix the golds or the grader "
+            "and --resume auto (or raise --max_grading_error_frac / set "
+            "--grading_error_patience 0)"
+        )
+
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        if self.experience is None:
+            exp, waited = self.producer.produce(step), 0.0
+        else:
+            exp, waited = self.experience.get(step)
+        staleness = check_staleness(exp.weight_version, step, cfg.max_staleness)
+        self._last_grading_error = exp.first_error
+        timings = dict(exp.timings)
+
+        t0 = time.perf_counter()
+        sb = self.updater.prepare(exp)
+        timings["perf/old_logprob_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        loss_metrics, last_micro = self.updater.update(sb, step)
+        timings["perf/train_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if self.experience is None:
+            self.sync_weights(step)
+        else:
+            waited += self.experience.sync_weights(step, lambda: self.sync_weights(step))
+        timings["perf/sync_s"] = time.perf_counter() - t0
+        timings["perf/step_s"] = time.perf_counter() - t_start
+        if self.experience is not None:
+            timings["perf/trainer_idle_s"] = waited
+            timings["perf/generator_idle_s"] = self.experience.take_idle()
+
+        stats = local_step_stats(exp, sb.old_logprobs, loss_metrics)
+        stats["staleness"] = float(staleness)
+        per_rank = dist_utils.all_gather_objects(stats)
+        metrics = reduce_step_metrics(
+            per_rank, updates=cfg.mini_batches * cfg.epochs, timings=timings, epochs=cfg.epochs
+        )
+        if self.is_main:
+            log_step(self.monitor, cfg, self.trace_cfg, self.tokenizer, step, metrics, sb,
+                     last_micro)
+        return metrics
+
+    # ------------------------------------------------------------------ weights, eval, io
+    def sync_weights(self, version: int) -> None:
+        """Send the current (gathered) weights to the rollout engine, stamped ``version``."""
+        named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
+        self.rollout.sync_weights(named, version)
+
+    def _rollout_paused(self) -> Any:
+        """The rollout engine to ourselves: the background producer waits meanwhile."""
+        return self.experience.paused() if self.experience else contextlib.nullcontext()
+
+    def evaluate(self, step: int, label: str) -> dict[str, float]:
+        """Held-out accuracy with the rollout engine (rank 0), logged as ``eval/*``."""
+        with self._rollout_paused():
+            return self._evaluate(step, label)
+
+    def _evaluate(self, step: int, label: str) -> dict[str, float]:
+        from strace_ds.evaluation import eval_scalars, evaluate_benchmark
+
+        scalars: dict[str, float] = {}
+        if self.is_main:
+            sampling = SamplingParams(
+                max_new_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.eval_temperature,
+                seed=step_seed(self.cfg.seed, step, 0, "eval"),
+            )
+            result = evaluate_benchmark(
+                self.rollout,
+                self.tokenizer,
+                self.eval_data,
+                k=self.cfg.eval_k,
+                sampling=sampling,
+                reward_pool=self.eval_pool,
+                instruction=self.instruction,
+                name=self.eval_name,
+                progress=False,
+            )
+            scalars = eval_scalars(result)
+            scalars["eval/accuracy"] = result.avg_at_k
+            self.monitor.scalars(scalars, step)
+            self._log(
+                f"eval ({label}): accuracy {100 * result.avg_at_k:.1f}% on "
+                f"{len(self.eval_data)} held-out problems (avg@{self.cfg.eval_k})"
+            )
+        scalars = dist_utils.broadcast_object(scalars)
+        self.state.history.append({"eval_step": float(step), **scalars})
+        self.metrics_log.append(self.state.history[-1])
+        return scalars
+
+    @property
+    def eval_name(self) -> str:
+        from strace_ds.data.tasks import generated_task
+
+        name = self.cfg.eval_dataset or (
+            self.cfg.dataset if generated_task(self.cfg.dataset) else "synthetic"
+        )
+        return name.partition(":")[0] if generated_task(name) else name
+
+    def save(self) -> Path:
+        """A checkpoint of the step just done, with the answers in flight (K >= 1)."""
+        inflight = self.experience.in_flight() if self.experience else []
+
+        def write_inflight(tag_dir: Path) -> None:
+            if inflight:
+                torch.save(
+                    [e.to_state() for e in inflight],
+                    tag_dir / INFLIGHT_FILE.format(rank=self.rank),
+                )
+
+        path = ckpt.save_checkpoint(
+            self.engine, self.ckpt_dir, self.state, self.cfg.keep_last, extra=write_inflight
+        )
+        self._log(f"checkpoint: {path}")
+        return path
+
+    def _load_inflight(self, found: Path) -> list[Experience]:
+        """The checkpoint's answers in flight for this rank; [] when it has none. Each is
+        checked against the staleness bound before it is trained on."""
+        file = Path(found) / INFLIGHT_FILE.format(rank=self.rank)
+        if not file.is_file():
+            return []
+        if self.cfg.max_staleness == 0:
+            self._log(f"resume: {found} holds answers in flight but max_staleness=0: "
+                      "they are dropped and the steps regenerated")
+            return []
+        states = torch.load(file, weights_only=False)
+        return [Experience.from_state(s) for s in states]
+
+    def export(self, out_dir: Path) -> Path:
+        """Consolidated weights + tokenizer in Hugging Face format, written atomically.
+
+        An existing ``out_dir`` is replaced by :func:`strace_ds.storage.publish.publish_dir`: a kill
+        mid-replace leaves the old copy at ``.<name>.old``, which
+        :func:`strace_ds.storage.publish.recover_dir` (or the next export) puts back.
+        """
+        named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
+        state = {name: t for name, t in named}  # every rank gathers; rank 0 writes
+        if self.is_main:
+            tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            module = self.engine.module
+            module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+        # Sizes and checksums of the export (every rank hashes a share), written last.
+        from strace_ds.storage.manifest import write_manifest
+
+        write_manifest(out_dir.with_name(f".tmp-{out_dir.name}"))
+        if self.is_main:
+            publish_dir(tmp, out_dir)
+            self._log(f"exported the policy to {out_dir}")
+        dist_utils.barrier()
+        return out_dir
+
+    def close(self) -> None:
+        if self.experience is not None:
+            self.experience.close()
+        self.monitor.close()
+        if self.eval_pool is not self.reward_pool:
+            self.eval_pool.close()
+        self.reward_pool.close()
+        self.rollout.close()
+
+
+def grading_error_streak(
+    history: list[dict[str, float]], rows: int, max_frac: float, patience: int
+) -> list[float] | None:
+    """The error fractions of the last ``patience`` training steps of ``history`` when each is
+    above ``max_frac`` (``reward/errors`` over ``rows`` answers per step), else None."""
+    if patience < 1:
+        return None
+    steps = [h["reward/errors"] for h in history if "reward/errors" in h][-patience:]
+    if len(steps) < patience:
+        return None
+    fracs = [e / max(rows, 1) for e in steps]
+    return fracs if all(f > max_frac for f in fracs) else None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(config: TrainConfig) -> dict[str, float]:
+    """Train with ``config`` and release everything; returns the last step's metrics."""
+    trainer = Trainer(config)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+__all__ = [
+    "METRIC_NAMES",
+    "RunAbortedError",
+    "StalenessError",
+    "StepBatch",
+    "Trainer",
+    "TrainConfig",
+    "run",
+    "step_seed",
+]

@@ -1,0 +1,368 @@
+"""The policy updater: proximal log-probs, the step's selection, and the trace-loss updates.
+
+One step of the updater, given one rank's :class:`~strace_ds.train.experience.Experience`::
+
+    score (no grad, eval mode) -> proximal log-probs (+ entropies for the selection)
+    selection: one entropy quantile over all ranks' loss tokens
+    for epoch in epochs: for mini-batch (shuffled after the first epoch):
+        global normaliser (all ranks) -> micro-batches: forward -> policy_loss -> backward
+        -> engine.step (DeepSpeed: one optimizer update per mini-batch)
+
+Everything here is collective: every rank calls the same methods in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from strace_ds import distributed as dist_utils
+from strace_ds.losses import (
+    behaviour_weights,
+    entropy_threshold,
+    kl_penalty,
+    loss_denominator,
+    policy_loss,
+    select_tokens,
+    sequence_kl_penalty,
+)
+from strace_ds.losses.advantages import group_advantages
+from strace_ds.model.batch import RolloutBatch, row_lengths
+from strace_ds.model.logprobs import answer_logprobs
+from strace_ds.train.experience import step_seed
+from strace_ds.train.micro_batches import token_budget_micro_batches
+
+__all__ = ["PolicyUpdater", "StepBatch", "epoch_mini_batches"]
+
+
+@dataclass
+class StepBatch:
+    """One rank's rollouts of one step, with everything the updates need."""
+
+    batch: RolloutBatch
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    loss_rows: torch.Tensor  # [N] bool, rows that enter the loss (overlong/filter masks)
+    old_logprobs: torch.Tensor  # [N, R] proximal policy (the ratio's denominator)
+    texts: list[str]
+    golds: list[str]
+    selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
+    entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
+    behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction
+    behaviour_metrics: dict[str, float] | None = None
+    ref_logprobs: torch.Tensor | None = None  # [N, R] the frozen reference (--kl_coef > 0)
+    kl_metrics: dict[str, float] | None = None  # --kl_in reward: policy/kl_ref
+
+    @property
+    def loss_tokens(self) -> torch.Tensor:
+        """``[N, R]`` bool: the valid answer tokens of the rows that enter the loss."""
+        return self.batch.response_mask & self.loss_rows.unsqueeze(-1)
+
+
+def epoch_mini_batches(
+    n_rows: int,
+    mini_batches: int,
+    group_size: int,
+    epoch: int,
+    seed: int,
+    step: int,
+    offset: int | None = 0,
+) -> list[torch.Tensor]:
+    """Row indices of each of the epoch's mini-batches on one rank.
+
+    The rank's rows are ``mini_batches`` consecutive chunks of ``share`` groups: its slice of
+    global chunk j (:func:`strace_ds.train.experience.prompt_positions`), whose local position ``i``
+    is global position ``offset + i`` of the chunk. Epoch 0 keeps the chunks. Later epochs move
+    whole groups between mini-batches: the group at global position ``p`` of chunk ``c`` goes
+    to mini-batch ``perm_p^{-1}(c)`` of a permutation of the chunks drawn for ``(seed, step,
+    epoch, p)``. Every rank holds the same positions of every chunk, so each builds its part of the
+    new global mini-batches from its own rows and 1 and N ranks make the same updates.
+    ``offset=None`` (prompts not a multiple of mini-batches x ranks): a local shuffle of
+    the rank's rows, which depends on the rank count.
+    """
+    groups = n_rows // group_size
+    share = groups // mini_batches  # groups of one chunk on this rank
+
+    def rows_of(group_ids: list[int]) -> torch.Tensor:
+        return torch.tensor(
+            [g * group_size + i for g in group_ids for i in range(group_size)], dtype=torch.long
+        )
+
+    mini = n_rows // mini_batches
+    if epoch == 0:
+        return [torch.arange(j * mini, (j + 1) * mini) for j in range(mini_batches)]
+    if offset is None or groups % mini_batches:
+        # Not chunk-aligned (or a group split between mini-batches): shuffle the rank's rows.
+        gen = torch.Generator().manual_seed(step_seed(seed, step, -1, f"epoch{epoch}"))
+        order = torch.randperm(n_rows, generator=gen)
+        return [order[j * mini : (j + 1) * mini] for j in range(mini_batches)]
+    members: list[list[int]] = [[] for _ in range(mini_batches)]
+    for i in range(share):
+        gen = torch.Generator().manual_seed(step_seed(seed, step, offset + i, f"epoch{epoch}"))
+        perm = torch.randperm(mini_batches, generator=gen).tolist()
+        for j in range(mini_batches):
+            members[j].append(perm[j] * share + i)  # chunk perm[j], position i
+    return [rows_of(m) for m in members]
+
+
+class PolicyUpdater:
+    """Scores and updates the DeepSpeed-wrapped policy with the run's trace loss."""
+
+    def __init__(
+        self, engine: Any, cfg: Any, trace_cfg: Any, rank: int, world: int,
+        reference: Any = None,
+    ) -> None:  # fmt: skip
+        self.engine, self.cfg, self.trace_cfg = engine, cfg, trace_cfg
+        self.rank, self.world = rank, world
+        self.reference = reference  # frozen engine for the KL penalty, or None
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.cfg.micro_batches_per_update(self.world)[0]
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Proximal log-probs ``[N, R]``, and entropies when the preset selects tokens."""
+        return self._score_with(self.engine, batch, self.trace_cfg.uses_entropy)
+
+    @torch.no_grad()
+    def score_reference(self, batch: RolloutBatch) -> torch.Tensor:
+        """Log-probs ``[N, R]`` of the answers under the frozen reference policy."""
+        return self._score_with(self.reference, batch, False)[0]
+
+    def _score_with(
+        self, model: Any, batch: RolloutBatch, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``model``'s log-probs (and entropies) of every row, in the updates' micro-batches
+        (padding trimmed, zero-filled back to the batch's width)."""
+        N, R = batch.response_ids.shape
+        logps = torch.zeros(N, R)
+        entropies = torch.zeros(N, R) if with_entropy else None
+        model.eval()
+        rows = torch.arange(N)
+        for r in self.micro_batches(batch, rows, self.token_budget(batch)):
+            index = rows[:1] if r is None else r
+            part = batch.rows(index).trimmed()
+            width = part.response_ids.shape[1]
+            logp, entropy = answer_logprobs(
+                model, part, self.cfg.temperature, self.cfg.logprob_chunk_size,
+                with_entropy=with_entropy, fused=self.cfg.fused_logprobs,
+            )  # fmt: skip
+            if r is None:
+                continue  # the zero pass every rank makes as often as the busiest one
+            logps[index, :width] = logp.float().cpu()
+            if entropies is not None and entropy is not None:
+                entropies[index, :width] = entropy.float().cpu()
+        if model is self.engine:
+            model.train()
+        return logps, entropies
+
+    def prepare(self, exp: Any) -> StepBatch:
+        """The step's :class:`StepBatch`: proximal log-probs, the step's selection and the
+        behaviour weights (``docs/ALGORITHMS.md``, "Three policies").
+
+        ``--old_logprobs rollout`` takes the behaviour log-probs as the proximal ones (every
+        behaviour correction is then 1); the scoring forward still runs when the preset
+        selects by entropy, for the entropies alone.
+        """
+        cfg, tc = self.cfg, self.trace_cfg
+        behaviour = exp.batch.rollout_logprobs
+        if cfg.old_logprobs == "rollout":
+            old = behaviour.clone()
+            entropy = self.score(exp.batch)[1] if tc.uses_entropy else None
+        else:
+            old, entropy = self.score(exp.batch)
+        sb = StepBatch(
+            exp.batch, exp.rewards, exp.advantages, exp.loss_rows, old, exp.texts, exp.golds
+        )
+        sb.selected, sb.entropy_threshold = self.selection(sb, entropy)
+        if self.reference is not None:
+            sb.ref_logprobs = self.score_reference(exp.batch)
+            if cfg.kl_in == "reward":
+                # The penalty joins the reward before the group baseline: advantages again,
+                # the loss rows (overlong, zero-variance filter) as the verifier decided them.
+                kl = kl_penalty(old, sb.ref_logprobs, cfg.kl_estimator)
+                penalty, sb.kl_metrics = sequence_kl_penalty(kl, sb.loss_tokens, cfg.kl_coef)
+                sb.advantages = group_advantages(
+                    exp.rewards - penalty, cfg.group_size, method=cfg.advantage
+                ).advantages.float()
+        if cfg.behaviour_correction != "none":
+            sb.behaviour_weight, sb.behaviour_metrics = behaviour_weights(
+                old, behaviour, exp.batch.response_mask, cfg.behaviour_correction,
+                cap=cfg.behaviour_cap, mode=cfg.behaviour_mode, lam=tc.lam,
+                selected=sb.selected, window=tc.window, loss_mask=sb.loss_tokens,
+            )  # fmt: skip
+        return sb
+
+    def selection(
+        self, sb: StepBatch, entropy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, float]:
+        """The step's token selection: one entropy quantile over all ranks' loss tokens.
+
+        The entropies are the scoring pass's (the proximal policy, before any update), so the
+        selection is fixed for every mini- and micro-batch of the step and the gradient does
+        not depend on ``micro_batch_size`` or the number of ranks (``docs/ALGORITHMS.md``,
+        "Selection"). None when the preset selects nothing.
+        """
+        q = self.trace_cfg.entropy_top_quantile
+        if q is None or entropy is None:
+            return None, math.nan
+        valid = sb.loss_tokens
+        values = dist_utils.all_gather_cat(entropy[valid], device=self.engine.device)
+        tau = entropy_threshold(values, q)
+        selected, _ = select_tokens(valid, entropy, q, threshold=tau)
+        return selected, tau
+
+    # ------------------------------------------------------------------ updates
+    def mini_batches(self, n_rows: int, epoch: int, step: int) -> list[torch.Tensor]:
+        """This rank's rows of each mini-batch of ``epoch`` (see :func:`epoch_mini_batches`)."""
+        cfg = self.cfg
+        aligned = cfg.prompts_per_step % (cfg.mini_batches * self.world) == 0
+        share = cfg.prompts_per_step // cfg.mini_batches // self.world
+        return epoch_mini_batches(
+            n_rows, cfg.mini_batches, cfg.group_size, epoch, seed=cfg.seed, step=step,
+            offset=self.rank * share if aligned else None,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ micro-batches
+    def token_budget(self, batch: RolloutBatch) -> int | None:
+        """Token slots per micro-batch (``--max_tokens_per_micro_batch``), None for fixed
+        ``micro_batch_size`` rows; auto = ``micro_batch_size`` x the step's padded row width."""
+        budget = self.cfg.max_tokens_per_micro_batch
+        if budget == 0:
+            return None
+        return budget or self.micro_batch_size * batch.input_ids.shape[1]
+
+    def micro_batches(
+        self, batch: RolloutBatch, rows: torch.Tensor, budget: int | None
+    ) -> list[torch.Tensor | slice | None]:
+        """The micro-batches of ``rows``: fixed chunks of ``micro_batch_size`` rows, or rows
+        grouped by length under the token ``budget``
+        (:func:`strace_ds.train.micro_batches.token_budget_micro_batches`). Every rank returns as
+        many as the rank with most (``None`` entries: a zero-loss pass), because ZeRO-3 gathers
+        parameters in every forward and reduces gradients in every backward, collectively."""
+        if budget is None:
+            micro = self.micro_batch_size
+            parts: list[torch.Tensor | slice | None] = []
+            for lo in range(0, len(rows), micro):
+                r = rows[lo : lo + micro]
+                contiguous = bool((r[1:] - r[:-1] == 1).all())
+                # A slice keeps the exact arithmetic of fixed micro-batches.
+                parts.append(slice(int(r[0]), int(r[-1]) + 1) if contiguous else r)
+            return parts
+        lengths = row_lengths(batch)[rows].tolist()
+        groups = token_budget_micro_batches(lengths, budget)
+        parts = [rows[torch.tensor(sorted(g))] for g in groups]
+        (most,) = dist_utils.all_reduce_max([float(len(parts))])
+        return parts + [None] * (int(most) - len(parts))
+
+    # ------------------------------------------------------------------ updates
+    def update(self, sb: StepBatch, step: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
+        """``epochs`` passes over the step's rows, one optimizer update per mini-batch."""
+        cfg = self.cfg
+        collected: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, Any] = {}
+        budget = self.token_budget(sb.batch)
+        used = slots = 0
+        for epoch in range(cfg.epochs):
+            for rows in self.mini_batches(len(sb.batch), epoch, step):
+                normalizer = self.global_normalizer(sb, rows)
+                lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
+                parts = self.micro_batches(sb.batch, rows, budget)
+                for r in parts:
+                    out, logp, entropy, mask, width = self._micro_step(sb, r, rows, normalizer)
+                    self.engine.backward(out.loss, scale_wrt_gas=False)
+                    if r is None:
+                        continue  # a zero-loss pass: nothing to report
+                    for k, v in out.metrics.items():
+                        collected[k].append(v)
+                    collected["policy/loss"].append(out.loss.item() / self.world)
+                    used += int(sb.batch.attention_mask[r].sum())
+                    slots += mask.shape[0] * width
+                    last = {
+                        "logp": logp.detach().cpu(),
+                        "entropy": entropy.cpu(),
+                        "rows": r,
+                        "ratio": out.trace_ratio.cpu(),
+                        "loss_mask": out.loss_mask.cpu(),
+                        "mask": mask.cpu(),
+                    }
+                # The boundary is ours (managed_gradient_accumulation off): one optimizer
+                # update per mini-batch, however many micro-batches the budget made.
+                self.engine.step()
+                collected["policy/grad_norm"].append(
+                    float(self.engine.get_global_grad_norm() or 0.0)
+                )
+                collected["policy/lr"].append(lr)
+        collected["perf/pad_frac"] = [1.0 - used / slots if slots else math.nan]
+        for k, v in {**(sb.behaviour_metrics or {}), **(sb.kl_metrics or {})}.items():
+            collected[k] = [v]
+        if sb.selected is not None:
+            # The step's one selection: its threshold and exact share over all ranks.
+            n_sel, n_valid = dist_utils.all_reduce_sum(
+                [float(sb.selected.sum()), float(sb.loss_tokens.sum())]
+            )
+            collected["select/entropy_threshold"] = [sb.entropy_threshold]
+            collected["select/frac"] = [n_sel / n_valid if n_valid else math.nan]
+        return collected, last
+
+    def _micro_step(
+        self, sb: StepBatch, r: torch.Tensor | slice | None, rows: torch.Tensor,
+        normalizer: float,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
+        """Forward and loss of one micro-batch, its padding trimmed; ``r=None``: the first row
+        of the mini-batch with its loss multiplied by 0 (every parameter still gets its zero
+        gradient, as ZeRO-3's collectives need)."""
+        cfg, device = self.cfg, self.engine.device
+        index = rows[:1] if r is None else r
+        part = sb.batch.rows(index).trimmed()
+        R = part.response_ids.shape[1]
+        logp, entropy = answer_logprobs(
+            self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True,
+            fused=cfg.fused_logprobs,
+        )  # fmt: skip
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index][:, :R].to(device)
+
+        mask = take(sb.loss_tokens)
+        kl_loss = sb.ref_logprobs is not None and cfg.kl_in == "loss"
+        out = policy_loss(
+            logp,
+            take(sb.old_logprobs),
+            sb.advantages[index].to(device),
+            mask,
+            entropy=entropy,
+            config=self.trace_cfg,
+            max_len=cfg.max_new_tokens,
+            normalizer=normalizer,
+            selected=take(sb.selected),
+            behaviour_weight=take(sb.behaviour_weight),
+            ref_logprobs=take(sb.ref_logprobs) if kl_loss else None,
+            kl_coef=cfg.kl_coef if kl_loss else 0.0,
+            kl_estimator=cfg.kl_estimator,
+        )
+        if r is None:
+            out.loss = out.loss * 0.0
+        return out, logp, entropy, mask, part.input_ids.shape[1]
+
+    def global_normalizer(self, sb: StepBatch, rows: torch.Tensor | slice) -> float:
+        """Denominator of the mini-batch's loss over all ranks, divided by the world size.
+
+        DeepSpeed averages gradients over ranks; dividing the global denominator by the world
+        size makes the averaged gradient that of the global token (or sequence) mean. The
+        count is :func:`loss_denominator`'s, over the same loss tokens ``policy_loss`` uses
+        (the selected ones when the loss is on the selection only).
+        """
+        tc = self.trace_cfg
+        mask = sb.loss_tokens[rows]
+        if tc.loss_on_selected_only and sb.selected is not None:
+            mask = mask & sb.selected[rows]
+        local = loss_denominator(mask, tc.loss_agg, self.cfg.max_new_tokens, sb.loss_rows[rows])
+        (total,) = dist_utils.all_reduce_sum([float(local)])
+        return max(total, 1.0) / self.world
