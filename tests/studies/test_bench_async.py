@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "bench_async.py"
+SCRIPT = ["-m", "benchmarks.bench_async"]  # run from the repository root
 
 
 @pytest.mark.slow
@@ -20,7 +20,7 @@ def test_smoke_run_writes_the_report_and_resumes(tmp_path):
     out, work = tmp_path / "report.md", tmp_path / "work"
     # --smoke: 2 steps of 8 prompts x 4 answers, K 0 and 1, s_trace, seeds 0 and 1, one
     # correction; the speed study with the in-process engine instead of an SGLang server.
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--speed-rollout", "hf",
+    cmd = [sys.executable, *SCRIPT, "--smoke", "--speed-rollout", "hf",
            "--work", str(work), "--out", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)

@@ -5,17 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from credit_gradients import (  # noqa: E402
+from benchmarks.credit_gradients import (
     batch_gradients,
     bootstrap_ci,
     draw_batches,
@@ -24,8 +20,9 @@ from credit_gradients import (  # noqa: E402
     load_policy,
     method_config,
 )
-
 from strace_ds.losses import PRESETS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = str(REPO / "strace_ds" / "assets" / "tiny-qwen3")
 SIZES = dict(n_batches=2, prompts_per_batch=2, group_size=4, max_new_tokens=24, seed=0)

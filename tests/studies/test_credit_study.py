@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import credit_study
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "credit_study.py"
-sys.path.insert(0, str(REPO / "benchmarks"))
-import credit_study  # noqa: E402
+SCRIPT = ["-m", "benchmarks.credit_study"]  # run from the repository root
 
 
 def _record(avgs: list[float], tokens: float = 100.0, seed: int = 0, preset: str = "grpo",
@@ -139,8 +139,8 @@ def _readme_commands() -> list[list[str]]:
     section = text.split("## Credit-assignment study", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
     cmds = [shlex.split(line) for line in block.strip().splitlines()]
-    assert cmds and all(c[:2] == ["python", "benchmarks/credit_study.py"] for c in cmds)
-    return [c[2:] for c in cmds]
+    assert cmds and all(c[:3] == ["python", "-m", "benchmarks.credit_study"] for c in cmds)
+    return [c[3:] for c in cmds]
 
 
 def _with_work(argv: list[str], work: Path) -> list[str]:
@@ -172,7 +172,7 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     assert studies == set(credit_study.STUDIES)
     reports = []
     for argv in commands:
-        cmd = [sys.executable, str(SCRIPT), *_with_work(argv, work), *small]
+        cmd = [sys.executable, *SCRIPT, *_with_work(argv, work), *small]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
                               cwd=REPO)  # fmt: skip
         assert proc.returncode == 0, (argv, proc.stderr[-3000:])
@@ -230,7 +230,7 @@ def test_readme_commands_at_smoke_size_write_results_and_resume(tmp_path: Path) 
     assert "## lam check" in text
     stamp = [p.stat().st_mtime_ns for p in cached]
     again = subprocess.run(  # everything cached: nothing trains, the same report
-        [sys.executable, str(SCRIPT), "--phase", "all", "--work", str(work), *small],
+        [sys.executable, *SCRIPT, "--phase", "all", "--work", str(work), *small],
         capture_output=True, text=True, env=env, timeout=300, cwd=REPO)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in cached] == stamp

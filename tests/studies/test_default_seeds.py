@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "default_seeds.py"
+MODULE = ["-m", "benchmarks.default_seeds"]  # as docs/RESULTS.md runs it, from the repo root
 
 
 def _module():
@@ -47,7 +48,7 @@ def test_report_states_the_paired_verdict():
 @pytest.mark.slow
 def test_smoke_run_writes_the_report_and_resumes(tmp_path):
     out, work = tmp_path / "report.md", tmp_path / "work"
-    cmd = [sys.executable, str(SCRIPT), "--seeds", "0,1", "--losses", "grpo,s_trace",
+    cmd = [sys.executable, *MODULE, "--seeds", "0,1", "--losses", "grpo,s_trace",
            "--work", str(work), "--out", str(out), "--", "--steps", "1",
            "--prompts_per_step", "4", "--group_size", "4", "--max_new_tokens", "24",
            "--eval_size", "8", "--micro_batch_size", "8"]  # fmt: skip

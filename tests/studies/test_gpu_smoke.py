@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import gpu_smoke
 
-import gpu_smoke  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_model_flops_utilisation() -> None:
