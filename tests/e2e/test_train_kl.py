@@ -1,6 +1,7 @@
 """KL to the frozen reference policy through ``scripts/train.py`` (``--kl_coef``): the reference
 is loaded only for beta > 0, its KL is logged, zero while the policy is the reference, and it
-enters the loss or the reward. The estimators themselves: ``tests/test_kl.py`` (float64)."""
+enters the loss or the reward. The estimators themselves: ``tests/unit/losses/test_kl.py``
+(float64)."""
 
 from __future__ import annotations
 

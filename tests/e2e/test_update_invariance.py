@@ -1,9 +1,9 @@
 """Memory and speed knobs never change the maths: every preset's update is the same for any
 micro-batch size and for 1 or 2 ranks, measured through the real DeepSpeed ZeRO-3 update.
 
-``tests/update_probe.py`` runs step 1 of a real trainer and records the full reduced gradient
-of each of its two policy updates; here they are compared across micro-batch 4, 16, 64 on one
-rank and micro-batch 4, 32 on two ranks (the same 128 answers: the probe samples each prompt
+``tests/helpers/update_probe.py`` runs step 1 of a real trainer and records the full reduced
+gradient of each of its two policy updates; here they are compared across micro-batch 4, 16, 64
+on one rank and micro-batch 4, 32 on two ranks (the same 128 answers: the probe samples each prompt
 alone, seeded by its ids). The S-trace / 80-20 selection is one decision per step over all
 ranks (``docs/ALGORITHMS.md``, "Selection"); a per-micro-batch quantile measured 6-18%
 relative differences here.

@@ -2,9 +2,9 @@
 those commands rewritten to run locally in seconds (a subprocess, as a user runs them).
 
 Each of those commands is run by a test of its tier: ``--rollout hf`` (the default) ones by
-``tests/test_evaluation.py``, ``--rollout sglang`` ones against a real CPU server by
-``tests/test_sglang_server.py``; ``test_readme_evaluation_commands_are_all_tested`` checks that
-the two cover the whole code block.
+``tests/e2e/test_evaluation_commands.py``, ``--rollout sglang`` ones against a real CPU server by
+``tests/sglang/test_sglang_server_real.py``; ``test_readme_evaluation_commands_are_all_tested``
+(``tests/unit/evaluation/test_evaluation.py``) checks that the two cover the whole code block.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Record the gradient of every policy update of one training step, through DeepSpeed.
 
-Run by ``tests/test_update_invariance.py`` as ``python tests/update_probe.py OUT ...`` (one
-rank) or under the ``deepspeed`` launcher (two CPU ranks). For each preset and micro-batch
+Run by ``tests/e2e/test_update_invariance.py`` as ``python tests/helpers/update_probe.py OUT ...``
+(one rank) or under the ``deepspeed`` launcher (two CPU ranks). For each preset and micro-batch
 size it builds a real :class:`strace_ds.trainer.Trainer` (ZeRO-3), runs step 1 and saves, at
 each optimizer boundary (after ``engine.backward`` of the last micro-batch, before
 ``engine.step``), the full gradient that DeepSpeed reduced over ranks, gathered with

@@ -1,9 +1,10 @@
-"""User reward functions for ``tests/test_reward_registry.py``, named in specs as
+"""User reward functions for ``tests/unit/rewards/test_reward_registry.py``, named in specs as
 ``user_rewards:<function>``.
 
 They stand for a user's own module: defined at module level so that the grading workers import
-them by name (pytest puts ``tests/`` on ``sys.path``, and spawned workers inherit it). Kept free
-of heavy imports, since every worker imports this module.
+them by name (pyproject's pytest ``pythonpath`` puts ``tests/helpers`` on ``sys.path``, and
+spawned workers inherit it; a test that starts ``scripts/train.py`` puts it on ``PYTHONPATH``).
+Kept free of heavy imports, since every worker imports this module.
 """
 
 from __future__ import annotations

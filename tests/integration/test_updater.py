@@ -2,7 +2,7 @@
 micro-batching covers every row once with the same count on every rank, the normaliser is the
 loss denominator, epochs make mini_batches x epochs optimizer updates that move the policy,
 and the update does not depend on the micro-batching. (1 vs 2 ranks through the trainer:
-``tests/test_update_invariance.py``.)"""
+``tests/e2e/test_update_invariance.py``.)"""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from strace_ds.trainer import init_distributed
 from strace_ds.updater import PolicyUpdater
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def _experience(n_prompts: int = 4, group: int = 4, seed: int = 0) -> Experience:

@@ -58,9 +58,9 @@ def _pyproject() -> dict:
 
 
 def _section(heading: str) -> str:
-    """The README's ``## heading`` section, up to the next ``## ``."""
+    """The README's ``## heading`` section, up to the next ``## `` (or the end)."""
     text = (REPO / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## )", text, re.M | re.S)
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
     assert match, f"README.md has no '## {heading}' section"
     return match[1]
 
@@ -128,6 +128,25 @@ def test_readme_install_commands_use_the_cpu_lock() -> None:
     for command in quickstart + notebooks:
         assert command.endswith(f"-c {CPU_LOCK}"), f"README installs without the lock: {command}"
     assert "torch==2.13.0" in quickstart[0]
+
+
+def _pytest_commands(text: str) -> list[str]:
+    """The ``python -m pytest`` commands of shell text (one per line or ``&&`` segment)."""
+    parts = (part.strip() for line in text.splitlines() for part in line.split("&&"))
+    return [p.split("#")[0].strip() for p in parts if p.startswith("python -m pytest")]
+
+
+def test_readme_and_ci_run_every_test_tier() -> None:
+    """The README's install-and-test command (Quickstart, command 2), its "Tests" section's
+    first command, CONTRIBUTING.md's set-up command and ``.ci/run`` run the same tests: every
+    tier (a plain ``python -m pytest -q`` runs only the fast ones, ``tests/conftest.py``)."""
+    ci = _pytest_commands((REPO / ".ci" / "run").read_text())
+    quickstart = _pytest_commands(_section("Quickstart"))
+    tests = _pytest_commands(_section("Tests"))
+    contributing = _pytest_commands((REPO / "CONTRIBUTING.md").read_text())
+    assert len(ci) == 1 and len(quickstart) == 1, (ci, quickstart)
+    assert ci == quickstart == tests[:1] == contributing[:1], (ci, quickstart, tests, contributing)
+    assert "--all-tiers" in ci[0].split()
 
 
 def test_setup_sglang_env_cpu_steps_use_the_sglang_lock() -> None:

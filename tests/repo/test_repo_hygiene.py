@@ -144,3 +144,52 @@ def test_ruff_check_passes():
     proc = subprocess.run([ruff.find_ruff_bin(), "check", "--no-cache", "."], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+# ----------------------------------------------------------------------------- test layout
+TESTS = REPO / "tests"
+TIERS = ("unit", "integration", "e2e", "sglang", "studies", "repo")
+
+
+def _test_sources() -> list[Path]:
+    return [p for p in TESTS.rglob("*.py") if "sglang_cpu_stub" not in p.parts]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared code lives in the ``tests/helpers`` package: a test module (or helper) importing a
+    ``test_*`` module would run that module's tests' imports and tie two tiers together."""
+    import ast
+
+    found = []
+    for path in _test_sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{path.relative_to(REPO)}:{node.lineno}: {name}" for name in names
+                      if any(part.startswith("test_") for part in name.split("."))]
+    assert not found, "import from tests/helpers instead:\n" + "\n".join(found)
+
+
+def test_every_test_module_is_in_a_tier() -> None:
+    """``tests/conftest.py`` gives each test its folder's tier marker: a test file outside the
+    tier folders would get none and run in no tier's selection."""
+    outside = [str(p.relative_to(REPO)) for p in TESTS.rglob("test_*.py")
+               if p.relative_to(TESTS).parts[0] not in TIERS]
+    assert not outside, outside
+
+
+def test_cited_test_files_exist() -> None:
+    """A ``tests/...py`` path a doc or a source file cites is a file (moves update them)."""
+    cited = re.compile(r"(?<![\w/.])tests/[\w/]+\.py")
+    missing = []
+    for name in _repo_files():
+        if not name.endswith((".md", ".py", ".sh", ".yaml", ".toml")):
+            continue
+        text = (REPO / name).read_text(errors="replace")
+        missing += [f"{name}: {m}" for m in sorted(set(cited.findall(text)))
+                    if not (REPO / m).is_file()]
+    assert not missing, "\n".join(missing)

@@ -6,9 +6,10 @@ What the tier checks, on the embedded tiny policy:
    (``/model_info``) and in the answers' ``weight_version``; the weights directory keeps
    ``v<N-1>``/``v<N>``, and ``v<N>`` is bit-identical to the exported final policy.
 2. **SGLang's greedy output equals the trainer's** after *every* sync (step 0 included): this
-   file doubles as a test-only driver (``python tests/test_train_sglang.py <train.py flags>``)
-   that wraps :meth:`Trainer.sync_weights`; after each sync it gathers the ZeRO-3 weights into a
-   plain transformers copy and compares greedy answers token for token with the server's.
+   file doubles as a test-only driver
+   (``python tests/sglang/test_train_sglang.py <train.py flags>``) that wraps
+   :meth:`Trainer.sync_weights`; after each sync it gathers the ZeRO-3 weights into a plain
+   transformers copy and compares greedy answers token for token with the server's.
 3. **Log-prob mismatch** (TensorBoard ``rollout/logprob_diff_max``/``_mean``, and the driver's
    own teacher-forced check) stays below :data:`LOGPROB_DIFF_MAX_BOUND`.
 4. **A server killed mid-run** (``--save_every 1``; SIGKILL of its process group after the step-2

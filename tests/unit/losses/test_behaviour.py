@@ -1,7 +1,7 @@
 """The behaviour correction (`behaviour_weights`) and its use in `policy_loss`.
 
 Contract: `docs/ALGORITHMS.md` ("Three policies and the behaviour correction"). References:
-`ref_behaviour_weights` and `ref_trace_loss(weight=...)` in tests/loss_reference.py, loops
+`ref_behaviour_weights` and `ref_trace_loss(weight=...)` in tests/helpers/loss_reference.py, loops
 written from the formulas. float64, tolerances 1e-12 unless noted.
 """
 

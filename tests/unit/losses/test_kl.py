@@ -1,8 +1,8 @@
 """KL to a reference policy: `kl_penalty`, `sequence_kl_penalty` and `policy_loss`'s KL term.
 
 Contract: `docs/ALGORITHMS.md` ("KL to a reference"). References: `ref_kl` and
-`ref_trace_loss(ref=..., beta=...)` in tests/loss_reference.py, loops written from Schulman's
-estimators. float64, tolerances 1e-12 unless noted.
+`ref_trace_loss(ref=..., beta=...)` in tests/helpers/loss_reference.py, loops written from
+Schulman's estimators. float64, tolerances 1e-12 unless noted.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`policy_loss`, `TraceConfig` and presets against independent float64 references.
 
-Contract: `docs/ALGORITHMS.md`. References: tests/loss_reference.py (written
+Contract: `docs/ALGORITHMS.md`. References: tests/helpers/loss_reference.py (written
 from the papers' formulas without reading `strace_ds.losses`). Gradients are w.r.t. the
 new log-probs and must agree to ~1e-12.
 """

@@ -1,5 +1,5 @@
 """The trace forms (``TraceConfig.form``): ratio, token gate and weight, against the loops of
-``tests/loss_reference.py`` and the identities of ``docs/ALGORITHMS.md`` ("Trace forms")."""
+``tests/helpers/loss_reference.py`` and the identities of ``docs/ALGORITHMS.md`` ("Trace forms")."""
 
 from __future__ import annotations
 

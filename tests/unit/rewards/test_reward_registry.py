@@ -1,7 +1,7 @@
 """Named and user rewards: the ``--reward`` spec, start-up import errors, and user functions
 graded through the real worker pool (weights, per-reward values, errors, timeouts).
 
-The user functions live in ``tests/user_rewards.py`` (a stand-in for a user's module), named
+The user functions live in ``tests/helpers/user_rewards.py`` (a stand-in for a user's module), named
 ``user_rewards:<function>``.
 """
 
