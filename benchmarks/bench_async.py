@@ -1,6 +1,6 @@
 """Asynchronous training (``--max_staleness K``): step time and accuracy, side by side.
 
-    python benchmarks/bench_async.py [--smoke] [--phase all|speed|acc] [--work DIR] [--out FILE]
+    python -m benchmarks.bench_async [--smoke] [--phase all|speed|acc] [--work DIR] [--out FILE]
         [--speed-rollout sglang|hf] [--sglang-python PY] [--speed-ks 0,1,2] [--speed-steps 12]
         [--speed-reps 2] [--losses grpo,p_trace,s_trace] [--ks 0,1,2]
         [--corrections token,sequence,trace] [--seeds 0,1,2,3,4] [--acc-steps 30] [--jobs 2]
@@ -44,8 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_seeds import t_interval  # noqa: E402
+from benchmarks.default_seeds import t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 SGLANG_PYTHON = Path.home() / ".cache" / "strace_ds" / "venv-sglang" / "bin" / "python"
@@ -438,7 +437,7 @@ def main() -> None:
     work = args.work / ("smoke" if smoke else "full")
     work.mkdir(parents=True, exist_ok=True)
     parts = []
-    cmdline = " ".join(["python", "benchmarks/bench_async.py", *sys.argv[1:]])
+    cmdline = " ".join(["python", "-m", "benchmarks.bench_async", *sys.argv[1:]])
     if args.phase in ("all", "speed"):
         print(f"speed runs, one at a time; {uptime()}", flush=True)
         runs = []

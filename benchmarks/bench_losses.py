@@ -1,6 +1,6 @@
 """Speed and memory of the trace losses and of the chunked log-prob/entropy kernels.
 
-    python benchmarks/bench_losses.py [--quick]
+    python -m benchmarks.bench_losses [--quick]
 
 Prints one table (every row from this run, median over repeats) and writes it to
 ``benchmarks/results_losses.md``:

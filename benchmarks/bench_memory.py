@@ -1,6 +1,6 @@
 """Peak memory and speed of one policy-gradient step: full logits vs fused vs fused + token budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_memory.py [--quick] [--threads 1]
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_memory [--quick] [--threads 1]
 
 A randomly initialised Qwen3-shaped model with the real vocabulary (``V = 151,936``, tied
 embeddings as in Qwen3-0.6B; hidden 256, 2 layers, 4 heads of 64, 2 KV heads, MLP 768;
@@ -234,7 +234,7 @@ def _report(rows, args, vocab: int, hidden: int, wall: float) -> str:
     head = [
         "# Memory and speed of one policy-gradient step (full logits vs fused vs token budget)",
         "",
-        f"`python benchmarks/bench_memory.py{' --quick' if args.quick else ''} --threads "
+        f"`python -m benchmarks.bench_memory{' --quick' if args.quick else ''} --threads "
         f"{args.threads} --repeats {args.repeats}` (OMP_NUM_THREADS={args.threads}). "
         f"torch {torch.__version__}, {platform.machine()}, Python "
         f"{platform.python_version()}; CPU, shared 2-core machine (other jobs running). "

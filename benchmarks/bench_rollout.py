@@ -1,6 +1,6 @@
 """Rollout throughput and weight-sync time: SGLang server vs the in-process engine.
 
-    python benchmarks/bench_rollout.py [--sglang-python .venv-sglang/bin/python] \\
+    python -m benchmarks.bench_rollout [--sglang-python .venv-sglang/bin/python] \\
         [--prompts 8] [--n 8] [--max-new-tokens 32] [--no-big] [--out FILE.md]
 
 Measures, on the same tiny policy (:func:`strace_ds.assets.default_policy_dir`) and the
@@ -200,7 +200,7 @@ def main() -> None:
     text = "\n".join([
         "# Rollout benchmark (`benchmarks/bench_rollout.py`)",
         "",
-        f"Machine: {machine}. Command: `python benchmarks/bench_rollout.py --prompts "
+        f"Machine: {machine}. Command: `python -m benchmarks.bench_rollout --prompts "
         f"{args.prompts} --n {args.n} --max-new-tokens {args.max_new_tokens} --repeats "
         f"{args.repeats}{' --no-big' if args.no_big else ''}`. Generation: temperature 1, "
         "best of the repeats after a warm-up; sync: median over versions.",

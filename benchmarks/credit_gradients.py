@@ -1,6 +1,6 @@
 """Gradient variance and alignment of the loss presets at one policy checkpoint.
 
-    from credit_gradients import gradient_probe, bootstrap_ci   # benchmarks/ on sys.path
+    from benchmarks.credit_gradients import gradient_probe, bootstrap_ci  # from the repo root
     res = gradient_probe("strace_ds/assets/tiny-qwen3", "synthetic", ["grpo", "s_trace"])
 
 Part of the credit-assignment study (``benchmarks/credit_study.py``, phase ``grad``): does a

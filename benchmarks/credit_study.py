@@ -1,11 +1,11 @@
 """The credit-assignment study: when do the traces beat GRPO, with intervals over seeds.
 
-    python benchmarks/credit_study.py --study presets       # the first study (cached runs reused)
-    python benchmarks/credit_study.py --study forms         # the trace forms, tuned rates
-    python benchmarks/credit_study.py --study long          # a second task shape
-    python benchmarks/credit_study.py --study presets --phase sweep   # lam x q sweep of s_trace
-    python benchmarks/credit_study.py --report-only         # tables + figures from the cache
-    python benchmarks/credit_study.py --smoke --work DIR    # tiny sizes, for the tests
+    python -m benchmarks.credit_study --study presets       # the first study (cached runs reused)
+    python -m benchmarks.credit_study --study forms         # the trace forms, tuned rates
+    python -m benchmarks.credit_study --study long          # a second task shape
+    python -m benchmarks.credit_study --study presets --phase sweep   # lam x q sweep of s_trace
+    python -m benchmarks.credit_study --report-only         # tables + figures from the cache
+    python -m benchmarks.credit_study --smoke --work DIR    # tiny sizes, for the tests
 
 Task: the chain task (:mod:`strace_ds.data.chain`, ``--task``; by default long answers of ~100
 tokens whose reward hinges on three results), trained from the task shape's shipped policy
@@ -76,12 +76,10 @@ import argparse
 import hashlib
 import json
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_async import train  # noqa: E402
+from benchmarks.bench_async import train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "benchmarks" / "credit_study"
@@ -226,7 +224,7 @@ def study_args(args: argparse.Namespace, study: str) -> argparse.Namespace:
 
 def method_flags(method: str) -> list[str]:
     """``preset`` or ``preset@form`` -> the trainer flags that select it."""
-    from credit_gradients import method_config
+    from benchmarks.credit_gradients import method_config
 
     try:
         method_config(method)
@@ -349,7 +347,7 @@ def pick_lrs(args, records: list[dict]) -> dict[str, dict]:
 
 def trace_methods(args) -> list[str]:
     """The study's methods that carry a trace (``lam`` > 0): those the lam check varies."""
-    from credit_gradients import method_config
+    from benchmarks.credit_gradients import method_config
 
     return [m for m in args.presets if method_config(m).lam > 0]
 
@@ -367,7 +365,7 @@ def lam_check(args, records: list[dict]) -> dict[str, dict]:
     """Per trace method, :func:`tuning_score` at each ``lam`` at its picked rate: the preset's
     own ``lam`` is its tuning run at that rate, ``lam = 0`` is GRPO's tuning run at that rate
     (the identity of every form), the others are the lam check's runs."""
-    from credit_gradients import method_config
+    from benchmarks.credit_gradients import method_config
 
     out = {}
     for method in trace_methods(args):
@@ -457,7 +455,7 @@ def fmt_ci(m: float, lo: float, hi: float, scale: float = 100.0, digits: int = 1
 
 def summarise(args, records: list[dict]) -> dict:
     """Every derived number of the grid: per (regime, preset) over seeds, and vs GRPO."""
-    from credit_gradients import bootstrap_ci
+    from benchmarks.credit_gradients import bootstrap_ci
 
     grid = [r for r in records if r["tag"] == r["preset"]]
     start = [r["evals"][0]["avg"] for r in grid]
@@ -525,7 +523,7 @@ def summarise(args, records: list[dict]) -> dict:
 
 
 def report(args, summary: dict, grad: dict | None) -> str:
-    from credit_gradients import bootstrap_ci
+    from benchmarks.credit_gradients import bootstrap_ci
 
     k = args.eval_k
     lr_text = (f"each method at its own learning rate from the grid {args.tune_lrs} on tuning "
@@ -720,8 +718,7 @@ def grad_phase(args) -> dict | None:
         return json.loads(path.read_text())
     if args.report_only:
         return None
-    from credit_gradients import gradient_probe
-
+    from benchmarks.credit_gradients import gradient_probe
     from strace_ds.data.tasks import generated_task
 
     seed = args.seeds[0]

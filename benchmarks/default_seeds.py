@@ -1,6 +1,6 @@
 """GRPO vs S-trace on the embedded default, over several seeds, with 95% intervals.
 
-    python benchmarks/default_seeds.py [--seeds 0,1,2,3,4] [--losses grpo,s_trace] \\
+    python -m benchmarks.default_seeds [--seeds 0,1,2,3,4] [--losses grpo,s_trace] \\
         [--jobs 2] [--out benchmarks/results_default_seeds.md] [--work DIR] [-- TRAIN FLAGS]
 
 Runs the default training job (``scripts/train.py`` with ``ds_configs/zero3.json``: the

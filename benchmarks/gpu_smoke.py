@@ -1,8 +1,8 @@
 """GPU smoke run: a few ZeRO-3 bf16 training steps of two models through ``scripts/train.py``.
 
     benchmarks/build_gpu_wheels.sh                    # here: wheels into gpu_wheels/ (< 64 MiB)
-    python benchmarks/gpu_smoke.py --wheels gpu_wheels   # on the GPU machine (<= 8 min)
-    python benchmarks/gpu_smoke.py --cpu                 # the same logic, tiny sizes, on CPU
+    python -m benchmarks.gpu_smoke --wheels gpu_wheels   # on the GPU machine (<= 8 min)
+    python -m benchmarks.gpu_smoke --cpu                 # the same logic, tiny sizes, on CPU
 
 The GPU machine has PyTorch (CUDA) and transformers only. ``--wheels DIR`` installs the carried
 wheels with ``pip --no-index --no-deps`` into a venv that sees the system's packages

@@ -5,7 +5,7 @@ that Jupytext, VS Code and Spyder understand): a line ``# %%`` starts a code cel
 ``# %% [markdown]`` starts a markdown cell whose lines are comments (``# `` is stripped).
 This script turns every ``src/NN_*.py`` into ``NN_*.ipynb`` next to this file, with empty
 outputs, ``execution_count: null`` and deterministic cell ids, so the committed notebooks
-are exactly what it generates (``tests/test_notebooks.py`` checks this).
+are exactly what it generates (``tests/repo/test_notebooks.py`` checks this).
 
 Usage::
 

@@ -1,5 +1,15 @@
-"""Shared fixtures: the embedded tiny policy (shipped with the package), and a guard that keeps
-one test's in-process rendezvous variables from leaking into later tests' subprocesses."""
+"""Test tiers, shared fixtures (the embedded tiny policy shipped with the package, a fake SGLang
+server), and a guard that keeps one test's in-process rendezvous variables from leaking into
+later tests' subprocesses.
+
+Tiers are the folders under ``tests/``: each test gets its folder's marker (``unit``,
+``integration``, ``e2e``, ``sglang``, ``studies``, ``repo``). A plain ``python -m pytest -q``
+runs the FAST tiers only (``unit``, ``integration`` and the ``repo`` tests not marked ``slow``);
+``--all-tiers`` (what CI and the README's test command pass) runs every tier,
+``--tiers e2e,studies`` picks some (or ``STRACE_DS_TEST_TIERS``). A test named by path (a
+folder, file or node id below ``tests/``) or a ``-m`` expression selects across every tier:
+what a user points at is run.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,96 @@ from pathlib import Path
 
 import pytest
 
-# What strace_ds.distributed.init_distributed (and the deepspeed launcher) put in os.environ.
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "sglang", "studies", "repo")
+FAST_TIERS = ("unit", "integration", "repo")
+"""The default run: these tiers, less their ``slow`` tests (notebook execution)."""
+# ``helpers`` is a package under tests/ (``from helpers.train_run import ...``), and the tests'
+# user reward module (``helpers/user_rewards.py``) is named in reward specs as a user's own
+# top-level module (``user_rewards:fn``): pyproject's ``pythonpath`` puts tests/ and
+# tests/helpers on sys.path (reward workers inherit it); a test that starts a subprocess
+# needing them puts them on its PYTHONPATH.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("strace_ds tiers")
+    group.addoption(
+        "--tiers", default=None, metavar="T1,T2",
+        help=f"run these tiers ({', '.join(TIERS)}, or 'all'); default: the fast ones "
+        f"({', '.join(FAST_TIERS)}, less 'slow' tests). Also STRACE_DS_TEST_TIERS.",
+    )  # fmt: skip
+    group.addoption("--all-tiers", action="store_true", help="run every tier (CI): --tiers all")
+
+
+def _tier(path: Path) -> str | None:
+    try:
+        first = path.resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return first if first in TIERS else None
+
+
+def _named_explicitly(config: pytest.Config) -> bool:
+    """True when the command line names tests (a path below tests/, a node id) or a ``-m``
+    expression: then the tier default does not filter."""
+    if config.getoption("markexpr"):
+        return True
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return False  # no paths: testpaths
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path != TESTS and path != TESTS.parent:
+            return True
+    return False
+
+
+def _selected_tiers(config: pytest.Config) -> set[str] | None:
+    """The tiers to run, or None for every test collected."""
+    spec = config.getoption("tiers") or os.environ.get("STRACE_DS_TEST_TIERS")
+    if config.getoption("all_tiers") or (spec or "").strip() == "all":
+        return None
+    if spec:
+        tiers = {t.strip() for t in spec.split(",") if t.strip()}
+        unknown = tiers - set(TIERS)
+        if unknown:
+            raise pytest.UsageError(
+                f"--tiers: unknown {sorted(unknown)}; the tiers: {', '.join(TIERS)}"
+            )
+        return tiers
+    if _named_explicitly(config):
+        return None
+    return set(FAST_TIERS) | {"fast"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # the folder's marker, so no test file carries one
+        tier = _tier(Path(str(item.path)))
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+    tiers = _selected_tiers(config)
+    if tiers is None:
+        return
+    fast_only = "fast" in tiers
+    keep, drop = [], []
+    for item in items:
+        tier = _tier(Path(str(item.path)))
+        chosen = tier in tiers and not (fast_only and item.get_closest_marker("slow"))
+        (keep if chosen else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    tiers = _selected_tiers(config)
+    if tiers is None:
+        return "tiers: all collected"
+    if "fast" in tiers:
+        return (f"tiers: the fast default ({', '.join(FAST_TIERS)}, less 'slow'); "
+                "--all-tiers runs every tier")
+    return f"tiers: {', '.join(sorted(tiers))}"
+
+# What strace_ds.trainer.init_distributed (and the deepspeed launcher) put in os.environ.
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
 
@@ -29,8 +128,8 @@ def _restore_rendezvous_env():
 
 @pytest.fixture
 def fake():
-    """A fake SGLang HTTP server (``tests/fake_sglang.py``) on a free port, closed after."""
-    from fake_sglang import FakeSGLang
+    """A fake SGLang HTTP server (``tests/helpers/fake_sglang.py``) on a free port, closed after."""
+    from helpers.fake_sglang import FakeSGLang
 
     server = FakeSGLang()
     yield server

@@ -770,7 +770,7 @@ for name in FORMS_LAB:
 #   clip is active.
 # * Scope: small random MDPs (one studied in detail with 10 replicates of 400 batches per
 #   point, 8 more for the main comparison), drift along the improvement direction only. The
-#   claims checked by `tests/test_notebooks.py` are the intervals printed below
+#   claims checked by `tests/repo/test_notebooks.py` are the intervals printed below
 #   (`[mean, low, high]`).
 
 # %%

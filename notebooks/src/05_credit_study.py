@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 
 REPO = Path.cwd().resolve().parent
 STUDY = REPO / "benchmarks" / "credit_study"
-sys.path.insert(0, str(REPO / "benchmarks"))
-from credit_gradients import bootstrap_ci  # noqa: E402
+sys.path.insert(0, str(REPO))  # the repository root: ``benchmarks`` is a package there
+from benchmarks.credit_gradients import bootstrap_ci  # noqa: E402
 
 everything = json.loads((STUDY / "summary.json").read_text())
 summary, forms = everything["studies"]["presets"], everything["studies"]["forms"]

@@ -1,0 +1,45 @@
+"""User reward functions for ``tests/unit/rewards/test_reward_registry.py``, named in specs as
+``user_rewards:<function>``.
+
+They stand for a user's own module: defined at module level so that the grading workers import
+them by name (pyproject's pytest ``pythonpath`` puts ``tests/helpers`` on ``sys.path``, and
+spawned workers inherit it; a test that starts ``scripts/train.py`` puts it on ``PYTHONPATH``).
+Kept free of heavy imports, since every worker imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+NOT_A_FUNCTION = 3
+"""Named as a reward, it is a start-up error: not callable."""
+
+
+def bonus(response: str, gold: str, example: dict[str, Any]) -> float:
+    """The row's ``bonus`` column (0 without one); misbehaves on responses starting with a
+    marker: ``HANG`` never returns, ``RAISE`` raises, ``NAN`` and ``STR`` return what no
+    reward may (a non-finite number, a string)."""
+    if response.startswith("HANG"):
+        while True:  # a reward that never finishes
+            time.sleep(60)
+    if response.startswith("RAISE"):
+        raise ValueError("bonus: no bonus for you")
+    if response.startswith("NAN"):
+        return float("nan")
+    if response.startswith("STR"):
+        return "1.0"  # type: ignore[return-value]
+    return float(example.get("bonus", 0.0))
+
+
+def length_penalty(response: str, gold: str, example: dict[str, Any]) -> float:
+    """Minus the response's length in units of 100 characters."""
+    return -len(response) / 100
+
+
+def two_arguments(response: str, gold: str) -> float:
+    """The old ``grader`` signature: rejected at start-up (a reward also takes ``example``)."""
+    return 1.0
+
+
+lambda_reward = lambda response, gold, example: 1.0  # noqa: E731  (cannot be pickled by name)
