@@ -107,7 +107,7 @@ def pytest_report_header(config: pytest.Config) -> str:
                 "--all-tiers runs every tier")
     return f"tiers: {', '.join(sorted(tiers))}"
 
-# What strace_ds.trainer.init_distributed (and the deepspeed launcher) put in os.environ.
+# What strace_ds.distributed.init_distributed (and the deepspeed launcher) put in os.environ.
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import train_run
 from helpers.run_state import BAD_GOLDS, _events, _flip, _jsonl
 
-from strace_ds import checkpoint as ckpt
+from strace_ds.storage import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def _train(args: list[str], cwd: Path, check: bool = True):
 def test_corrupted_checkpoint_end_to_end(tiny_policy: Path, tmp_path: Path) -> None:
     """Train, stop; flip 64 bytes of the step-2 fp32 weights/optimizer file; --resume auto
     falls back to step 1 and says so, re-runs step 2, and TensorBoard has each step once."""
-    from strace_ds.manifest import check_manifest
+    from strace_ds.storage.manifest import check_manifest
 
     common = ["--model", str(tiny_policy), "--output_dir", "out", "--log_dir", "runs",
               "--run_name", "r", "--loss", "grpo", "--steps", "3", "--save_every", "1",

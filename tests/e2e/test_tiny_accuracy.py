@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from strace_ds import tiny
+from strace_ds.assets.recipes import arithmetic as tiny
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Run by ``tests/e2e/test_update_invariance.py`` as ``python tests/helpers/update_probe.py OUT ...``
 (one rank) or under the ``deepspeed`` launcher (two CPU ranks). For each preset and micro-batch
-size it builds a real :class:`strace_ds.trainer.Trainer` (ZeRO-3), runs step 1 and saves, at
+size it builds a real :class:`strace_ds.train.loop.Trainer` (ZeRO-3), runs step 1 and saves, at
 each optimizer boundary (after ``engine.backward`` of the last micro-batch, before
 ``engine.step``), the full gradient that DeepSpeed reduced over ranks, gathered with
 ``deepspeed.utils.safe_get_full_grad``.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from evaluation_cli import load_cli
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _option_groups(path: Path) -> list[tuple[int, list[str]]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "strace_ds"
+PACKAGE = Path(__file__).resolve().parents[2] / "strace_ds"
 
 LOWER = ("data", "losses", "rewards", "model", "storage")
 HIGHER = (

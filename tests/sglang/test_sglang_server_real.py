@@ -21,7 +21,7 @@ from helpers.evaluation_cli import check_report, localize, readme_commands, run_
 
 from strace_ds.rollout.base import SamplingParams
 from strace_ds.rollout.sglang import SGLangRolloutEngine, SGLangServerError, StaleWeightsError
-from strace_ds.rollout.sglang_server import SGLangServer
+from strace_ds.rollout.sglang.server import SGLangServer
 
 REPO = Path(__file__).resolve().parents[2]
 SGLANG_PYTHON = Path(
@@ -71,7 +71,7 @@ def hf_model(policy_dir: Path) -> Any:
 def prompts(policy_dir: Path) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from strace_ds.tiny import chat_prompt
+    from strace_ds.assets.recipes.arithmetic import chat_prompt
 
     tok = AutoTokenizer.from_pretrained(policy_dir)
     questions = ["What is 3 + 4?", "Compute 12 - 5.", "What is 7 * 8?", "What is 2 + 2?"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from strace_ds.config import TrainConfig
 from strace_ds.config.reference import reference_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 
 
