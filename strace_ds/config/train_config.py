@@ -95,6 +95,13 @@ class TrainConfig:
         """The rollouts' sampling parameters for one generate call."""
         return self.rollouts.sampling_params(seed)
 
+    def eval_sampling_params(self, seed: int | None = None) -> SamplingParams:
+        """Sampling of the held-out evaluation: the rollouts' answer cap at
+        ``eval_temperature``, no nucleus cut."""
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=self.eval_temperature, seed=seed
+        )
+
     def to_dict(self, nested: bool = False) -> dict[str, Any]:
         """Flat ``{field: value}`` (default), or ``{section: {field: value}}`` with ``nested``.
 

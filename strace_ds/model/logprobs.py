@@ -12,8 +12,9 @@ import warnings
 import torch
 
 from strace_ds.model.batch import RolloutBatch
-from strace_ds.model.fused_head import fused_answer_logprobs, fused_unsupported_reason, unwrap_model
+from strace_ds.model.fused_head import fused_answer_logprobs, fused_unsupported_reason
 from strace_ds.model.logprob_kernels import token_logprobs_and_entropy
+from strace_ds.model.vocab import vocab_size
 
 
 def answer_logprobs(
@@ -38,7 +39,7 @@ def answer_logprobs(
     device = next(model.parameters()).device
     R = batch.response_ids.shape[1]
     if chunk_size <= 0:  # auto: about 2**25 logits per chunk (220 tokens at V = 152k)
-        chunk_size = max(16, (1 << 25) // _vocab_size(model))
+        chunk_size = max(16, (1 << 25) // vocab_size(model))
     inputs = {
         "input_ids": batch.input_ids.to(device),
         "attention_mask": batch.attention_mask.to(device),
@@ -63,12 +64,3 @@ def answer_logprobs(
             with_entropy=with_entropy,
         )
     return logp, (entropy.detach() if entropy is not None else None)
-
-
-def _vocab_size(model: torch.nn.Module) -> int:
-    """``V`` of a (wrapped) causal LM: its output head's rows, else ``config.vocab_size``."""
-    hf = unwrap_model(model)
-    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear):
-        return head.out_features
-    return int(hf.config.vocab_size)

@@ -21,13 +21,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, collate_rollouts
-from strace_ds.rollout import Generation, SamplingParams
+from strace_ds.rollout import Generation
+from strace_ds.train.layout import BatchLayout
+
+if TYPE_CHECKING:
+    from strace_ds.config import ObjectiveConfig, RolloutConfig
 
 __all__ = [
     "AsyncExperience",
@@ -77,24 +81,10 @@ def check_staleness(got: int | None, step: int, max_staleness: int) -> int:
 def prompt_positions(
     step: int, prompts_per_step: int, mini_batches: int, rank: int, world: int
 ) -> list[int]:
-    """Positions in the epoch-by-epoch prompt stream of this rank's prompts at ``step``.
-
-    The step's prompts are split into ``mini_batches`` consecutive chunks, one per policy
-    update, and each rank takes its slice of every chunk: global mini-batch j holds the
-    same prompts whatever the number of ranks, so 1 and N ranks make the same updates.
-    (When ``prompts_per_step`` is not a multiple of ``mini_batches x ranks`` each rank takes
-    one contiguous slice and mini-batches depend on the rank count.)
-    """
-    first = (step - 1) * prompts_per_step
-    if prompts_per_step % (mini_batches * world) == 0:
-        chunk = prompts_per_step // mini_batches
-        share = chunk // world
-        return [
-            first + j * chunk + rank * share + i for j in range(mini_batches) for i in range(share)
-        ]
-    per_rank = prompts_per_step // world
-    start = first + rank * per_rank
-    return list(range(start, start + per_rank))
+    """Positions in the epoch-by-epoch prompt stream of this rank's prompts at ``step``
+    (:meth:`strace_ds.train.layout.BatchLayout.prompt_positions`)."""
+    layout = BatchLayout(prompts_per_step, 1, mini_batches, 1, world)
+    return layout.prompt_positions(step, rank)
 
 
 @dataclass
@@ -144,28 +134,31 @@ class ExperienceProducer:
 
     def __init__(
         self,
-        cfg: Any,
+        rollouts: RolloutConfig,
+        objective: ObjectiveConfig,
+        layout: BatchLayout,
+        seed: int,
         rollout: Any,
         reward_pool: Any,
         tokenizer: Any,
         data: Any,
         prompt_ids: list[list[int]],
         rank: int = 0,
-        world: int = 1,
     ) -> None:
-        self.cfg, self.rollout, self.reward_pool = cfg, rollout, reward_pool
+        """``rollouts``: how answers are sampled; ``objective``: rewards shaping and
+        advantages; ``layout``: which prompts this rank draws; ``seed``: the run's."""
+        self.rollouts, self.objective, self.layout, self.seed = rollouts, objective, layout, seed
+        self.rollout, self.reward_pool = rollout, reward_pool
         self.tokenizer, self.data, self.prompt_ids = tokenizer, data, prompt_ids
-        self.rank, self.world = rank, world
+        self.rank, self.world = rank, layout.world
         self._orders: dict[int, torch.Tensor] = {}
 
     def prompts_for_step(self, step: int) -> list[int]:
         """Indices of this rank's prompts at ``step``: a seeded permutation, epoch by epoch
         (:func:`prompt_positions` says which positions)."""
-        cfg, n = self.cfg, len(self.prompt_ids)
+        n = len(self.prompt_ids)
         out = []
-        for pos in prompt_positions(
-            step, cfg.prompts_per_step, cfg.mini_batches, self.rank, self.world
-        ):
+        for pos in self.layout.prompt_positions(step, self.rank):
             epoch, offset = divmod(pos, n)
             out.append(int(self._order(epoch)[offset]))
         return out
@@ -173,7 +166,7 @@ class ExperienceProducer:
     def _order(self, epoch: int) -> torch.Tensor:
         if epoch not in self._orders:
             n = len(self.prompt_ids)
-            gen = torch.Generator().manual_seed(self.cfg.seed + epoch)
+            gen = torch.Generator().manual_seed(self.seed + epoch)
             self._orders = {epoch: torch.randperm(n, generator=gen)}  # one epoch at a time
         return self._orders[epoch]
 
@@ -183,7 +176,7 @@ class ExperienceProducer:
         number of groups have unequal rewards; the batch keeps the informative groups in the
         order drawn, topped up with silent ones (masked out of the loss) when the cap is hit.
         """
-        cfg = self.cfg
+        cfg = self.objective
         indices = self.prompts_for_step(step)
         draws = [self._draw(step, indices, 0)]
         if cfg.filter_zero_variance and cfg.max_sampling_draws > 1:
@@ -198,27 +191,22 @@ class ExperienceProducer:
         informative = [(d, g) for d in draws for g in range(len(d.indices)) if d.informative[g]]
         silent = [(d, g) for d in draws for g in range(len(d.indices)) if not d.informative[g]]
         chosen = (informative + silent)[: len(indices)]
-        return self._assemble(step, _merge(chosen, draws, cfg.group_size), len(draws))
+        return self._assemble(step, _merge(chosen, draws, self.layout.group_size), len(draws))
 
     def _extra_prompts(self, step: int, draw: int, n: int) -> list[int]:
         """``n`` more prompts for re-sampling draw ``draw`` of ``step`` (seeded per rank)."""
-        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.rank,
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank,
                                                       f"resample{draw}"))
         return torch.randperm(len(self.prompt_ids), generator=gen)[:n].tolist()
 
     def _draw(self, step: int, indices: list[int], draw: int) -> _Draw:
         """Sample and grade ``indices``' groups (draw 0: the step's own prompts and seed)."""
-        cfg = self.cfg
+        cfg, group_size = self.objective, self.layout.group_size
         t0 = time.perf_counter()
         prompts = [self.prompt_ids[i] for i in indices]
         purpose = "rollout" if draw == 0 else f"rollout-draw{draw}"
-        sampling = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=step_seed(cfg.seed, step, self.rank, purpose),
-        )
-        generation = self.rollout.generate(prompts, n=cfg.group_size, sampling=sampling)
+        sampling = self.rollouts.sampling_params(step_seed(self.seed, step, self.rank, purpose))
+        generation = self.rollout.generate(prompts, n=group_size, sampling=sampling)
         rollout_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -239,9 +227,10 @@ class ExperienceProducer:
         from strace_ds.rewards import apply_overlong
 
         rewards, keep = apply_overlong(
-            rewards, lengths, truncated, cfg.max_new_tokens, cfg.overlong, cfg.overlong_buffer
+            rewards, lengths, truncated, self.rollouts.max_new_tokens, cfg.overlong,
+            cfg.overlong_buffer,
         )
-        silent = group_advantages(rewards, cfg.group_size, method=cfg.advantage)
+        silent = group_advantages(rewards, group_size, method=cfg.advantage)
         return _Draw(
             indices=indices, prompts=prompts, generation=generation, texts=texts, golds=golds,
             rewards=rewards, correct=correct, keep=keep.bool(), lengths=lengths,
@@ -252,11 +241,11 @@ class ExperienceProducer:
         )  # fmt: skip
 
     def _assemble(self, step: int, d: _Draw, draws: int) -> Experience:
-        cfg = self.cfg
-        adv = group_advantages(d.rewards, cfg.group_size, method=cfg.advantage)
+        cfg, group_size = self.objective, self.layout.group_size
+        adv = group_advantages(d.rewards, group_size, method=cfg.advantage)
         loss_rows = d.keep.clone()
         if cfg.filter_zero_variance:
-            loss_rows &= ~adv.zero_variance_mask.repeat_interleave(cfg.group_size)
+            loss_rows &= ~adv.zero_variance_mask.repeat_interleave(group_size)
         batch = collate_rollouts(d.prompts, d.generation, self.tokenizer.pad_token_id)
         return Experience(
             step=step,

@@ -36,7 +36,6 @@ from strace_ds import distributed as dist_utils
 from strace_ds.config import TrainConfig
 from strace_ds.distributed import init_distributed
 from strace_ds.losses import METRIC_NAMES
-from strace_ds.rollout import SamplingParams
 from strace_ds.storage import checkpoint as ckpt
 from strace_ds.storage.publish import publish_dir
 from strace_ds.train import setup as builders
@@ -74,38 +73,48 @@ class Trainer:
         self.trace_cfg = config.trace_config()
         _seed_everything(config.seed)
         self._log(f"strace_ds: {self.world} rank(s), loss={config.loss} {self.trace_cfg}")
-        self.model_path = builders.resolve_model(config, self._log)
+        self.layout = config.layout(self.world)
+        self.model_path = builders.resolve_model(config.data, self._log)
         self.tokenizer = builders.load_tokenizer(self.model_path)
-        self.instruction = builders.run_instruction(config)
-        self.train_data = builders.load_train_data(config, self.rank, self.world, self._log)
+        self.instruction = builders.run_instruction(config.data)
+        self.train_data = builders.load_train_data(
+            config.data, config.seed, config.max_bad_gold_frac, self.rank, self.world, self._log
+        )
         self.prompt_ids = [self._encode(ex.prompt) for ex in self.train_data.examples]
         # Before the model: a reward function that cannot be imported fails the start at once.
-        self.reward_pool = builders.build_reward_pool(config)
+        self.reward_pool = builders.build_reward_pool(config.rewards)
         # Before HfDeepSpeedConfig exists: the in-process engine loads a plain copy.
-        self.rollout = builders.build_rollout(config, self.model_path, self.tokenizer, self.is_main)
-        policy = builders.build_policy_engine(config, self.model_path, self.world, self._log)
+        self.rollout = builders.build_rollout(
+            config.rollouts, config.run_dir, self.model_path, self.tokenizer, self.is_main
+        )
+        policy = builders.build_policy_engine(
+            config.optim, config.ds_config, self.layout, self.model_path, self._log
+        )
         self.engine, self.zero3, self.on_cpu = policy.engine, policy.zero3, policy.on_cpu
         self.ds_config, self._hf_ds_config = policy.ds_config, policy.hf_ds_config
         self.producer = ExperienceProducer(
-            config, self.rollout, self.reward_pool, self.tokenizer, self.train_data,
-            self.prompt_ids, self.rank, self.world,
+            config.rollouts, config.objective, self.layout, config.seed, self.rollout,
+            self.reward_pool, self.tokenizer, self.train_data, self.prompt_ids, self.rank,
         )  # fmt: skip
         reference = None
         if config.kl_coef > 0:  # beta = 0 loads no reference and changes nothing
-            reference = builders.build_reference_engine(config, self.model_path, policy, self._log)
+            reference = builders.build_reference_engine(
+                config.objective, self.model_path, policy, self._log
+            )
         self.updater = PolicyUpdater(
-            self.engine, config, self.trace_cfg, self.rank, self.world, reference=reference
-        )
+            self.engine, config.objective, config.optim, config.rollouts, self.layout,
+            config.seed, self.rank, reference=reference,
+        )  # fmt: skip
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
         self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
         self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
         self.ckpt_dir = config.run_dir / "checkpoints"
         self.state = ckpt.TrainerState()
-        self.eval_data = builders.load_eval_data(config)
+        self.eval_data = builders.load_eval_data(config.eval, config.dataset, config.seed)
         # Held-out accuracy is the verifier's alone, whatever --reward trains on.
         self.eval_pool = self.reward_pool
         if self.eval_data is not None and config.reward != "math_verify":
-            self.eval_pool = builders.build_reward_pool(config, rewards="math_verify")
+            self.eval_pool = builders.build_reward_pool(config.rewards, spec="math_verify")
         self._inflight: list[Experience] = []
 
     def _log(self, msg: str) -> None:
@@ -263,8 +272,8 @@ class Trainer:
             per_rank, updates=cfg.mini_batches * cfg.epochs, timings=timings, epochs=cfg.epochs
         )
         if self.is_main:
-            log_step(self.monitor, cfg, self.trace_cfg, self.tokenizer, step, metrics, sb,
-                     last_micro)
+            log_step(self.monitor, cfg.run, cfg.objective, cfg.max_new_tokens, self.tokenizer, step,
+                     metrics, sb, last_micro)  # fmt: skip
         return metrics
 
     # ------------------------------------------------------------------ weights, eval, io
@@ -287,11 +296,7 @@ class Trainer:
 
         scalars: dict[str, float] = {}
         if self.is_main:
-            sampling = SamplingParams(
-                max_new_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.eval_temperature,
-                seed=step_seed(self.cfg.seed, step, 0, "eval"),
-            )
+            sampling = self.cfg.eval_sampling_params(step_seed(self.cfg.seed, step, 0, "eval"))
             result = evaluate_benchmark(
                 self.rollout,
                 self.tokenizer,

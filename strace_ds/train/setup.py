@@ -1,4 +1,4 @@
-"""Everything a training run is built from, each from its part of the :class:`TrainConfig`.
+"""Everything a training run is built from, each from its own section of the :class:`TrainConfig`.
 
 The policy and its DeepSpeed engine, the tokenizer, the training and held-out data (with the
 start-up check of the golds), the rollout engine (through the rollout registry) and the
@@ -10,13 +10,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from strace_ds import deepspeed_config
 from strace_ds import distributed as dist_utils
 from strace_ds.data.types import PromptDataset
+
+if TYPE_CHECKING:
+    from strace_ds.config import (
+        DataConfig,
+        EvalConfig,
+        ObjectiveConfig,
+        OptimConfig,
+        RewardConfig,
+        RolloutConfig,
+    )
+    from strace_ds.train.layout import BatchLayout
 
 Log = Callable[[str], None]
 
@@ -40,15 +52,15 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def resolve_model(cfg: Any, log: Log = _quiet) -> str:
+def resolve_model(data: DataConfig, log: Log = _quiet) -> str:
     """``--model``, or the tiny policy shipped with the package for a generated ``--dataset``
     (the arithmetic one otherwise): the same weights on every machine."""
-    if cfg.model:
-        return cfg.model
+    if data.model:
+        return data.model
     from strace_ds.data.tasks import GENERATED_TASKS, generated_task
 
-    task = generated_task(cfg.dataset)
-    path = task.policy_dir(cfg.dataset) if task else GENERATED_TASKS["synthetic"].policy_dir("")
+    task = generated_task(data.dataset)
+    path = task.policy_dir(data.dataset) if task else GENERATED_TASKS["synthetic"].policy_dir("")
     log(f"policy: embedded tiny Qwen3 at {path}")
     return str(path)
 
@@ -62,36 +74,41 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
-def run_instruction(cfg: Any) -> str | None:
+def run_instruction(data: DataConfig) -> str | None:
     """The text appended to each question: ``--instruction``, nothing for a generated task
     (its prompts end with theirs), else ``build_prompt_ids``' default (``None``)."""
     from strace_ds.data.tasks import generated_task
 
-    if cfg.instruction is not None:
-        return cfg.instruction
-    if generated_task(cfg.dataset) is not None:
+    if data.instruction is not None:
+        return data.instruction
+    if generated_task(data.dataset) is not None:
         return ""
     return None
 
 
-def load_train_data(cfg: Any, rank: int = 0, world: int = 1, log: Log = _quiet) -> PromptDataset:
+def load_train_data(
+    data: DataConfig, seed: int, max_bad_gold_frac: float, rank: int = 0, world: int = 1,
+    log: Log = _quiet,
+) -> PromptDataset:  # fmt: skip
+    """The training prompts of ``data`` (a generated task drawn with ``seed``), their golds
+    checked (:func:`check_golds`, ``max_bad_gold_frac`` of the rewards section)."""
     from strace_ds.data.tasks import generated_dataset, generated_task
 
-    if generated_task(cfg.dataset) is not None:
-        data = generated_dataset(cfg.dataset, "train", cfg.dataset_size, cfg.seed)
+    if generated_task(data.dataset) is not None:
+        prompts = generated_dataset(data.dataset, "train", data.dataset_size, seed)
     else:
         from strace_ds.data.loading import load_prompt_dataset
 
-        data = load_prompt_dataset(
-            cfg.dataset,
-            split=cfg.dataset_split,
-            prompt_column=cfg.prompt_column,
-            answer_column=cfg.answer_column,
-            subset=cfg.dataset_subset,
+        prompts = load_prompt_dataset(
+            data.dataset,
+            split=data.dataset_split,
+            prompt_column=data.prompt_column,
+            answer_column=data.answer_column,
+            subset=data.dataset_subset,
         )
-    log(f"data: {len(data)} prompts from {data.source} ({data.skipped} rows skipped)")
-    check_golds(data, cfg.max_bad_gold_frac, rank, world, log)
-    return data
+    log(f"data: {len(prompts)} prompts from {prompts.source} ({prompts.skipped} rows skipped)")
+    check_golds(prompts, max_bad_gold_frac, rank, world, log)
+    return prompts
 
 
 def check_golds(
@@ -128,20 +145,22 @@ def check_golds(
     log(f"data: {summary}; their answers will grade as errors (reward 0)")
 
 
-def load_eval_data(cfg: Any) -> PromptDataset | None:
-    if cfg.eval_every < 0:
+def load_eval_data(evaluation: EvalConfig, dataset: str, seed: int) -> PromptDataset | None:
+    """The held-out problems: ``eval_dataset``, else the held-out split of a generated
+    training ``dataset`` (drawn with ``seed``); None without one or with ``eval_every < 0``."""
+    if evaluation.eval_every < 0:
         return None
     from strace_ds.data.tasks import generated_dataset, generated_task
 
-    name = cfg.eval_dataset or (cfg.dataset if generated_task(cfg.dataset) else None)
+    name = evaluation.eval_dataset or (dataset if generated_task(dataset) else None)
     if name is None:
         return None
     if generated_task(name) is not None:
-        return generated_dataset(name, "test", cfg.eval_size, cfg.seed)
+        return generated_dataset(name, "test", evaluation.eval_size, seed)
     from strace_ds.evaluation import load_benchmark
 
     data = load_benchmark(name)
-    data.examples = data.examples[: cfg.eval_size]
+    data.examples = data.examples[: evaluation.eval_size]
     return data
 
 
@@ -152,20 +171,24 @@ def local_device() -> str:
     return "cpu" if name == "cpu" else f"{name}:{dist_utils.local_rank_from_env()}"
 
 
-def build_rollout(cfg: Any, model_path: str, tokenizer: Any, is_main: bool) -> Any:
-    """The run's rollout engine, by ``--rollout`` name (:data:`strace_ds.rollout.RUN_BUILDERS`)."""
+def build_rollout(
+    rollouts: RolloutConfig, run_dir: Path, model_path: str, tokenizer: Any, is_main: bool
+) -> Any:
+    """The run's rollout engine, by ``--rollout`` name (:data:`strace_ds.rollout.RUN_BUILDERS`);
+    an engine that keeps files (SGLang's weight versions) keeps them under ``run_dir``."""
     from strace_ds.rollout import build_run_rollout
 
-    return build_run_rollout(cfg, model_path, tokenizer, is_main, device=local_device())
+    return build_run_rollout(rollouts, run_dir, model_path, tokenizer, is_main,
+                             device=local_device())  # fmt: skip
 
 
-def build_reward_pool(cfg: Any, rewards: str | None = None) -> Any:
-    """The grading worker pool for ``--reward`` (or ``rewards``); user functions are imported
+def build_reward_pool(rewards: RewardConfig, spec: str | None = None) -> Any:
+    """The grading worker pool for ``--reward`` (or ``spec``); user functions are imported
     now, so a missing one is a start-up error naming it."""
     from strace_ds.rewards import RewardPool
 
-    return RewardPool(num_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s,
-                      rewards=rewards or cfg.reward)
+    return RewardPool(num_workers=rewards.reward_workers, timeout_s=rewards.reward_timeout_s,
+                      rewards=spec or rewards.reward)
 
 
 @dataclass
@@ -198,24 +221,28 @@ def _load_model(model_path: str, dtype: torch.dtype) -> tuple[Any, str | None]:
     return model, line
 
 
-def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet) -> PolicyEngine:
+def build_policy_engine(
+    optim: OptimConfig, ds_config_path: str, layout: BatchLayout, model_path: str,
+    log: Log = _quiet,
+) -> PolicyEngine:  # fmt: skip
     """Load the policy (partitioned under ZeRO-3, dropout off) into a DeepSpeed engine with
-    the run's optimizer and learning-rate schedule."""
+    the run's optimizer and learning-rate schedule; ``layout`` sizes its micro-batches and
+    gradient accumulation (``layout.world`` ranks)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     from strace_ds.train import lr_schedule
 
     on_cpu = get_accelerator().device_name() == "cpu"
-    micro, accum = cfg.micro_batches_per_update(world)
+    micro, accum, world = layout.micro, layout.accumulation, layout.world
     ds_config, notes = deepspeed_config.resolve_ds_config(
-        deepspeed_config.load_ds_config(cfg.ds_config),
+        deepspeed_config.load_ds_config(ds_config_path),
         micro_batch=micro,
         grad_accum=accum,
         world_size=world,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        grad_clip=optim.grad_clip,
         on_cpu=on_cpu,
     )
     for note in notes:
@@ -240,10 +267,10 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
         log(line)
     # The lr schedule is ours (strace_ds.train.lr_schedule), one step per optimizer update.
     schedule = {
-        "warmup_steps": cfg.warmup_steps,
-        "total_updates": cfg.steps * cfg.mini_batches * cfg.epochs,
-        "schedule": cfg.lr_schedule,
-        "min_lr_ratio": cfg.min_lr_ratio,
+        "warmup_steps": optim.warmup_steps,
+        "total_updates": optim.steps * optim.mini_batches * optim.epochs,
+        "schedule": optim.lr_schedule,
+        "min_lr_ratio": optim.min_lr_ratio,
     }
     engine, *_ = deepspeed.initialize(
         model=model,
@@ -251,7 +278,7 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
         config=ds_config,
         lr_scheduler=lr_schedule.scheduler_factory(**schedule),
     )
-    log(lr_schedule.describe(cfg.lr, **schedule))
+    log(lr_schedule.describe(optim.lr, **schedule))
     log(
         f"deepspeed: ZeRO stage {deepspeed_config.zero_stage(ds_config)}, {dtype}, "
         f"micro-batch {micro} x {accum} accumulation x {world} rank(s)"
@@ -260,7 +287,7 @@ def build_policy_engine(cfg: Any, model_path: str, world: int, log: Log = _quiet
 
 
 def build_reference_engine(
-    cfg: Any, model_path: str, policy: PolicyEngine, log: Log = _quiet
+    objective: ObjectiveConfig, model_path: str, policy: PolicyEngine, log: Log = _quiet
 ) -> Any:
     """The frozen reference policy (``--kl_coef > 0``): the starting model in a DeepSpeed
     engine without optimizer, partitioned like the policy under ZeRO-3 (offloaded when the
@@ -281,5 +308,5 @@ def build_reference_engine(
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()
     log(f"reference policy: {model_path}, frozen (ZeRO stage {zero.get('stage', 0)}), "
-        f"KL {cfg.kl_estimator} x {cfg.kl_coef} in the {cfg.kl_in}")
+        f"KL {objective.kl_estimator} x {objective.kl_coef} in the {objective.kl_in}")
     return engine

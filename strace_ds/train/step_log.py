@@ -3,28 +3,34 @@ and the per-token credit picture (rank 0 only)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from strace_ds.losses import token_credit
 from strace_ds.train.monitor import Monitor, credit_figure
 
+if TYPE_CHECKING:
+    from strace_ds.config import ObjectiveConfig, RunConfig
+
 __all__ = ["log_step"]
 
 
 def log_step(
     monitor: Monitor,
-    cfg: Any,
-    trace_cfg: Any,
+    run: RunConfig,
+    objective: ObjectiveConfig,
+    max_new_tokens: int,
     tokenizer: Any,
     step: int,
     metrics: dict[str, float],
     sb: Any,
     last: dict[str, Any],
 ) -> None:
-    """Scalars, histograms, every ``sample_every`` steps four answers, every ``image_every``
-    steps one answer's credit. ``last`` is the updater's last micro-batch."""
+    """Scalars, histograms, every ``run.sample_every`` steps four answers, every
+    ``run.image_every`` steps one answer's credit under ``objective``'s loss (``max_new_tokens``
+    is its normaliser's answer cap). ``last`` is the updater's last micro-batch."""
+    cfg = run
     monitor.scalars(metrics, step)
     monitor.histogram("hist/advantages", sb.advantages, step)
     if last:
@@ -37,12 +43,12 @@ def log_step(
         ]
         monitor.text("samples", "\n\n".join(lines), step)
     if cfg.image_every and step % cfg.image_every == 0 and last:
-        _log_credit(monitor, cfg, trace_cfg, tokenizer, step, sb, last)
+        _log_credit(monitor, objective, max_new_tokens, tokenizer, step, sb, last)
 
 
 def _log_credit(
-    monitor: Monitor, cfg: Any, trace_cfg: Any, tokenizer: Any, step: int, sb: Any,
-    last: dict[str, Any],
+    monitor: Monitor, objective: ObjectiveConfig, max_new_tokens: int, tokenizer: Any, step: int,
+    sb: Any, last: dict[str, Any],
 ) -> None:  # fmt: skip
     """Picture of one answer's per-token credit under the step's selection (the one the
     update used), computed on its micro-batch."""
@@ -56,8 +62,8 @@ def _log_credit(
         adv.double(),
         last["mask"],
         entropy=last["entropy"].double(),
-        config=trace_cfg,
-        max_len=cfg.max_new_tokens,
+        config=objective.trace_config(),
+        max_len=max_new_tokens,
         selected=None if sb.selected is None else sb.selected[rows][:, :width],
     )
     i = int(candidates[0]) if len(candidates) else 0  # else all-zero credit, still shown
@@ -65,7 +71,7 @@ def _log_credit(
     ids = sb.batch.response_ids[rows][i, :n].tolist()
     tokens = tokenizer.convert_ids_to_tokens(ids)
     title = (
-        f"step {step}: credit per token ({cfg.loss}), A = {float(adv[i]):+.2f}, "
+        f"step {step}: credit per token ({objective.loss}), A = {float(adv[i]):+.2f}, "
         f"reward {float(sb.rewards[rows][i]):.2f}"
     )
     monitor.figure("credit/tokens", credit_figure(tokens, credit[i, :n].tolist(), title), step)

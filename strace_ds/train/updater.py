@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,7 +34,11 @@ from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
 from strace_ds.model.logprobs import answer_logprobs
 from strace_ds.train.experience import step_seed
+from strace_ds.train.layout import BatchLayout
 from strace_ds.train.micro_batches import token_budget_micro_batches
+
+if TYPE_CHECKING:
+    from strace_ds.config import ObjectiveConfig, OptimConfig, RolloutConfig
 
 __all__ = ["PolicyUpdater", "StepBatch", "epoch_mini_batches"]
 
@@ -113,16 +117,22 @@ class PolicyUpdater:
     """Scores and updates the DeepSpeed-wrapped policy with the run's trace loss."""
 
     def __init__(
-        self, engine: Any, cfg: Any, trace_cfg: Any, rank: int, world: int,
+        self, engine: Any, objective: ObjectiveConfig, optim: OptimConfig,
+        rollouts: RolloutConfig, layout: BatchLayout, seed: int, rank: int = 0,
         reference: Any = None,
     ) -> None:  # fmt: skip
-        self.engine, self.cfg, self.trace_cfg = engine, cfg, trace_cfg
-        self.rank, self.world = rank, world
+        """``rollouts`` gives the sampling temperature (the log-probs are the tempered
+        policy's) and the answer cap (the loss normaliser's ``max_len``); ``layout`` the step's
+        geometry; ``seed`` the run's (the later epochs' shuffles)."""
+        self.engine, self.objective, self.optim = engine, objective, optim
+        self.rollouts, self.layout, self.seed = rollouts, layout, seed
+        self.trace_cfg = objective.trace_config()
+        self.rank, self.world = rank, layout.world
         self.reference = reference  # frozen engine for the KL penalty, or None
 
     @property
     def micro_batch_size(self) -> int:
-        return self.cfg.micro_batches_per_update(self.world)[0]
+        return self.layout.micro
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -150,8 +160,8 @@ class PolicyUpdater:
             part = batch.rows(index).trimmed()
             width = part.response_ids.shape[1]
             logp, entropy = answer_logprobs(
-                model, part, self.cfg.temperature, self.cfg.logprob_chunk_size,
-                with_entropy=with_entropy, fused=self.cfg.fused_logprobs,
+                model, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
+                with_entropy=with_entropy, fused=self.optim.fused_logprobs,
             )  # fmt: skip
             if r is None:
                 continue  # the zero pass every rank makes as often as the busiest one
@@ -170,7 +180,7 @@ class PolicyUpdater:
         behaviour correction is then 1); the scoring forward still runs when the preset
         selects by entropy, for the entropies alone.
         """
-        cfg, tc = self.cfg, self.trace_cfg
+        cfg, tc = self.objective, self.trace_cfg
         behaviour = exp.batch.rollout_logprobs
         if cfg.old_logprobs == "rollout":
             old = behaviour.clone()
@@ -189,7 +199,7 @@ class PolicyUpdater:
                 kl = kl_penalty(old, sb.ref_logprobs, cfg.kl_estimator)
                 penalty, sb.kl_metrics = sequence_kl_penalty(kl, sb.loss_tokens, cfg.kl_coef)
                 sb.advantages = group_advantages(
-                    exp.rewards - penalty, cfg.group_size, method=cfg.advantage
+                    exp.rewards - penalty, self.layout.group_size, method=cfg.advantage
                 ).advantages.float()
         if cfg.behaviour_correction != "none":
             sb.behaviour_weight, sb.behaviour_metrics = behaviour_weights(
@@ -221,19 +231,17 @@ class PolicyUpdater:
     # ------------------------------------------------------------------ updates
     def mini_batches(self, n_rows: int, epoch: int, step: int) -> list[torch.Tensor]:
         """This rank's rows of each mini-batch of ``epoch`` (see :func:`epoch_mini_batches`)."""
-        cfg = self.cfg
-        aligned = cfg.prompts_per_step % (cfg.mini_batches * self.world) == 0
-        share = cfg.prompts_per_step // cfg.mini_batches // self.world
+        layout = self.layout
         return epoch_mini_batches(
-            n_rows, cfg.mini_batches, cfg.group_size, epoch, seed=cfg.seed, step=step,
-            offset=self.rank * share if aligned else None,
+            n_rows, layout.mini_batches, layout.group_size, epoch, seed=self.seed, step=step,
+            offset=layout.chunk_offset(self.rank),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ micro-batches
     def token_budget(self, batch: RolloutBatch) -> int | None:
         """Token slots per micro-batch (``--max_tokens_per_micro_batch``), None for fixed
         ``micro_batch_size`` rows; auto = ``micro_batch_size`` x the step's padded row width."""
-        budget = self.cfg.max_tokens_per_micro_batch
+        budget = self.optim.max_tokens_per_micro_batch
         if budget == 0:
             return None
         return budget or self.micro_batch_size * batch.input_ids.shape[1]
@@ -264,12 +272,11 @@ class PolicyUpdater:
     # ------------------------------------------------------------------ updates
     def update(self, sb: StepBatch, step: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
         """``epochs`` passes over the step's rows, one optimizer update per mini-batch."""
-        cfg = self.cfg
         collected: dict[str, list[float]] = defaultdict(list)
         last: dict[str, Any] = {}
         budget = self.token_budget(sb.batch)
         used = slots = 0
-        for epoch in range(cfg.epochs):
+        for epoch in range(self.optim.epochs):
             for rows in self.mini_batches(len(sb.batch), epoch, step):
                 normalizer = self.global_normalizer(sb, rows)
                 lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
@@ -318,13 +325,13 @@ class PolicyUpdater:
         """Forward and loss of one micro-batch, its padding trimmed; ``r=None``: the first row
         of the mini-batch with its loss multiplied by 0 (every parameter still gets its zero
         gradient, as ZeRO-3's collectives need)."""
-        cfg, device = self.cfg, self.engine.device
+        cfg, device = self.objective, self.engine.device
         index = rows[:1] if r is None else r
         part = sb.batch.rows(index).trimmed()
         R = part.response_ids.shape[1]
         logp, entropy = answer_logprobs(
-            self.engine, part, cfg.temperature, cfg.logprob_chunk_size, with_entropy=True,
-            fused=cfg.fused_logprobs,
+            self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
+            with_entropy=True, fused=self.optim.fused_logprobs,
         )  # fmt: skip
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -339,7 +346,7 @@ class PolicyUpdater:
             mask,
             entropy=entropy,
             config=self.trace_cfg,
-            max_len=cfg.max_new_tokens,
+            max_len=self.rollouts.max_new_tokens,
             normalizer=normalizer,
             selected=take(sb.selected),
             behaviour_weight=take(sb.behaviour_weight),
@@ -363,6 +370,8 @@ class PolicyUpdater:
         mask = sb.loss_tokens[rows]
         if tc.loss_on_selected_only and sb.selected is not None:
             mask = mask & sb.selected[rows]
-        local = loss_denominator(mask, tc.loss_agg, self.cfg.max_new_tokens, sb.loss_rows[rows])
+        local = loss_denominator(
+            mask, tc.loss_agg, self.rollouts.max_new_tokens, sb.loss_rows[rows]
+        )
         (total,) = dist_utils.all_reduce_sum([float(local)])
         return max(total, 1.0) / self.world

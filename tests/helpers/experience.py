@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from strace_ds.train.experience import Experience
 from strace_ds.model.batch import RolloutBatch
+from strace_ds.train.experience import Experience
 
 
 def _experience(step: int, version: int) -> Experience:

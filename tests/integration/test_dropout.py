@@ -73,7 +73,9 @@ def test_the_trainer_engine_has_dropout_off(dropout_policy):
         ds_config=str(REPO / "ds_configs" / "zero3.json"),
     )
     logged: list[str] = []
-    engine = build_policy_engine(cfg, str(dropout_policy), world=1, log=logged.append).engine
+    engine = build_policy_engine(
+        cfg.optim, cfg.ds_config, cfg.layout(1), str(dropout_policy), log=logged.append
+    ).engine
     assert engine.module.config.attention_dropout == 0.0
     assert [line for line in logged if line.startswith("dropout: disabled")]
     assert torch.equal(_logprobs(engine, True), _logprobs(engine, False))

@@ -118,7 +118,8 @@ def _engine(tiny_policy, **overrides):
     init_distributed()
     cfg = TrainConfig(**{**SMALL, **overrides})
     stub = types.SimpleNamespace(cfg=cfg, logged=[])
-    policy = build_policy_engine(cfg, str(tiny_policy), world=1, log=stub.logged.append)
+    policy = build_policy_engine(cfg.optim, cfg.ds_config, cfg.layout(1), str(tiny_policy),
+                                 log=stub.logged.append)
     return policy.engine, stub
 
 

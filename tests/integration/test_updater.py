@@ -50,8 +50,8 @@ def _updater(tiny_policy: Path, **overrides) -> PolicyUpdater:
     cfg = TrainConfig(**{"prompts_per_step": 4, "group_size": 4, "mini_batches": 2,
                          "micro_batch_size": 8, "lr": 1e-3, "loss": "s_trace",
                          "ds_config": str(REPO / "ds_configs" / "zero3.json"), **overrides})
-    engine = build_policy_engine(cfg, str(tiny_policy), world=1).engine
-    return PolicyUpdater(engine, cfg, cfg.trace_config(), rank=0, world=1)
+    engine = build_policy_engine(cfg.optim, cfg.ds_config, cfg.layout(1), str(tiny_policy)).engine
+    return PolicyUpdater(engine, cfg.objective, cfg.optim, cfg.rollouts, cfg.layout(1), cfg.seed)
 
 
 def _full_params(updater: PolicyUpdater) -> torch.Tensor:

@@ -78,6 +78,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from strace_ds.model.vocab import vocab_size as model_vocab_size
 from strace_ds.rollout.base import (
     Generation,
     SamplingParams,
@@ -92,7 +93,6 @@ from strace_ds.rollout.sglang.client import (
 )
 from strace_ds.rollout.sglang.replies import (
     _Answer,
-    _config_vocab_size,
     _expect_dict,
     parse_generate_response,
 )
@@ -222,7 +222,7 @@ class SGLangRolloutEngine:
             base_model_dir = model_path
         self.base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
         if vocab_size is None:
-            vocab_size = _config_vocab_size(self.base_model_dir) or _config_vocab_size(
+            vocab_size = model_vocab_size(self.base_model_dir) or model_vocab_size(
                 self.model_infos[0].get("model_path"))
         if vocab_size is None:
             warnings.warn(

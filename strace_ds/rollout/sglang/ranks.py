@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from strace_ds import distributed as dist_utils
+from strace_ds.model.vocab import vocab_size
 from strace_ds.rollout.base import Generation, SamplingParams
 
 
@@ -50,11 +51,14 @@ class LeaderSync(FollowerSync):
         return getattr(self.engine, "last_sync_s", None)
 
 
-def build_sglang_rollout(cfg: Any, model_path: str, is_main: bool) -> Any:
-    """The SGLang rollout engine for this rank, from ``--sglang-url`` or ``--sglang-launch``."""
+def build_sglang_rollout(
+    rollouts: Any, weights_dir: str | Path, model_path: str, is_main: bool
+) -> Any:
+    """The SGLang rollout engine for this rank, from the rollouts section's ``sglang_url`` or
+    ``sglang_launch``; weight versions are written under ``weights_dir``."""
     from strace_ds.rollout.sglang.engine import SGLangRolloutEngine
 
-    weights_dir = Path(cfg.output_dir) / cfg.name / "sglang_weights"
+    cfg, weights_dir = rollouts, Path(weights_dir)
     # Only rank 0 writes checkpoints, with the base model's config/tokenizer files.
     base_dir = _local_model_dir(model_path) if is_main else model_path
     # Deadlines and retries (--sglang_timeout_s, ...), and the policy's vocabulary size: every
@@ -62,7 +66,7 @@ def build_sglang_rollout(cfg: Any, model_path: str, is_main: bool) -> Any:
     options = {"sync_mode": cfg.sglang_sync, "timeout_s": cfg.sglang_timeout_s,
                "max_retries": cfg.sglang_max_retries,
                "max_concurrency": cfg.sglang_max_concurrency,
-               "vocab_size": _vocab_size(model_path)}
+               "vocab_size": vocab_size(model_path)}
     engine = None
     urls = cfg.sglang_url
     if cfg.sglang_launch:
@@ -90,16 +94,6 @@ def _local_model_dir(model_path: str) -> str:
 
     return snapshot_download(model_path, allow_patterns=[
         "*.json", "*.txt", "*.model", "*.py", "*.jinja", "*.tiktoken"])
-
-
-def _vocab_size(model_path: str) -> int:
-    """The policy's vocabulary size (its model config's, as the trainer loads it): the bound
-    on SGLang's token ids (the embedding has that many rows)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    size = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
-    return int(size)
 
 
 def _server_device() -> str:

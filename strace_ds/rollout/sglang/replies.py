@@ -6,10 +6,8 @@ raises :class:`~strace_ds.rollout.sglang.client.SGLangReplyError` (a ``ValueErro
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from strace_ds.rollout.base import (
@@ -141,24 +139,3 @@ def _expect_dict(body: Any, url: str, path: str, empty_ok: bool = True) -> dict[
             f"{type(body).__name__}: {str(body)[:300]}"
         )
     return body
-
-
-def _config_vocab_size(model: str | Path | None) -> int | None:
-    """``vocab_size`` of a model's ``config.json``: a local directory, or a hub id whose config
-    is in the local Hugging Face cache (never downloads); None when it cannot be read."""
-    if not model:
-        return None
-    try:
-        path = Path(model).expanduser() / "config.json"
-        if not path.is_file():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(str(model), "config.json")
-            if not isinstance(cached, str):
-                return None
-            path = Path(cached)
-        config = json.loads(path.read_text())
-        size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    except Exception:  # noqa: BLE001 - an unreadable config just leaves the bound unknown
-        return None
-    return size if _is_int(size) and size > 0 else None

@@ -20,29 +20,31 @@ def _cfg(**kw) -> TrainConfig:
 
 def test_chain_spec_builds_its_data_policy_and_instruction() -> None:
     cfg = _cfg(dataset="chain:decisive=2,filler=0", dataset_size=30, eval_size=7, seed=3)
-    train = builders.load_train_data(cfg)
+    train = builders.load_train_data(cfg.data, cfg.seed, cfg.max_bad_gold_frac)
     assert train.source == "chain:train" and len(train) == 30
     want = chain_dataset("train", 30, 3, ChainConfig(decisive=2, filler=0))
     assert [e.prompt for e in train.examples] == [e.prompt for e in want.examples]
-    held = builders.load_eval_data(cfg)
+    held = builders.load_eval_data(cfg.eval, cfg.dataset, cfg.seed)
     assert held.source == "chain:test" and len(held) == 7
-    assert builders.resolve_model(cfg) == str(chain_policy_dir())
+    assert builders.resolve_model(cfg.data) == str(chain_policy_dir())
     # a task shape with a shipped build of its own trains that build
     long = _cfg(dataset="chain:decisive=5,filler=2")
-    assert builders.resolve_model(long) == str(LONG_CHAIN_DIR) != str(chain_policy_dir())
-    assert builders.run_instruction(cfg) == ""
+    assert builders.resolve_model(long.data) == str(LONG_CHAIN_DIR) != str(chain_policy_dir())
+    assert builders.run_instruction(cfg.data) == ""
     assert Trainer.eval_name.fget(SimpleNamespace(cfg=cfg)) == "chain"
 
 
 def test_synthetic_and_hub_specs_keep_their_behaviour() -> None:
     cfg = _cfg()
-    assert builders.resolve_model(cfg) == str(default_policy_dir())
-    assert builders.load_train_data(cfg).source == "synthetic:train"
-    assert builders.run_instruction(cfg) == ""
+    assert builders.resolve_model(cfg.data) == str(default_policy_dir())
+    train = builders.load_train_data(cfg.data, cfg.seed, cfg.max_bad_gold_frac)
+    assert train.source == "synthetic:train"
+    assert builders.run_instruction(cfg.data) == ""
     assert Trainer.eval_name.fget(SimpleNamespace(cfg=cfg)) == "synthetic"
-    hub = SimpleNamespace(dataset="org/set", instruction=None, model="some/model",
-                          eval_dataset=None, eval_every=0)  # fmt: skip
-    assert builders.run_instruction(hub) is None and builders.load_eval_data(hub) is None
+    hub = SimpleNamespace(dataset="org/set", instruction=None, model="some/model")
+    assert builders.run_instruction(hub) is None
+    assert builders.load_eval_data(SimpleNamespace(eval_dataset=None, eval_every=0), hub.dataset,
+                                   seed=0) is None  # fmt: skip
     assert builders.resolve_model(hub) == "some/model"
 
 

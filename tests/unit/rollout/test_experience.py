@@ -11,7 +11,6 @@ import pytest
 import torch
 from helpers.experience import _experience
 
-from strace_ds.model.batch import RolloutBatch
 from strace_ds.train.experience import (
     AsyncExperience,
     Experience,
@@ -196,8 +195,7 @@ class _Pool:
 
 
 def _producer(silent, **cfg):
-    import types
-
+    from strace_ds.config import TrainConfig
     from strace_ds.data.types import PromptDataset, PromptExample
     from strace_ds.train.experience import ExperienceProducer
 
@@ -207,9 +205,9 @@ def _producer(silent, **cfg):
     defaults = dict(prompts_per_step=8, mini_batches=2, seed=3, max_new_tokens=4, temperature=1.0,
                     top_p=1.0, group_size=4, overlong="none", overlong_buffer=1, advantage="grpo",
                     filter_zero_variance=True, max_sampling_draws=1)  # fmt: skip
-    cfg = types.SimpleNamespace(**{**defaults, **cfg})
-    return ExperienceProducer(cfg, _Rollout(), _Pool(), _Tokenizer(), data,
-                              [[100 + i] for i in range(n)])
+    run = TrainConfig(**{**defaults, **cfg})
+    return ExperienceProducer(run.rollouts, run.objective, run.layout(1), run.seed, _Rollout(),
+                              _Pool(), _Tokenizer(), data, [[100 + i] for i in range(n)])
 
 
 def test_without_re_sampling_silent_groups_are_masked_out() -> None:

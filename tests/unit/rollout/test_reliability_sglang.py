@@ -171,7 +171,8 @@ def test_trainer_builder_passes_timeout_retries_concurrency_and_vocab(
     cfg = TrainConfig(rollout="sglang", sglang_url=fake.url, output_dir=str(tmp_path),
                       sglang_timeout_s=DEADLINE_S, sglang_max_retries=1,
                       sglang_max_concurrency=3)
-    engine = build_sglang_rollout(cfg, str(tiny_policy), is_main=True)
+    engine = build_sglang_rollout(cfg.rollouts, cfg.run_dir / "sglang_weights", str(tiny_policy),
+                                  is_main=True)
     try:
         assert engine.timeout_s == DEADLINE_S and engine.max_retries == 1
         assert engine.max_concurrency == 3 and engine.vocab_size == VOCAB

@@ -325,7 +325,8 @@ class _DataTrainer:
     def _load_train_data(self):
         from strace_ds.train.setup import load_train_data
 
-        return load_train_data(self.cfg, log=self.logged.append)
+        return load_train_data(self.cfg.data, self.cfg.seed, self.cfg.max_bad_gold_frac,
+                               log=self.logged.append)
 
 
 def test_start_up_aborts_when_the_golds_do_not_parse(tmp_path: Path) -> None:
@@ -367,7 +368,7 @@ class _LoopTrainer:
 
     def __new__(cls, tmp_path: Path, errors: list[float], **overrides):
         from strace_ds.train.loop import Trainer
-        from strace_ds.train.monitor import Monitor
+        from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 
         cfg = TrainConfig(
             steps=len(errors), prompts_per_step=8, group_size=4, eval_every=-1,
@@ -381,6 +382,7 @@ class _LoopTrainer:
                 self.eval_data = None
                 self.ckpt_dir = cfg.run_dir / "checkpoints"
                 self.monitor = Monitor(tmp_path / "runs", enabled=False)
+                self.metrics_log = MetricsLog(cfg.run_dir / METRICS_FILE)
                 self.saved: list[int] = []
                 self.logged: list[str] = []
 
@@ -410,6 +412,11 @@ def test_a_run_on_ungradable_answers_stops_after_a_checkpoint(tmp_path: Path) ->
     assert trainer.state.step == 3 and trainer.saved == [3]
     msg = str(err.value)
     assert "3 consecutive steps" in msg and "max_grading_error_frac" in msg and "}{" in msg
+    # metrics.jsonl holds the three steps the run made before it stopped
+    from strace_ds.train.monitor import read_history
+
+    rows = read_history(trainer.cfg.run_dir)
+    assert [(r["step"], r["reward/errors"]) for r in rows] == [(1, 32.0), (2, 32.0), (3, 32.0)]
 
 
 def test_grading_errors_must_be_consecutive_and_above_the_fraction(tmp_path: Path) -> None:
