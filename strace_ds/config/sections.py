@@ -9,6 +9,7 @@ Each validates itself when built; the rules that tie two sections together are
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,7 @@ from strace_ds.losses import (
     KL_IN,
     LOSS_AGGREGATIONS,
     PRESETS,
+    SURROGATES,
     WEIGHT_CLOCKS,
     WINDOWS,
     TraceConfig,
@@ -236,6 +238,21 @@ class ObjectiveConfig(_Section):
         "override the preset's weight_max: Weight form: upper bound of the historical "
         'weight w_t, >= 1.'
     )
+    surrogate: str | None = _override(
+        "override the preset's surrogate: Per-token objective on the ratio, one of clip, "
+        'cispo, sapo: "clip" is PPO\'s clipped surrogate, "cispo" the detached weight '
+        'clip(r, 1 - clip_low, 1 + clip_high) times A log pi (every token keeps its '
+        'gradient; needs each token\'s own ratio), "sapo" the soft gate 4/tau sigmoid(tau '
+        '(r - 1)) A (clip_low/clip_high unused).'
+    )
+    sapo_tau_pos: float | None = _override(
+        "override the preset's sapo_tau_pos: SAPO: gate temperature for tokens with A > 0 "
+        '(> 0; larger decays faster).'
+    )
+    sapo_tau_neg: float | None = _override(
+        "override the preset's sapo_tau_neg: SAPO: gate temperature for tokens with A <= 0 "
+        '(> 0; the paper takes it above sapo_tau_pos).'
+    )
 
 
     old_logprobs: str = _f(
@@ -263,6 +280,11 @@ class ObjectiveConfig(_Section):
                            + " (k3 is GRPO's)")
     kl_in: str = _f("loss", "where the KL goes: 'loss' (beta * kl per token, with gradient) or "
                     "'reward' (beta * sum of kl subtracted from each answer's reward)")
+    entropy_coef: float = _f(
+        0.0, "entropy bonus: the loss minus entropy_coef x the policy's token entropy on the "
+        "loss tokens, aggregated like the policy loss (with gradient; logged as "
+        "policy/entropy_bonus); 0 changes nothing",
+    )
     advantage: str = _f("grpo", "group advantage estimator: " + ", ".join(ADVANTAGE_METHODS))
     filter_zero_variance: bool = _f(False, "drop groups whose rewards are all equal (DAPO)")
     max_sampling_draws: int = _f(
@@ -293,7 +315,8 @@ class ObjectiveConfig(_Section):
         if self.loss_agg is not None:
             _choice("loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         for name, choices in (("window", WINDOWS), ("form", FORMS),
-                              ("weight_clock", WEIGHT_CLOCKS)):  # fmt: skip
+                              ("weight_clock", WEIGHT_CLOCKS),
+                              ("surrogate", SURROGATES)):  # fmt: skip
             if getattr(self, name) is not None:
                 _choice(name, getattr(self, name), choices)
         _at_least(self, 1, "max_sampling_draws")
@@ -305,6 +328,10 @@ class ObjectiveConfig(_Section):
             )
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0 (0 = no reference), got {self.kl_coef}")
+        if not 0 <= self.entropy_coef < math.inf:
+            raise ValueError(
+                f"entropy_coef must be a finite number >= 0 (0 = no bonus), got {self.entropy_coef}"
+            )
         if not self.behaviour_cap > 1:
             raise ValueError(
                 f"behaviour_cap must be > 1 (weights are capped at C and, with mask, below 1/C), "

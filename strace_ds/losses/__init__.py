@@ -1,4 +1,4 @@
-"""The trace policy-loss family: GRPO, GSPO, the 80/20 mask, P-trace and S-trace.
+"""The trace policy-loss family: GRPO, GSPO, the 80/20 mask, CISPO, SAPO, P-trace and S-trace.
 
 Pure torch, no trainer imports, usable as a drop-in by any RL library::
 
@@ -26,6 +26,7 @@ from strace_ds.losses.config import (
     LOG_RATIO_CLAMP,
     LOSS_AGGREGATIONS,
     PRESETS,
+    SURROGATES,
     WEIGHT_CLOCKS,
     WINDOWS,
     TraceConfig,
@@ -39,13 +40,16 @@ from strace_ds.losses.kl import (
     sequence_kl_penalty,
 )
 from strace_ds.losses.objective import (
+    ENTROPY_METRIC_NAMES,
     METRIC_NAMES,
     PolicyLossOutput,
     aggregate_loss,
     clipped_surrogate,
     loss_denominator,
     policy_loss,
+    sapo_gate,
     token_credit,
+    token_objective,
 )
 from strace_ds.losses.trace import (
     entropy_threshold,
@@ -59,6 +63,7 @@ __all__ = [
     "BEHAVIOUR_CORRECTIONS",
     "BEHAVIOUR_METRIC_NAMES",
     "BEHAVIOUR_MODES",
+    "ENTROPY_METRIC_NAMES",
     "FORMS",
     "KL_ESTIMATORS",
     "KL_IN",
@@ -67,6 +72,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "METRIC_NAMES",
     "PRESETS",
+    "SURROGATES",
     "WEIGHT_CLOCKS",
     "WINDOWS",
     "PolicyLossOutput",
@@ -80,8 +86,10 @@ __all__ = [
     "loss_denominator",
     "past_log_weight",
     "policy_loss",
+    "sapo_gate",
     "select_tokens",
     "sequence_kl_penalty",
     "token_credit",
+    "token_objective",
     "trace_log_ratio",
 ]

@@ -1,7 +1,7 @@
 """Typed configuration of the trace policy-loss family and its named presets.
 
-Every member of the family -- GRPO, GSPO, the 80/20 high-entropy mask, P-trace and
-S-trace -- is one :class:`TraceConfig`; the loss code has no per-algorithm branches.
+Every member of the family -- GRPO, GSPO, the 80/20 high-entropy mask, CISPO, SAPO, P-trace
+and S-trace -- is one :class:`TraceConfig`; the loss code has no per-algorithm branches.
 The presets and their semantics are this project's formalisation of "Beyond Uniform Credit
 Assignment: Selective Eligibility Traces for RLVR" (Mou et al., 2026), whose abstract is the
 only public text: see ``docs/ALGORITHMS.md``.
@@ -19,6 +19,10 @@ FORMS = ("ratio", "gate", "weight")
 WEIGHT_CLOCKS = ("selected", "position")
 """What the weight form's decay counts: selected tokens (decisions) or answer positions."""
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+SURROGATES = ("clip", "cispo", "sapo")
+"""The per-token objective applied to the (trace) ratio ``r_t`` (``docs/ALGORITHMS.md``,
+"Token objectives"): PPO's clipped surrogate, CISPO's detached clipped importance weight times
+the log-prob (MiniMax-M1), or SAPO's soft temperature gate (Qwen, arXiv 2511.20347)."""
 
 LOG_RATIO_CLAMP = 20.0
 """Default bound on the trace log-ratio ``ell`` before ``exp``: ``r = exp(clamp(ell, -20, 20))``.
@@ -64,6 +68,16 @@ class TraceConfig:
     """Weight form: lower bound of the historical weight ``w_t``, in [0, 1]."""
     weight_max: float = 2.0
     """Weight form: upper bound of the historical weight ``w_t``, >= 1."""
+    surrogate: str = "clip"
+    """Per-token objective on the ratio, one of ``SURROGATES``: ``"clip"`` is PPO's clipped
+    surrogate, ``"cispo"`` the detached weight ``clip(r, 1 - clip_low, 1 + clip_high)`` times
+    ``A log pi`` (every token keeps its gradient; needs each token's own ratio), ``"sapo"``
+    the soft gate ``4/tau sigmoid(tau (r - 1)) A`` (clip_low/clip_high unused)."""
+    sapo_tau_pos: float = 1.0
+    """SAPO: gate temperature for tokens with ``A > 0`` (> 0; larger decays faster)."""
+    sapo_tau_neg: float = 1.05
+    """SAPO: gate temperature for tokens with ``A <= 0`` (> 0; the paper takes it above
+    ``sapo_tau_pos``)."""
 
     def __post_init__(self) -> None:
         _check_number("lam", self.lam, "a float in [0, 1]")
@@ -83,7 +97,17 @@ class TraceConfig:
             _check_number(name, value, "a float >= 0")
             if value < 0:
                 raise ValueError(f"TraceConfig.{name} must be >= 0, got {value}")
-        if self.clip_low >= 1.0:
+        if self.surrogate not in SURROGATES:
+            raise ValueError(
+                f"TraceConfig.surrogate must be one of {', '.join(SURROGATES)}; "
+                f"got {self.surrogate!r}"
+            )
+        if self.surrogate == "cispo" and self.clip_low > 1.0:
+            raise ValueError(
+                f"TraceConfig.clip_low must be <= 1 with surrogate='cispo' (1 = no lower bound "
+                f"on the importance weight), got {self.clip_low}"
+            )
+        if self.surrogate != "cispo" and self.clip_low >= 1.0:
             raise ValueError(
                 f"TraceConfig.clip_low must be < 1 (the lower bound 1 - clip_low must stay "
                 f"positive), got {self.clip_low}"
@@ -112,10 +136,35 @@ class TraceConfig:
             raise ValueError(
                 f"TraceConfig.weight_max must be >= 1 (inf for no bound), got {self.weight_max}"
             )
+        for name in ("sapo_tau_pos", "sapo_tau_neg"):
+            value = getattr(self, name)
+            _check_number(name, value, "a finite float > 0")
+            if not 0.0 < value < math.inf:
+                raise ValueError(f"TraceConfig.{name} must be a finite float > 0, got {value}")
+        self._check_surrogate_composition()
         if self.form == "weight" and self.window != "causal":
             raise ValueError(
                 "TraceConfig.form='weight' needs window='causal': each token keeps its own "
                 "ratio and the weight is a causal trace (window='sequence' is GSPO's ratio form)"
+            )
+
+    def _check_surrogate_composition(self) -> None:
+        """CISPO's weight is a token's own importance ratio, and the token gate is defined by
+        the hard clip's trust region: refuse the combinations where either has no meaning."""
+        if self.surrogate == "clip":
+            return
+        if self.form == "gate":
+            raise ValueError(
+                f"TraceConfig.surrogate={self.surrogate!r} does not compose with form='gate': "
+                "the gate is the hard clip's trust region; use form='ratio' or 'weight'"
+            )
+        if self.surrogate == "cispo" and (
+            self.window != "causal" or (self.form == "ratio" and self.lam != 0.0)
+        ):
+            raise ValueError(
+                "TraceConfig.surrogate='cispo' needs each token's own ratio: window='causal' "
+                f"with lam=0 (form='ratio'), or form='weight' (got window={self.window!r}, "
+                f"lam={self.lam}, form={self.form!r})"
             )
 
     @property
@@ -162,6 +211,22 @@ PRESETS: dict[str, TraceConfig] = {
     # form="ratio" is the trace ratio clipped per token (the presets' first form).
     "p_trace": TraceConfig(
         lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, form="weight"
+    ),
+    # CISPO (MiniMax-M1, Chen et al. 2025, arXiv 2506.13585): the detached, clipped token
+    # importance weight times A log pi, token-mean over all tokens of the batch (the paper's
+    # 1 / sum_i |o_i|). No lower bound (clip_low = 1: the weight's floor is 0), as the paper;
+    # the paper does not publish its eps_high: clip_high = 4 caps the weight at 5, TRL's
+    # recommendation (the epsilon_max = 5 of ScaleRL, Khatri et al. 2025).
+    "cispo": TraceConfig(
+        lam=0.0, window="causal", clip_low=1.0, clip_high=4.0, surrogate="cispo"
+    ),
+    # SAPO (Soft Adaptive Policy Optimization, Gao et al. 2025, arXiv 2511.20347): the soft
+    # gate 4/tau sigmoid(tau (r - 1)) on each token's ratio, tau_pos = 1.0 for A > 0 and
+    # tau_neg = 1.05 otherwise, mean over answers of each answer's token mean (the paper's
+    # 1/G sum_i 1/|y_i| sum_t). clip_low / clip_high are unused.
+    "sapo": TraceConfig(
+        lam=0.0, window="causal", loss_agg="seq_mean_token_mean", surrogate="sapo",
+        sapo_tau_pos=1.0, sapo_tau_neg=1.05,
     ),
     # S-trace: the P-trace whose trace only ticks on the top-20% entropy tokens.
     "s_trace": TraceConfig(

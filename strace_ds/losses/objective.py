@@ -1,8 +1,9 @@
 """The clipped trace objective, its aggregation and its metrics: ``policy_loss``.
 
 One implementation serves every preset (``PRESETS``): GRPO, GSPO, the 80/20 high-entropy
-mask, P-trace and S-trace differ only in their :class:`TraceConfig`. The formulas are this
-project's formalisation of the paper's abstract (``docs/ALGORITHMS.md``).
+mask, CISPO, SAPO, P-trace and S-trace differ only in their :class:`TraceConfig`. The trace
+formulas are this project's formalisation of the paper's abstract; CISPO's and SAPO's are their
+papers' (``docs/ALGORITHMS.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ METRIC_NAMES = (
 )
 """Keys of ``PolicyLossOutput.metrics``. NaN marks a figure that does not apply (no entropy
 given, no selection, a form without a gate or a weight) or has no tokens to average."""
+ENTROPY_METRIC_NAMES = ("policy/entropy_bonus",)
+"""Added to ``PolicyLossOutput.metrics`` when ``entropy_coef > 0``: ``entropy_coef`` times the
+mean entropy over the loss tokens ``M`` (how much the bonus lowers a token's term)."""
 
 
 @dataclass
@@ -64,6 +68,45 @@ def clipped_surrogate(
     """
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     return torch.maximum(-ratio * advantages, -clipped * advantages)
+
+
+def sapo_gate(
+    ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float
+) -> torch.Tensor:
+    """SAPO's soft gate (Gao et al., 2025, arXiv 2511.20347): ``f(r) = 4/tau sigmoid(tau (r - 1))``
+    with ``tau = tau_pos`` where ``A > 0`` and ``tau_neg`` elsewhere.
+
+    ``f(1) = 2/tau`` and ``f'(r) = 4 sigmoid(tau (r-1)) (1 - sigmoid(tau (r-1)))``, so
+    ``f'(1) = 1``: on-policy the gate's gradient is the unclipped ratio's. Shapes broadcast.
+    """
+    pos, neg = (torch.tensor(v, dtype=ratio.dtype, device=ratio.device) for v in (tau_pos, tau_neg))
+    tau = torch.where(advantages > 0, pos, neg)  # in the ratio's dtype (float64 stays exact)
+    return torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
+
+
+def token_objective(
+    ratio: torch.Tensor,
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    config: TraceConfig,
+) -> torch.Tensor:
+    """The per-token loss ``L_t`` of ``config.surrogate`` on the (trace) ratio ``r_t``, ``[B, T]``:
+
+    * ``clip``:  ``L_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)`` (PPO);
+    * ``cispo``: ``L_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) A_t log pi_theta(y_t)``
+      (MiniMax-M1, Chen et al., 2025, arXiv 2506.13585, eq. 4): the clipped importance weight
+      is a constant, so every token keeps the gradient ``-clip(r_t) A_t`` w.r.t. its log-prob;
+    * ``sapo``:  ``L_t = -f(r_t) A_t`` with SAPO's soft gate :func:`sapo_gate`, gradient
+      ``-4 s (1 - s) r_t A_t``, ``s = sigmoid(tau (r_t - 1))``.
+
+    ``logprobs`` (zero at padding) is only read by ``cispo``.
+    """
+    if config.surrogate == "cispo":
+        weight = ratio.detach().clamp(1.0 - config.clip_low, 1.0 + config.clip_high)
+        return -weight * advantages * logprobs
+    if config.surrogate == "sapo":
+        return -sapo_gate(ratio, advantages, config.sapo_tau_pos, config.sapo_tau_neg) * advantages
+    return clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
 
 
 def loss_denominator(
@@ -144,6 +187,7 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    entropy_coef: float = 0.0,
 ) -> PolicyLossOutput:
     """The trace policy loss for a batch of answers.
 
@@ -153,9 +197,11 @@ def policy_loss(
         r_t = exp(clamp(ell_t, -c, c))                       (c = config.log_ratio_clamp)
         L_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)
         loss = aggregate over M = (m if loss_on_selected_only else response_mask)
-               of  w_t L_t + beta kl_t
+               of  w_t L_t + beta kl_t - entropy_coef H_t
 
-    in the default ``form="ratio"``. ``form="gate"`` builds the same trace from
+    in the default ``form="ratio"`` and ``surrogate="clip"``; ``surrogate="cispo"`` and
+    ``"sapo"`` replace ``L_t`` by CISPO's detached clipped weight times ``A_t log pi`` or
+    SAPO's soft gate (:func:`token_objective`). ``form="gate"`` builds the same trace from
     ``dhat_k = delta_k`` while token k's own ratio ``rho_k`` is inside its trust region on
     ``A_k``'s side, ``stopgrad(delta_k)`` once it has left (same values, no gradient pushes a
     token past its bound). ``form="weight"`` keeps each token's own ratio and a detached weight::
@@ -166,7 +212,8 @@ def policy_loss(
     (``docs/ALGORITHMS.md``, "Trace forms"). Then the optional detached behaviour weight
     ``w`` (:func:`behaviour_weights`; 1 when not given) and the optional KL-to-reference term
     ``kl_t = kl_penalty(logprobs, ref, estimator)`` (:func:`kl_penalty`; ``beta = kl_coef``, 0
-    when not given). Both leave the denominator of
+    when not given), and the optional entropy bonus ``-entropy_coef H_t`` (gradient through
+    ``entropy``, which must then carry one). All three leave the denominator of
     the aggregation as it is; without them the loss is exactly the plain trace loss.
 
     Why a trace: the exact off-policy gradient of token t carries the historical weight
@@ -199,6 +246,10 @@ def policy_loss(
             ``kl_coef = 0``.
         kl_coef: ``beta >= 0``, the weight of the KL term in the loss (``--kl_in loss``).
         kl_estimator: one of ``KL_ESTIMATORS`` (``k1``, ``k2``, ``k3``).
+        entropy_coef: ``>= 0``, the weight of the entropy bonus on the loss tokens
+            (``--entropy_coef``); needs ``entropy`` (with its gradient to be of any use).
+            0 leaves the loss and its gradient bit-identical. With it ``> 0`` the metrics
+            hold ``policy/entropy_bonus`` (``ENTROPY_METRIC_NAMES``).
 
     Computation runs in float32 for half-precision inputs (float64 stays float64); the
     returned loss has that dtype.
@@ -207,6 +258,8 @@ def policy_loss(
         config = TraceConfig.preset("s_trace" if entropy is not None else "p_trace")
     _check_inputs(logprobs, old_logprobs, advantages, response_mask, entropy)
     _check_extras(logprobs, behaviour_weight, ref_logprobs, kl_coef)
+    _check_coef("entropy_coef", entropy_coef, entropy, "entropy (the policy's token entropies)")
+    entropy_grad, entropy = entropy, (None if entropy is None else entropy.detach())
     work = torch.float64 if logprobs.dtype == torch.float64 else torch.float32
     logp = logprobs.to(work)
     old = old_logprobs.detach().to(work)
@@ -234,7 +287,8 @@ def policy_loss(
             delta = torch.where(gate, delta, delta.detach())
         ell = trace_log_ratio(delta, selected, config.lam, config.window).clamp(-c, c)
     ratio = torch.exp(ell)  # [B, T]
-    token_loss = clipped_surrogate(ratio, adv, config.clip_low, config.clip_high)
+    token_loss = token_objective(ratio, torch.where(valid, logp, torch.zeros_like(logp)), adv,
+                                 config)  # fmt: skip
     if weight is not None:
         token_loss = token_loss * weight[0]
     if behaviour_weight is not None:  # padding gets 1: its garbage must not reach the sum
@@ -252,6 +306,9 @@ def policy_loss(
         )  # [B, T]
         if kl_coef != 0.0:  # beta = 0 leaves the loss and its gradient bit-identical
             token_loss = token_loss + kl_coef * kl_ref
+    if entropy_coef != 0.0:  # 0 leaves the loss and its gradient bit-identical
+        h = entropy_grad.to(device=logp.device, dtype=work)
+        token_loss = token_loss - entropy_coef * torch.where(valid, h, torch.zeros_like(h))
     loss = aggregate_loss(token_loss, loss_mask, config.loss_agg, max_len, normalizer)
 
     metrics = _loss_metrics(
@@ -269,6 +326,9 @@ def policy_loss(
     metrics.update(_form_metrics(gate, weight, selected, loss_mask))
     if kl_ref is not None:
         metrics["policy/kl_ref"] = _masked_mean(kl_ref.detach(), loss_mask.to(work))
+    if entropy_coef != 0.0:
+        h = torch.where(valid, entropy.to(device=logp.device, dtype=work), torch.zeros_like(logp))
+        metrics["policy/entropy_bonus"] = entropy_coef * _masked_mean(h, loss_mask.to(work))
     return PolicyLossOutput(
         loss=loss,
         metrics=metrics,
@@ -381,9 +441,13 @@ def _loss_metrics(
     """The figures of ``METRIC_NAMES``; averages over the loss tokens ``M`` unless noted."""
     M = loss_mask
     Mf = M.to(ratio.dtype)
+    # clip: the clipped branch is active (on A's side); cispo: the importance weight is
+    # clipped (either sign of A); sapo: outside the trust region on A's side, which PPO would
+    # clip and the soft gate only damps (a diagnostic).
+    either = config.surrogate == "cispo"
     adv_full = adv.expand_as(ratio)
-    clipped_high = (adv_full > 0) & (ratio > 1.0 + config.clip_high) & M
-    clipped_low = (adv_full < 0) & (ratio < 1.0 - config.clip_low) & M
+    clipped_high = ((adv_full > 0) | either) & (ratio > 1.0 + config.clip_high) & M
+    clipped_low = ((adv_full < 0) | either) & (ratio < 1.0 - config.clip_low) & M
     has_loss_tokens = bool(M.any())
     valid_f = valid.to(delta.dtype)
     n_valid = int(valid.sum())
@@ -434,14 +498,15 @@ def _check_extras(
             raise ValueError(
                 f"{name} must have the shape of logprobs {shape}, got {tuple(t.shape)}"
             )
-    if (
-        isinstance(kl_coef, bool)
-        or not isinstance(kl_coef, (int, float))
-        or not 0.0 <= kl_coef < math.inf
-    ):
-        raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
-    if kl_coef != 0.0 and ref_logprobs is None:
-        raise ValueError("kl_coef != 0 needs ref_logprobs (the reference policy's log-probs)")
+    _check_coef("kl_coef", kl_coef, ref_logprobs, "ref_logprobs (the reference policy's log-probs)")
+
+
+def _check_coef(name: str, coef: float, needed: torch.Tensor | None, needs: str) -> None:
+    """A loss term's weight: a finite number >= 0; non-zero only with the tensor it weighs."""
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not 0.0 <= coef < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {coef!r}")
+    if coef != 0.0 and needed is None:
+        raise ValueError(f"{name} != 0 needs {needs}")
 
 
 def _check_inputs(

@@ -24,6 +24,7 @@ def answer_logprobs(
     chunk_size: int = 0,
     with_entropy: bool = True,
     fused: bool = True,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
 
@@ -34,7 +35,8 @@ def answer_logprobs(
     or a model whose logits are not ``hidden @ weight.T``, with a warning naming why): the
     ``R + 1`` last positions' logits are computed (``logits_to_keep``) and the
     log-softmax/entropy run in chunks over them (:mod:`strace_ds.model.logprob_kernels`). The two
-    agree to rounding. Entropies are detached.
+    agree to rounding. Entropies are detached unless ``entropy_grad`` (an entropy bonus in the
+    loss).
     """
     device = next(model.parameters()).device
     R = batch.response_ids.shape[1]
@@ -63,4 +65,4 @@ def answer_logprobs(
             chunk_size=chunk_size,
             with_entropy=with_entropy,
         )
-    return logp, (entropy.detach() if entropy is not None else None)
+    return logp, (entropy.detach() if entropy is not None and not entropy_grad else entropy)

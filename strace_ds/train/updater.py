@@ -331,7 +331,7 @@ class PolicyUpdater:
         R = part.response_ids.shape[1]
         logp, entropy = answer_logprobs(
             self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
-            with_entropy=True, fused=self.optim.fused_logprobs,
+            with_entropy=True, fused=self.optim.fused_logprobs, entropy_grad=cfg.entropy_coef > 0,
         )  # fmt: skip
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -353,10 +353,11 @@ class PolicyUpdater:
             ref_logprobs=take(sb.ref_logprobs) if kl_loss else None,
             kl_coef=cfg.kl_coef if kl_loss else 0.0,
             kl_estimator=cfg.kl_estimator,
+            entropy_coef=cfg.entropy_coef,
         )
         if r is None:
             out.loss = out.loss * 0.0
-        return out, logp, entropy, mask, part.input_ids.shape[1]
+        return out, logp, entropy.detach(), mask, part.input_ids.shape[1]
 
     def global_normalizer(self, sb: StepBatch, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.

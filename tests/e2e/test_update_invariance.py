@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 RTOL = 1e-5
 # S-trace in its other trace forms (the gate, the weight): the second update of the step is
 # off-policy, where the forms differ
-METHODS = [*PRESETS, *(f"s_trace@{f}" for f in FORMS if f != PRESETS["s_trace"].form)]
+METHODS = [*PRESETS, *(f"s_trace@{f}" for f in FORMS if f != PRESETS["s_trace"].form),
+           "s_trace+entropy"]  # with --entropy_coef 0.05: the bonus's gradient too
 
 
 def _env() -> dict[str, str]:

@@ -19,6 +19,11 @@ Written from the papers' formulas and `docs/ALGORITHMS.md` without reading
 * `ref_behaviour_weights` -- the behaviour correction (none / token / sequence / trace, cap by
   truncation or two-sided mask), one token at a time.
 * `ref_kl` -- Schulman's k1 / k2 / k3 estimators of KL(pi || pi_ref), one token at a time.
+* `ref_cispo_terms` -- CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4): per token
+  -sg(clip(r, 1 - eps_low, 1 + eps_high)) * A * log pi, one token at a time.
+* `ref_sapo_terms` -- SAPO (arXiv 2511.20347): per token -f(r) * A with the soft gate
+  f(r) = 4/tau * sigmoid(tau * (r - 1)), tau = tau_pos if A > 0 else tau_neg, one token at a time.
+* `ref_entropy_bonus` -- -coef * H on the loss tokens, aggregated like the loss.
 """
 
 from __future__ import annotations
@@ -173,7 +178,13 @@ def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normaliz
     else:
         ell = ref_sequence_trace(delta, m)
     r = torch.exp(ell)  # the tests keep |ell| far below any clamp bound
-    L = clipped_token_loss(r, A_bt, cfg.clip_low, cfg.clip_high)
+    surrogate = getattr(cfg, "surrogate", "clip")
+    if surrogate == "cispo":
+        L = ref_cispo_terms(r, A_bt, logp, cfg.clip_low, cfg.clip_high)
+    elif surrogate == "sapo":
+        L = ref_sapo_terms(r, A_bt, cfg.sapo_tau_pos, cfg.sapo_tau_neg)
+    else:
+        L = clipped_token_loss(r, A_bt, cfg.clip_low, cfg.clip_high)
     if form == "weight":
         clock = m if cfg.weight_clock == "selected" else mask
         W = torch.exp(ref_past_log_weight(delta.detach(), m, cfg.lam, clock))
@@ -184,6 +195,46 @@ def ref_trace_loss(logp, old, A, mask, cfg, entropy=None, max_len=None, normaliz
         L = L + beta * ref_kl(logp, ref, estimator, mask=mask)
     M = m if cfg.loss_on_selected_only else mask
     return ref_aggregate(L, M, cfg.loss_agg, max_len=max_len, normalizer=normalizer)
+
+
+def ref_cispo_terms(r, A, logp, eps_low, eps_high):
+    """CISPO, one token at a time: L_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) A_t logp_t.
+
+    The clipped importance-sampling weight is a Python float (no graph at all), so only
+    ``logp_t`` carries a gradient: d L_t / d logp_t = -clip(r_t) A_t. A: [B, T]."""
+    B, T = r.shape
+    rows = []
+    for i in range(B):
+        row = []
+        for t in range(T):
+            w = min(max(float(r[i, t].detach()), 1.0 - eps_low), 1.0 + eps_high)
+            row.append(-w * float(A[i, t]) * logp[i, t])
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def ref_sapo_terms(r, A, tau_pos, tau_neg):
+    """SAPO, one token at a time: L_t = -f(r_t) A_t, f(x) = 4/tau sigmoid(tau (x - 1)),
+    tau = tau_pos when A_t > 0 else tau_neg (Gao et al., 2025). Differentiable in r. [B, T]."""
+    B, T = r.shape
+    rows = []
+    for i in range(B):
+        row = []
+        for t in range(T):
+            a = float(A[i, t])
+            tau = tau_pos if a > 0 else tau_neg
+            gate = 4.0 / tau / (1.0 + torch.exp(-tau * (r[i, t] - 1.0)))
+            row.append(-gate * a)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def ref_entropy_bonus(H, M, coef, agg, max_len=None, normalizer=None):
+    """The entropy bonus as a loss: aggregate over the loss tokens M of -coef * H_t (same
+    aggregation and denominator as the policy loss). Differentiable in H."""
+    B, T = H.shape
+    terms = torch.stack([torch.stack([-coef * H[i, t] for t in range(T)]) for i in range(B)])
+    return ref_aggregate(terms, M, agg, max_len=max_len, normalizer=normalizer)
 
 
 def ref_gate(delta, A, clip_low, clip_high):

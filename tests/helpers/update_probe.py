@@ -93,9 +93,11 @@ def main() -> None:
     for preset, micro, epochs, budget in runs:
         suffix = (f"-e{epochs}" if epochs > 1 else "") + (f"-t{budget}" if budget is not None
                                                          else "")
-        loss, _, form = preset.partition("@")  # preset@form: another trace form
+        name, bonus, _ = preset.partition("+entropy")  # preset+entropy: --entropy_coef 0.05
+        loss, _, form = name.partition("@")  # preset@form: another trace form
         cfg = TrainConfig(
-            loss=loss, form=form or None, micro_batch_size=micro, mini_batches=args.mini_batches,
+            loss=loss, form=form or None, entropy_coef=0.05 if bonus else 0.0,
+            micro_batch_size=micro, mini_batches=args.mini_batches,
             epochs=epochs, max_tokens_per_micro_batch=budget,
             prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
             eval_every=-1,
