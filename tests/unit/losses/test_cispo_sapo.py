@@ -1,7 +1,7 @@
 """CISPO and SAPO as members of the loss family (``TraceConfig.surrogate``).
 
 Contract: ``docs/ALGORITHMS.md`` ("Token objectives"). References: ``ref_cispo_terms`` and
-``ref_sapo_terms`` of tests/loss_reference.py, loops written from the papers' formulas
+``ref_sapo_terms`` of tests/helpers/loss_reference.py, loops written from the papers' formulas
 (MiniMax-M1, arXiv 2506.13585, eq. 4; SAPO, arXiv 2511.20347). Gradients are w.r.t. the new
 log-probs, float64.
 """

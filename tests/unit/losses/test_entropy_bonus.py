@@ -1,7 +1,7 @@
 """The entropy bonus (``--entropy_coef``, ``policy_loss(..., entropy_coef=c)``): the loss minus
 ``c H_t`` on the loss tokens, aggregated like the policy term with the same normaliser.
 
-References: ``ref_entropy_bonus`` and ``ref_trace_loss`` of tests/loss_reference.py (loops);
+References: ``ref_entropy_bonus`` and ``ref_trace_loss`` of tests/helpers/loss_reference.py (loops);
 float64, gradients w.r.t. the new log-probs and the entropies, and through
 ``token_logprobs_and_entropy`` down to the logits.
 """

@@ -218,7 +218,7 @@ PRESET_TABLE = {
     "highent_grpo": (0.0, "causal", 0.2, 0.2, 0.2, True, "token_mean", "ratio"),
     "p_trace": (0.95, "causal", 0.2, 0.28, None, False, "token_mean", "weight"),
     "s_trace": (0.95, "causal", 0.2, 0.28, 0.2, False, "token_mean", "weight"),
-    # their surrogates (and SAPO's temperatures): tests/test_cispo_sapo.py
+    # their surrogates (and SAPO's temperatures): tests/unit/losses/test_cispo_sapo.py
     "cispo": (0.0, "causal", 1.0, 4.0, None, False, "token_mean", "ratio"),
     "sapo": (0.0, "causal", 0.2, 0.2, None, False, "seq_mean_token_mean", "ratio"),
 }
