@@ -140,7 +140,16 @@ def init_distributed() -> None:
             MASTER_PORT=str(_free_port()),
         )
     if not torch.distributed.is_initialized():
+        from strace_ds.op_build import prebuild_comm_op
+
+        # A start-up killed while DeepSpeed compiles its CPU op must not hang later launches.
+        prebuild_comm_op(log=_say_rank0)
         deepspeed.init_distributed(dist_backend=_backend(), verbose=False)
+
+
+def _say_rank0(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
 
 
 def _backend() -> str:

@@ -75,3 +75,22 @@ def _lock(fd: int, root: Path, log: Callable[[str], None], wait_notice_s: float)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 return
             time.sleep(0.05)
+
+
+def prebuild_comm_op(log: Callable[[str], None] = print) -> None:
+    """Build (or load the cached) DeepSpeed shared-memory communication op under the guard,
+    before ``deepspeed.init_distributed`` loads it again.
+
+    DeepSpeed builds the op inside its process-group start-up, where the ranks also meet: a
+    lock held across that would deadlock the ranks of one node. Built here first, with no
+    collective involved, DeepSpeed's own load then finds it cached. Only where DeepSpeed would
+    build it (the CPU accelerator); elsewhere nothing happens.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    with guarded_op_builds(log):
+        builder.load(verbose=False)
