@@ -62,6 +62,9 @@ class TrainerState:
     """Per-step scalar metrics so far (also what the resume test compares)."""
     rng: dict[str, Any] = field(default_factory=dict)
     """Python, NumPy and torch RNG states of rank 0 (ranks re-seed from the step)."""
+    identity: dict[str, Any] | None = None
+    """The run's identity (:func:`strace_ds.storage.run_identity.run_identity`), compared on
+    resume; None in checkpoints written before it was recorded."""
 
 
 def tag_for(step: int) -> str:
@@ -188,6 +191,21 @@ def find_checkpoint(
     if problems:
         raise CheckpointError(_damaged_message(path, problems))
     return path
+
+
+def read_identity(path: Path) -> dict[str, Any] | None:
+    """The run identity a checkpoint (tag dir) recorded, without loading it; None if none."""
+    try:
+        data = json.loads((Path(path) / STATE_FILE).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # load_checkpoint reports the damage with the fallback
+    return data.get("identity") if isinstance(data, dict) else None
+
+
+def has_checkpoints(ckpt_dir: Path) -> bool:
+    """Whether ``ckpt_dir`` holds a checkpoint (published, or named by ``latest``)."""
+    ckpt_dir = Path(ckpt_dir)
+    return bool(_tags(ckpt_dir)) or (ckpt_dir / LATEST).is_file()
 
 
 def load_checkpoint(engine: Any, path: Path, verify: bool = True) -> TrainerState:

@@ -61,7 +61,9 @@ def check_identity(
     refused = [k for k in differ if not allowed(k)]
     if refused:
         changes = "; ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in refused)
-        names = ",".join(sorted({k.removeprefix("trace.") for k in refused}))
+        # ``loss`` lets its preset's trace fields through with it
+        shown = {k for k in refused if not (k.startswith("trace.") and "loss" in refused)}
+        names = ",".join(sorted(k.removeprefix("trace.") for k in shown))
         hint = (
             "world_size must match (a ZeRO checkpoint is sharded per rank): relaunch on "
             f"{saved['world_size']} ranks, or start a new --run_name"

@@ -34,10 +34,13 @@ from tqdm.auto import tqdm
 
 from strace_ds import distributed as dist_utils
 from strace_ds.config import TrainConfig
+from strace_ds.data.prompts import fit_to_context
 from strace_ds.distributed import init_distributed
 from strace_ds.losses import METRIC_NAMES
 from strace_ds.storage import checkpoint as ckpt
 from strace_ds.storage.publish import publish_dir
+from strace_ds.storage.run_identity import check_identity, run_identity
+from strace_ds.storage.run_lock import RunDirLockedError, RunLock
 from strace_ds.train import setup as builders
 from strace_ds.train.experience import (
     AsyncExperience,
@@ -70,6 +73,28 @@ class Trainer:
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         config.validate(world_size=self.world)
         self.is_main = self.rank == 0
+        # One writer per run directory, for the run's life (released by close() or exit).
+        self._run_lock = RunLock(config.run_dir)
+        refused = None
+        if self.is_main:
+            try:
+                self._run_lock.acquire()
+            except RunDirLockedError as err:
+                refused = str(err)
+        refused = dist_utils.broadcast_object(refused)
+        if refused:
+            raise ValueError(refused)
+        try:
+            self._build(config)
+        except BaseException:
+            self._run_lock.release()
+            raise
+
+    def _build(self, config: TrainConfig) -> None:
+        self.ckpt_dir = config.run_dir / "checkpoints"
+        self.identity = run_identity(config, self.world)
+        # Before anything heavy: a resume that would change the run, or a relaunch over one.
+        self.resume_from = self.find_resume()
         self.trace_cfg = config.trace_config()
         _seed_everything(config.seed)
         self._log(f"strace_ds: {self.world} rank(s), loss={config.loss} {self.trace_cfg}")
@@ -81,6 +106,14 @@ class Trainer:
             config.data, config.seed, config.max_bad_gold_frac, self.rank, self.world, self._log
         )
         self.prompt_ids = [self._encode(ex.prompt) for ex in self.train_data.examples]
+        self.train_data, self.prompt_ids, dropped = fit_to_context(
+            self.train_data, self.prompt_ids, builders.model_context_of(self.model_path),
+            config.max_new_tokens, drop=config.drop_long_prompts,
+        )  # fmt: skip
+        if dropped:
+            self._log(f"data: {dropped} prompts longer than the model's context minus "
+                      f"max_new_tokens skipped (--drop_long_prompts); {len(self.prompt_ids)} "
+                      "left")  # fmt: skip
         # Before the model: a reward function that cannot be imported fails the start at once.
         self.reward_pool = builders.build_reward_pool(config.rewards)
         # Before HfDeepSpeedConfig exists: the in-process engine loads a plain copy.
@@ -108,8 +141,7 @@ class Trainer:
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
         self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
         self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
-        self.ckpt_dir = config.run_dir / "checkpoints"
-        self.state = ckpt.TrainerState()
+        self.state = ckpt.TrainerState(identity=self.identity)
         self.eval_data = builders.load_eval_data(config.eval, config.dataset, config.seed)
         # Held-out accuracy is the verifier's alone, whatever --reward trains on.
         self.eval_pool = self.reward_pool
@@ -126,15 +158,38 @@ class Trainer:
 
         return build_prompt_ids(self.tokenizer, question, self.instruction)
 
+    def find_resume(self) -> Path | None:
+        """The checkpoint this run continues (``--resume``), verified against its manifest (a
+        broken ``latest`` falls back, and says so) and against this run's identity; None for
+        a fresh start. A run directory that already holds checkpoints is refused without
+        ``--resume``: relaunching would retrain it and overwrite them. Collective."""
+        cfg = self.cfg
+        if not cfg.resume:
+            if ckpt.has_checkpoints(self.ckpt_dir):
+                raise ValueError(
+                    f"run directory {cfg.run_dir} already holds checkpoints of a run; add "
+                    "--resume auto to continue it, or give this run a new --run_name (or "
+                    "--output_dir)"
+                )
+            return None
+        found = ckpt.find_checkpoint(cfg.resume, self.ckpt_dir, log=self._log)
+        if found is not None:
+            overrides = tuple(n.strip() for n in (cfg.resume_override or "").split(",") if n)
+            changed = check_identity(ckpt.read_identity(found), self.identity, overrides,
+                                     where=f"the checkpoint {found}")  # fmt: skip
+            if changed:
+                self._log(f"resume: changed by --resume_override: {'; '.join(changed)}")
+        return found
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
         """Run (or resume) the configured number of steps; returns the last step's metrics."""
         cfg = self.cfg
         if cfg.resume:
-            # Verified against its manifest; a broken ``latest`` falls back (and says so).
-            found = ckpt.find_checkpoint(cfg.resume, self.ckpt_dir, log=self._log)
+            found = self.resume_from
             if found is not None:
                 self.state = ckpt.load_checkpoint(self.engine, found, verify=False)
+                self.state.identity = self.identity  # with any --resume_override applied
                 self._inflight = self._load_inflight(found)
                 self._log(f"resumed from {found} at step {self.state.step}"
                           + (f" with {len(self._inflight)} step(s) of answers in flight"
@@ -385,13 +440,18 @@ class Trainer:
         return out_dir
 
     def close(self) -> None:
-        if self.experience is not None:
-            self.experience.close()
-        self.monitor.close()
-        if self.eval_pool is not self.reward_pool:
-            self.eval_pool.close()
-        self.reward_pool.close()
-        self.rollout.close()
+        try:
+            if self.experience is not None:
+                self.experience.close()
+            self.monitor.close()
+            if self.eval_pool is not self.reward_pool:
+                self.eval_pool.close()
+            self.reward_pool.close()
+            self.rollout.close()
+        finally:
+            lock = getattr(self, "_run_lock", None)
+            if lock is not None:
+                lock.release()
 
 
 def grading_error_streak(

@@ -74,6 +74,16 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
+def model_context_of(model_path: str) -> int | None:
+    """Positions the policy at ``model_path`` attends over (its config's
+    ``max_position_embeddings``), None when its config does not say."""
+    from transformers import AutoConfig
+
+    from strace_ds.data.prompts import model_context
+
+    return model_context(AutoConfig.from_pretrained(model_path))
+
+
 def run_instruction(data: DataConfig) -> str | None:
     """The text appended to each question: ``--instruction``, nothing for a generated task
     (its prompts end with theirs), else ``build_prompt_ids``' default (``None``)."""

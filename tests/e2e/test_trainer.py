@@ -14,6 +14,8 @@ import pytest
 import torch
 from helpers.train_run import SMALL, _comparable, _scalars, _state, _train, _where
 
+from strace_ds.train.monitor import read_history
+
 pytestmark = pytest.mark.slow
 
 
@@ -132,6 +134,22 @@ def test_resume_is_exact(policy_dir, tmp_path):
     split = _comparable(_state(tmp_path / "out" / "split")["history"])
     assert len(straight) == 4
     assert split == straight
+    # metrics.jsonl: the history with step numbers; the resumed run's equals the straight one's
+    jsonl = {name: read_history(tmp_path / "out" / name) for name in ("straight", "split")}
+    assert [r["step"] for r in jsonl["split"]] == [1, 2, 3, 4]
+    assert _comparable(jsonl["split"]) == _comparable(jsonl["straight"])
+    assert [{k: v for k, v in r.items() if k != "step"} for r in jsonl["straight"]] == _state(
+        tmp_path / "out" / "straight")["history"]  # fmt: skip
+    # A relaunch without --resume, or a resume that changes the run, is refused in one line.
+    again = _train([*common, "--run_name", "split"], cwd=tmp_path, check=False)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "already holds checkpoints of a run; add --resume auto" in again.stderr
+    changed = _train([*common, "--run_name", "split", "--resume", "auto", "--loss", "grpo"],
+                     cwd=tmp_path, check=False)  # fmt: skip
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "loss: 'p_trace' -> 'grpo'" in changed.stderr
+    assert "trace.lam: 0.95 -> 0.0" in changed.stderr and "--resume_override loss" in changed.stderr
+    assert "Traceback" not in again.stderr + changed.stderr
     # Relaunching the finished run trains nothing and leaves its checkpoints untouched.
     ckpts = tmp_path / "out" / "split" / "checkpoints"
     before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}

@@ -367,6 +367,7 @@ class _LoopTrainer:
     """A Trainer whose steps are scripted: ``errors[i]`` grading errors at step i + 1."""
 
     def __new__(cls, tmp_path: Path, errors: list[float], **overrides):
+        from strace_ds.storage.run_identity import run_identity
         from strace_ds.train.loop import Trainer
         from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 
@@ -383,6 +384,8 @@ class _LoopTrainer:
                 self.ckpt_dir = cfg.run_dir / "checkpoints"
                 self.monitor = Monitor(tmp_path / "runs", enabled=False)
                 self.metrics_log = MetricsLog(cfg.run_dir / METRICS_FILE)
+                self.identity = run_identity(cfg, 1)
+                self.resume_from = self.find_resume()
                 self.saved: list[int] = []
                 self.logged: list[str] = []
 
