@@ -17,6 +17,7 @@ loop.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -89,7 +90,10 @@ def prompt_positions(
 
 @dataclass
 class Experience:
-    """One rank's answers of one step, graded, with their advantages."""
+    """One rank's answers of one step, filled stage by stage: the producer's sampling, grading
+    and advantages, then :meth:`~strace_ds.train.updater.PolicyUpdater.prepare`'s proximal
+    policy and selection. The one container of a step's data (``N`` rows, ``R`` answer
+    columns)."""
 
     step: int
     weight_version: int | None
@@ -110,9 +114,22 @@ class Experience:
     timings: dict[str, float] = field(default_factory=dict)  # perf/rollout_s, perf/reward_s
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # each reward, unweighted
     draws: int = 1  # generate calls this step took (DAPO re-sampling)
+    # --- filled by PolicyUpdater.prepare --------------------------------------------------
+    old_logprobs: torch.Tensor | None = None  # [N, R] proximal policy (the ratio's denominator)
+    selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
+    entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
+    behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction
+    behaviour_metrics: dict[str, float] | None = None
+    ref_logprobs: torch.Tensor | None = None  # [N, R] the frozen reference (--kl_coef > 0)
+    kl_metrics: dict[str, float] | None = None  # --kl_in reward: policy/kl_ref
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def loss_tokens(self) -> torch.Tensor:
+        """``[N, R]`` bool: the valid answer tokens of the rows that enter the loss."""
+        return self.batch.response_mask & self.loss_rows.unsqueeze(-1)
 
     def to_state(self) -> dict[str, Any]:
         """A torch.save-able dict (checkpoints of a run with batches in flight)."""

@@ -53,7 +53,7 @@ from strace_ds.train.experience import (
 from strace_ds.train.metrics import local_step_stats, reduce_step_metrics
 from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 from strace_ds.train.step_log import log_step
-from strace_ds.train.updater import PolicyUpdater, StepBatch
+from strace_ds.train.updater import PolicyUpdater
 
 INFLIGHT_FILE = "inflight-rank{rank}.pt"
 """Per-rank file of a checkpoint holding the answers generated but not yet trained on
@@ -302,11 +302,11 @@ class Trainer:
         timings = dict(exp.timings)
 
         t0 = time.perf_counter()
-        sb = self.updater.prepare(exp)
+        exp = self.updater.prepare(exp)
         timings["perf/old_logprob_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        loss_metrics, last_micro = self.updater.update(sb, step)
+        loss_metrics, last_micro = self.updater.update(exp, step)
         timings["perf/train_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -320,7 +320,7 @@ class Trainer:
             timings["perf/trainer_idle_s"] = waited
             timings["perf/generator_idle_s"] = self.experience.take_idle()
 
-        stats = local_step_stats(exp, sb.old_logprobs, loss_metrics)
+        stats = local_step_stats(exp, exp.old_logprobs, loss_metrics)
         stats["staleness"] = float(staleness)
         per_rank = dist_utils.all_gather_objects(stats)
         metrics = reduce_step_metrics(
@@ -328,7 +328,7 @@ class Trainer:
         )
         if self.is_main:
             log_step(self.monitor, cfg.run, cfg.objective, cfg.max_new_tokens, self.tokenizer, step,
-                     metrics, sb, last_micro)  # fmt: skip
+                     metrics, exp, last_micro)  # fmt: skip
         return metrics
 
     # ------------------------------------------------------------------ weights, eval, io
@@ -487,7 +487,6 @@ __all__ = [
     "METRIC_NAMES",
     "RunAbortedError",
     "StalenessError",
-    "StepBatch",
     "Trainer",
     "TrainConfig",
     "run",

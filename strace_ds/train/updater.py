@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,38 +32,14 @@ from strace_ds.losses import (
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
 from strace_ds.model.logprobs import answer_logprobs
-from strace_ds.train.experience import step_seed
+from strace_ds.train.experience import Experience, step_seed
 from strace_ds.train.layout import BatchLayout
 from strace_ds.train.micro_batches import token_budget_micro_batches
 
 if TYPE_CHECKING:
     from strace_ds.config import ObjectiveConfig, OptimConfig, RolloutConfig
 
-__all__ = ["PolicyUpdater", "StepBatch", "epoch_mini_batches"]
-
-
-@dataclass
-class StepBatch:
-    """One rank's rollouts of one step, with everything the updates need."""
-
-    batch: RolloutBatch
-    rewards: torch.Tensor  # [N]
-    advantages: torch.Tensor  # [N]
-    loss_rows: torch.Tensor  # [N] bool, rows that enter the loss (overlong/filter masks)
-    old_logprobs: torch.Tensor  # [N, R] proximal policy (the ratio's denominator)
-    texts: list[str]
-    golds: list[str]
-    selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
-    entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
-    behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction
-    behaviour_metrics: dict[str, float] | None = None
-    ref_logprobs: torch.Tensor | None = None  # [N, R] the frozen reference (--kl_coef > 0)
-    kl_metrics: dict[str, float] | None = None  # --kl_in reward: policy/kl_ref
-
-    @property
-    def loss_tokens(self) -> torch.Tensor:
-        """``[N, R]`` bool: the valid answer tokens of the rows that enter the loss."""
-        return self.batch.response_mask & self.loss_rows.unsqueeze(-1)
+__all__ = ["PolicyUpdater", "epoch_mini_batches"]
 
 
 def epoch_mini_batches(
@@ -172,9 +147,11 @@ class PolicyUpdater:
             model.train()
         return logps, entropies
 
-    def prepare(self, exp: Any) -> StepBatch:
-        """The step's :class:`StepBatch`: proximal log-probs, the step's selection and the
-        behaviour weights (``docs/ALGORITHMS.md``, "Three policies").
+    def prepare(self, exp: Experience) -> Experience:
+        """Fill the updater's part of the step's :class:`Experience` (and return it): proximal
+        log-probs, the step's selection, the behaviour weights (``docs/ALGORITHMS.md``,
+        "Three policies"), the reference log-probs; with ``--kl_in reward`` the advantages
+        are recomputed from the penalised rewards.
 
         ``--old_logprobs rollout`` takes the behaviour log-probs as the proximal ones (every
         behaviour correction is then 1); the scoring forward still runs when the preset
@@ -187,30 +164,28 @@ class PolicyUpdater:
             entropy = self.score(exp.batch)[1] if tc.uses_entropy else None
         else:
             old, entropy = self.score(exp.batch)
-        sb = StepBatch(
-            exp.batch, exp.rewards, exp.advantages, exp.loss_rows, old, exp.texts, exp.golds
-        )
-        sb.selected, sb.entropy_threshold = self.selection(sb, entropy)
+        exp.old_logprobs = old
+        exp.selected, exp.entropy_threshold = self.selection(exp, entropy)
         if self.reference is not None:
-            sb.ref_logprobs = self.score_reference(exp.batch)
+            exp.ref_logprobs = self.score_reference(exp.batch)
             if cfg.kl_in == "reward":
                 # The penalty joins the reward before the group baseline: advantages again,
                 # the loss rows (overlong, zero-variance filter) as the verifier decided them.
-                kl = kl_penalty(old, sb.ref_logprobs, cfg.kl_estimator)
-                penalty, sb.kl_metrics = sequence_kl_penalty(kl, sb.loss_tokens, cfg.kl_coef)
-                sb.advantages = group_advantages(
+                kl = kl_penalty(old, exp.ref_logprobs, cfg.kl_estimator)
+                penalty, exp.kl_metrics = sequence_kl_penalty(kl, exp.loss_tokens, cfg.kl_coef)
+                exp.advantages = group_advantages(
                     exp.rewards - penalty, self.layout.group_size, method=cfg.advantage
                 ).advantages.float()
         if cfg.behaviour_correction != "none":
-            sb.behaviour_weight, sb.behaviour_metrics = behaviour_weights(
+            exp.behaviour_weight, exp.behaviour_metrics = behaviour_weights(
                 old, behaviour, exp.batch.response_mask, cfg.behaviour_correction,
                 cap=cfg.behaviour_cap, mode=cfg.behaviour_mode, lam=tc.lam,
-                selected=sb.selected, window=tc.window, loss_mask=sb.loss_tokens,
+                selected=exp.selected, window=tc.window, loss_mask=exp.loss_tokens,
             )  # fmt: skip
-        return sb
+        return exp
 
     def selection(
-        self, sb: StepBatch, entropy: torch.Tensor | None
+        self, exp: Experience, entropy: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, float]:
         """The step's token selection: one entropy quantile over all ranks' loss tokens.
 
@@ -222,7 +197,7 @@ class PolicyUpdater:
         q = self.trace_cfg.entropy_top_quantile
         if q is None or entropy is None:
             return None, math.nan
-        valid = sb.loss_tokens
+        valid = exp.loss_tokens
         values = dist_utils.all_gather_cat(entropy[valid], device=self.engine.device)
         tau = entropy_threshold(values, q)
         selected, _ = select_tokens(valid, entropy, q, threshold=tau)
@@ -270,26 +245,28 @@ class PolicyUpdater:
         return parts + [None] * (int(most) - len(parts))
 
     # ------------------------------------------------------------------ updates
-    def update(self, sb: StepBatch, step: int = 1) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    def update(
+        self, exp: Experience, step: int = 1
+    ) -> tuple[dict[str, list[float]], dict[str, Any]]:
         """``epochs`` passes over the step's rows, one optimizer update per mini-batch."""
         collected: dict[str, list[float]] = defaultdict(list)
         last: dict[str, Any] = {}
-        budget = self.token_budget(sb.batch)
+        budget = self.token_budget(exp.batch)
         used = slots = 0
         for epoch in range(self.optim.epochs):
-            for rows in self.mini_batches(len(sb.batch), epoch, step):
-                normalizer = self.global_normalizer(sb, rows)
+            for rows in self.mini_batches(len(exp.batch), epoch, step):
+                normalizer = self.global_normalizer(exp, rows)
                 lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
-                parts = self.micro_batches(sb.batch, rows, budget)
+                parts = self.micro_batches(exp.batch, rows, budget)
                 for r in parts:
-                    out, logp, entropy, mask, width = self._micro_step(sb, r, rows, normalizer)
+                    out, logp, entropy, mask, width = self._micro_step(exp, r, rows, normalizer)
                     self.engine.backward(out.loss, scale_wrt_gas=False)
                     if r is None:
                         continue  # a zero-loss pass: nothing to report
                     for k, v in out.metrics.items():
                         collected[k].append(v)
                     collected["policy/loss"].append(out.loss.item() / self.world)
-                    used += int(sb.batch.attention_mask[r].sum())
+                    used += int(exp.batch.attention_mask[r].sum())
                     slots += mask.shape[0] * width
                     last = {
                         "logp": logp.detach().cpu(),
@@ -307,19 +284,19 @@ class PolicyUpdater:
                 )
                 collected["policy/lr"].append(lr)
         collected["perf/pad_frac"] = [1.0 - used / slots if slots else math.nan]
-        for k, v in {**(sb.behaviour_metrics or {}), **(sb.kl_metrics or {})}.items():
+        for k, v in {**(exp.behaviour_metrics or {}), **(exp.kl_metrics or {})}.items():
             collected[k] = [v]
-        if sb.selected is not None:
+        if exp.selected is not None:
             # The step's one selection: its threshold and exact share over all ranks.
             n_sel, n_valid = dist_utils.all_reduce_sum(
-                [float(sb.selected.sum()), float(sb.loss_tokens.sum())]
+                [float(exp.selected.sum()), float(exp.loss_tokens.sum())]
             )
-            collected["select/entropy_threshold"] = [sb.entropy_threshold]
+            collected["select/entropy_threshold"] = [exp.entropy_threshold]
             collected["select/frac"] = [n_sel / n_valid if n_valid else math.nan]
         return collected, last
 
     def _micro_step(
-        self, sb: StepBatch, r: torch.Tensor | slice | None, rows: torch.Tensor,
+        self, exp: Experience, r: torch.Tensor | slice | None, rows: torch.Tensor,
         normalizer: float,
     ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
         """Forward and loss of one micro-batch, its padding trimmed; ``r=None``: the first row
@@ -327,7 +304,7 @@ class PolicyUpdater:
         gradient, as ZeRO-3's collectives need)."""
         cfg, device = self.objective, self.engine.device
         index = rows[:1] if r is None else r
-        part = sb.batch.rows(index).trimmed()
+        part = exp.batch.rows(index).trimmed()
         R = part.response_ids.shape[1]
         logp, entropy = answer_logprobs(
             self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
@@ -337,20 +314,20 @@ class PolicyUpdater:
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[index][:, :R].to(device)
 
-        mask = take(sb.loss_tokens)
-        kl_loss = sb.ref_logprobs is not None and cfg.kl_in == "loss"
+        mask = take(exp.loss_tokens)
+        kl_loss = exp.ref_logprobs is not None and cfg.kl_in == "loss"
         out = policy_loss(
             logp,
-            take(sb.old_logprobs),
-            sb.advantages[index].to(device),
+            take(exp.old_logprobs),
+            exp.advantages[index].to(device),
             mask,
             entropy=entropy,
             config=self.trace_cfg,
             max_len=self.rollouts.max_new_tokens,
             normalizer=normalizer,
-            selected=take(sb.selected),
-            behaviour_weight=take(sb.behaviour_weight),
-            ref_logprobs=take(sb.ref_logprobs) if kl_loss else None,
+            selected=take(exp.selected),
+            behaviour_weight=take(exp.behaviour_weight),
+            ref_logprobs=take(exp.ref_logprobs) if kl_loss else None,
             kl_coef=cfg.kl_coef if kl_loss else 0.0,
             kl_estimator=cfg.kl_estimator,
             entropy_coef=cfg.entropy_coef,
@@ -359,7 +336,7 @@ class PolicyUpdater:
             out.loss = out.loss * 0.0
         return out, logp, entropy.detach(), mask, part.input_ids.shape[1]
 
-    def global_normalizer(self, sb: StepBatch, rows: torch.Tensor | slice) -> float:
+    def global_normalizer(self, exp: Experience, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.
 
         DeepSpeed averages gradients over ranks; dividing the global denominator by the world
@@ -368,11 +345,11 @@ class PolicyUpdater:
         (the selected ones when the loss is on the selection only).
         """
         tc = self.trace_cfg
-        mask = sb.loss_tokens[rows]
-        if tc.loss_on_selected_only and sb.selected is not None:
-            mask = mask & sb.selected[rows]
+        mask = exp.loss_tokens[rows]
+        if tc.loss_on_selected_only and exp.selected is not None:
+            mask = mask & exp.selected[rows]
         local = loss_denominator(
-            mask, tc.loss_agg, self.rollouts.max_new_tokens, sb.loss_rows[rows]
+            mask, tc.loss_agg, self.rollouts.max_new_tokens, exp.loss_rows[rows]
         )
         (total,) = dist_utils.all_reduce_sum([float(local)])
         return max(total, 1.0) / self.world

@@ -83,12 +83,12 @@ def test_epochs_make_that_many_updates_and_move_the_policy(tiny_policy) -> None:
     updater = _updater(tiny_policy, epochs=3)
     exp = _experience()
     before = _full_params(updater)
-    sb = updater.prepare(exp)
+    updater.prepare(exp)
     rows = torch.arange(8)
-    mask = sb.loss_tokens[rows]
-    want = loss_denominator(mask, updater.trace_cfg.loss_agg, 40, sb.loss_rows[rows])
-    assert updater.global_normalizer(sb, rows) == max(float(want), 1.0)
-    metrics, last = updater.update(sb, step=1)
+    mask = exp.loss_tokens[rows]
+    want = loss_denominator(mask, updater.trace_cfg.loss_agg, 40, exp.loss_rows[rows])
+    assert updater.global_normalizer(exp, rows) == max(float(want), 1.0)
+    metrics, last = updater.update(exp, step=1)
     assert updater.engine.global_steps == 2 * 3
     assert len(metrics["policy/lr"]) == 6 and 0 <= metrics["perf/pad_frac"][0] < 1
     assert float((_full_params(updater) - before).norm()) > 0
