@@ -16,7 +16,6 @@ loop.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
@@ -29,7 +28,9 @@ import torch
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, collate_rollouts
 from strace_ds.rollout import Generation
+from strace_ds.seeding import step_seed
 from strace_ds.train.layout import BatchLayout
+from strace_ds.train.metrics import timed
 
 if TYPE_CHECKING:
     from strace_ds.config import ObjectiveConfig, RolloutConfig
@@ -48,12 +49,6 @@ __all__ = [
 
 class StalenessError(RuntimeError):
     """Answers older than the staleness bound (or from a policy newer than the trainer's)."""
-
-
-def step_seed(seed: int, step: int, rank: int, purpose: str) -> int:
-    """A seed that depends only on (run seed, step, rank, purpose): resume-proof sampling."""
-    digest = hashlib.sha256(f"{seed}/{step}/{rank}/{purpose}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def generation_version(step: int, max_staleness: int) -> int:
@@ -219,14 +214,15 @@ class ExperienceProducer:
     def _draw(self, step: int, indices: list[int], draw: int) -> _Draw:
         """Sample and grade ``indices``' groups (draw 0: the step's own prompts and seed)."""
         cfg, group_size = self.objective, self.layout.group_size
-        t0 = time.perf_counter()
-        prompts = [self.prompt_ids[i] for i in indices]
-        purpose = "rollout" if draw == 0 else f"rollout-draw{draw}"
-        sampling = self.rollouts.sampling_params(step_seed(self.seed, step, self.rank, purpose))
-        generation = self.rollout.generate(prompts, n=group_size, sampling=sampling)
-        rollout_s = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
+        seconds: dict[str, float] = {}
+        with timed(seconds, "rollout"):
+            prompts = [self.prompt_ids[i] for i in indices]
+            purpose = "rollout" if draw == 0 else f"rollout-draw{draw}"
+            sampling = self.rollouts.sampling_params(
+                step_seed(self.seed, step, self.rank, purpose)
+            )
+            generation = self.rollout.generate(prompts, n=group_size, sampling=sampling)
+        t0 = time.perf_counter()  # grading, then shaping: the reward's time
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
         examples = [self.data[indices[i]] for i in generation.prompt_index]
         golds = [ex.answer for ex in examples]
@@ -254,7 +250,7 @@ class ExperienceProducer:
             truncated=truncated, components=components,
             informative=~silent.zero_variance_mask, num_timeouts=graded.num_timeouts,
             num_errors=graded.num_errors, first_error=next((e for e in graded.errors if e), None),
-            rollout_s=rollout_s, reward_s=time.perf_counter() - t0,
+            rollout_s=seconds["rollout"], reward_s=time.perf_counter() - t0,
         )  # fmt: skip
 
     def _assemble(self, step: int, d: _Draw, draws: int) -> Experience:

@@ -22,13 +22,11 @@ update equals the single-process one. The components are built by :mod:`strace_d
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,6 +35,7 @@ from strace_ds.config import TrainConfig
 from strace_ds.data.prompts import fit_to_context
 from strace_ds.distributed import init_distributed
 from strace_ds.losses import METRIC_NAMES
+from strace_ds.seeding import seed_everything
 from strace_ds.storage import checkpoint as ckpt
 from strace_ds.storage.publish import publish_dir
 from strace_ds.storage.run_identity import check_identity, run_identity
@@ -50,7 +49,7 @@ from strace_ds.train.experience import (
     check_staleness,
     step_seed,
 )
-from strace_ds.train.metrics import local_step_stats, reduce_step_metrics
+from strace_ds.train.metrics import local_step_stats, reduce_step_metrics, timed
 from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 from strace_ds.train.step_log import log_step
 from strace_ds.train.updater import PolicyUpdater
@@ -96,7 +95,7 @@ class Trainer:
         # Before anything heavy: a resume that would change the run, or a relaunch over one.
         self.resume_from = self.find_resume()
         self.trace_cfg = config.trace_config()
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         self._log(f"strace_ds: {self.world} rank(s), loss={config.loss} {self.trace_cfg}")
         self.layout = config.layout(self.world)
         self.model_path = builders.resolve_model(config.data, self._log)
@@ -300,21 +299,15 @@ class Trainer:
         staleness = check_staleness(exp.weight_version, step, cfg.max_staleness)
         self._last_grading_error = exp.first_error
         timings = dict(exp.timings)
-
-        t0 = time.perf_counter()
-        exp = self.updater.prepare(exp)
-        timings["perf/old_logprob_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        loss_metrics, last_micro = self.updater.update(exp, step)
-        timings["perf/train_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        if self.experience is None:
-            self.sync_weights(step)
-        else:
-            waited += self.experience.sync_weights(step, lambda: self.sync_weights(step))
-        timings["perf/sync_s"] = time.perf_counter() - t0
+        with timed(timings, "perf/old_logprob_s"):
+            exp = self.updater.prepare(exp)
+        with timed(timings, "perf/train_s"):
+            loss_metrics, last_micro = self.updater.update(exp, step)
+        with timed(timings, "perf/sync_s"):
+            if self.experience is None:
+                self.sync_weights(step)
+            else:
+                waited += self.experience.sync_weights(step, lambda: self.sync_weights(step))
         timings["perf/step_s"] = time.perf_counter() - t_start
         if self.experience is not None:
             timings["perf/trainer_idle_s"] = waited
@@ -466,12 +459,6 @@ def grading_error_streak(
         return None
     fracs = [e / max(rows, 1) for e in steps]
     return fracs if all(f > max_frac for f in fracs) else None
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run(config: TrainConfig) -> dict[str, float]:

@@ -8,18 +8,32 @@ trainer moves the stats between ranks with one ``all_gather_object``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["MISMATCH_THRESHOLD", "local_step_stats", "reduce_step_metrics"]
+__all__ = ["MISMATCH_THRESHOLD", "local_step_stats", "reduce_step_metrics", "timed"]
 
 MISMATCH_THRESHOLD = 0.1
 """|rollout log-prob - trainer log-prob| above which a token counts as mismatched."""
 
 _PER_TOKEN = ("rollout/logprob_diff_mean", "rollout/logprob_diff_frac")
 _TOTALS = ("reward/timeouts", "reward/errors")
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """``with timed(timings, "perf/train_s"):`` stores the block's wall-clock seconds under
+    ``key`` (also when the block raises)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - start
 
 
 def local_step_stats(

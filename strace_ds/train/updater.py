@@ -32,7 +32,8 @@ from strace_ds.losses import (
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
 from strace_ds.model.logprobs import answer_logprobs
-from strace_ds.train.experience import Experience, step_seed
+from strace_ds.seeding import step_seed
+from strace_ds.train.experience import Experience
 from strace_ds.train.layout import BatchLayout
 from strace_ds.train.micro_batches import token_budget_micro_batches
 

@@ -66,7 +66,6 @@ number of answers and every ``meta_info`` field as requested; anything else is
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import shutil
 import tempfile
 import time
@@ -102,6 +101,7 @@ from strace_ds.rollout.sglang.weights import (
     tensor_buckets,
     write_hf_checkpoint,
 )
+from strace_ds.seeding import hash_seed
 
 
 def _model_key(model: str | Path) -> str:
@@ -120,8 +120,7 @@ def _model_key(model: str | Path) -> str:
 
 def row_seed(seed: int, row: int) -> int:
     """Per-row ``sampling_seed`` for SGLang: a stable hash of ``(seed, row)`` in [0, 2**31)."""
-    digest = hashlib.sha256(f"strace_ds:{seed}:{row}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return hash_seed(f"strace_ds:{seed}:{row}") & 0x7FFFFFFF
 
 
 # --------------------------------------------------------------------------- engine
