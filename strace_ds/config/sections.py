@@ -33,6 +33,7 @@ from strace_ds.losses import (
 from strace_ds.losses.advantages import ADVANTAGE_METHODS as ADVANTAGE_ESTIMATORS
 from strace_ds.rewards.overlong import OVERLONG_MODES
 from strace_ds.rollout import ROLLOUT_ENGINES, SamplingParams
+from strace_ds.rollout.base import SGLANG_SYNC_MODES
 from strace_ds.train.lr_schedule import LR_SCHEDULES
 
 # The allowed values of a field come from the module that implements them (one list each).
@@ -135,7 +136,7 @@ class RolloutConfig(_Section):
 
     def _check(self) -> None:
         _choice("rollout", self.rollout, ROLLOUT_ENGINES)
-        _choice("sglang_sync", self.sglang_sync, ("disk", "tensor"))
+        _choice("sglang_sync", self.sglang_sync, SGLANG_SYNC_MODES)
         _at_least(
             self, 1, "prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size"
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strace_ds.losses.config import TraceConfig
+from strace_ds.losses.config import LOSS_AGGREGATIONS, TraceConfig
 from strace_ds.losses.kl import approx_kl_k3, kl_penalty
 from strace_ds.losses.trace import past_log_weight, select_tokens, trace_log_ratio
 
@@ -128,7 +128,7 @@ def loss_denominator(
     trainer sums it over micro-batches and ranks to get the global normaliser. Returned
     unclamped (a float64 scalar).
     """
-    if loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+    if loss_agg not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}")
     B, T = loss_mask.shape
     if loss_agg == "token_mean":

@@ -18,6 +18,11 @@ import torch
 FINISH_REASONS = ("stop", "length", "abort")
 
 
+SGLANG_SYNC_MODES = ("disk", "tensor")
+"""How new weights reach SGLang servers: versioned safetensors + ``/update_weights_from_disk``,
+or tensors sent over HTTP (colocated servers only)."""
+
+
 @dataclass
 class SamplingParams:
     """How answers are sampled."""

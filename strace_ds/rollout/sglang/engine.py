@@ -79,6 +79,7 @@ import torch
 
 from strace_ds.model.vocab import vocab_size as model_vocab_size
 from strace_ds.rollout.base import (
+    SGLANG_SYNC_MODES,
     Generation,
     SamplingParams,
     check_generate_request,
@@ -183,9 +184,9 @@ class SGLangRolloutEngine:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"SGLangRolloutEngine: server URL {url!r} must look like "
                                  "http://host:port")
-        if sync_mode not in ("disk", "tensor"):
-            raise ValueError(f"SGLangRolloutEngine: sync_mode must be 'disk' or 'tensor', "
-                             f"got {sync_mode!r}")
+        if sync_mode not in SGLANG_SYNC_MODES:
+            raise ValueError(f"SGLangRolloutEngine: sync_mode must be one of "
+                             f"{', '.join(SGLANG_SYNC_MODES)}, got {sync_mode!r}")  # fmt: skip
         for name, value, low in (("timeout_s", timeout_s, 1e-3), ("max_retries", max_retries, 0),
                                  ("backoff_s", backoff_s, 0), ("keep_versions", keep_versions, 1),
                                  ("max_concurrency", max_concurrency, 1),
