@@ -149,9 +149,9 @@ def train(name: str, work: Path, flags: list[str], monitor: dict | None = None):
                        load1_mean=statistics.fmean(mon.loads) if mon.loads else None)  # fmt: skip
     if rc:
         raise RuntimeError(f"{name} failed (rc {rc}):\n{log.read_text()[-4000:]}")
-    ckpts = work / "outputs" / name / "checkpoints"
-    tag = (ckpts / "latest").read_text().strip()
-    return json.loads((ckpts / tag / "trainer_state.json").read_text())["history"], wall
+    from strace_ds.train.monitor import read_history
+
+    return read_history(work / "outputs" / name), wall  # the run's metrics.jsonl
 
 
 REPORT_ONLY = False  # --report-only: never train, report the cached runs

@@ -57,11 +57,11 @@ def run_one(loss: str, seed: int, work: Path, extra: list[str]) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    ckpts = work / "outputs" / name / "checkpoints"
-    tag = (ckpts / "latest").read_text().strip()  # the file names the newest checkpoint
-    state = json.loads((ckpts / tag / "trainer_state.json").read_text())
-    evals = [h for h in state["history"] if "eval_step" in h]
-    rewards = [h["reward/mean"] for h in state["history"] if "reward/mean" in h]
+    from strace_ds.train.monitor import read_history
+
+    history = read_history(work / "outputs" / name)  # the run's metrics.jsonl
+    evals = [h for h in history if "eval_step" in h]
+    rewards = [h["reward/mean"] for h in history if "reward/mean" in h]
     out = {"loss": loss, "seed": seed, "acc_start": evals[0]["eval/accuracy"],
            "acc_end": evals[-1]["eval/accuracy"], "reward_first": rewards[0],
            "reward_last5": statistics.fmean(rewards[-5:]),

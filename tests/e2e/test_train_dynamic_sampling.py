@@ -4,7 +4,7 @@ and the draws are reported per step."""
 from __future__ import annotations
 
 import pytest
-from helpers.train_run import SMALL, _state, _train, _where
+from helpers.train_run import SMALL, _history, _train, _where
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ def test_re_sampling_reports_draws_and_leaves_no_silent_group_below_the_cap(tiny
             "--loss", "grpo", *SMALL, "--filter_zero_variance", "true",
             "--max_sampling_draws", "4"]  # fmt: skip
     _train(args, cwd=tmp_path)
-    history = _state(tmp_path / "out" / "dapo")["history"]
+    history = _history(tmp_path / "out" / "dapo")
     assert len(history) == 3
     for h in history:
         assert 1 <= h["rollout/draws_mean"] <= h["rollout/draws_max"] <= 4

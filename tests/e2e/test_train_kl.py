@@ -6,7 +6,7 @@ enters the loss or the reward. The estimators themselves: ``tests/unit/losses/te
 from __future__ import annotations
 
 import pytest
-from helpers.train_run import SMALL, _state, _train, _where
+from helpers.train_run import SMALL, _history, _train, _where
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ def _run(tiny_policy, tmp_path, name: str, *extra: str):
             "--loss", "grpo", *SMALL, *extra]  # fmt: skip
     args[args.index("--steps") + 1] = "2"
     proc = _train(args, cwd=tmp_path)
-    return _state(tmp_path / "out" / name)["history"], proc.stdout + proc.stderr
+    return _history(tmp_path / "out" / name), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("where,estimator", [("loss", "k3"), ("reward", "k1")])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers.train_run import SMALL, TRAIN, _env, _state, _train, _where
+from helpers.train_run import SMALL, TRAIN, _env, _history, _train, _where
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_a_user_reward_trains_and_is_logged_per_reward(tiny_policy, tmp_path, mo
             "--reward", "math_verify,user_rewards:length_penalty:0.5", *SMALL]  # fmt: skip
     args[args.index("--steps") + 1] = "2"
     _train(args, cwd=tmp_path)
-    history = _state(tmp_path / "out" / "mine")["history"]
+    history = _history(tmp_path / "out" / "mine")
     assert len(history) == 2
     for h in history:
         assert h["reward/length_penalty"] < 0  # minus the length / 100 characters

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.train_run import SMALL, _comparable, _scalars, _state, _train, _where
-
-from strace_ds.train.monitor import read_history
+from helpers.train_run import SMALL, _comparable, _history, _scalars, _state, _train, _where
 
 pytestmark = pytest.mark.slow
 
@@ -130,15 +128,14 @@ def test_resume_is_exact(policy_dir, tmp_path):
     _train([*common, "--run_name", "split", "--stop_after", "2"], cwd=tmp_path)
     assert _state(tmp_path / "out" / "split")["step"] == 2
     _train([*common, "--run_name", "split", "--resume", "auto"], cwd=tmp_path)
-    straight = _comparable(_state(tmp_path / "out" / "straight")["history"])
-    split = _comparable(_state(tmp_path / "out" / "split")["history"])
+    straight = _comparable(_history(tmp_path / "out" / "straight"))  # metrics.jsonl
+    split = _comparable(_history(tmp_path / "out" / "split"))
     assert len(straight) == 4
     assert split == straight
-    # metrics.jsonl: the history with step numbers; the resumed run's equals the straight one's
-    jsonl = {name: read_history(tmp_path / "out" / name) for name in ("straight", "split")}
-    assert [r["step"] for r in jsonl["split"]] == [1, 2, 3, 4]
-    assert _comparable(jsonl["split"]) == _comparable(jsonl["straight"])
-    assert [{k: v for k, v in r.items() if k != "step"} for r in jsonl["straight"]] == _state(
+    # metrics.jsonl numbers the steps, and holds the checkpoint's history
+    assert [r["step"] for r in _history(tmp_path / "out" / "split")] == [1, 2, 3, 4]
+    assert [{k: v for k, v in r.items() if k != "step"}
+            for r in _history(tmp_path / "out" / "straight")] == _state(
         tmp_path / "out" / "straight")["history"]  # fmt: skip
     # A relaunch without --resume, or a resume that changes the run, is refused in one line.
     again = _train([*common, "--run_name", "split"], cwd=tmp_path, check=False)

@@ -1,7 +1,7 @@
 """Running ``scripts/train.py`` in tests and reading what it wrote: the small run's flags, the
-subprocess call, the checkpointed history and the TensorBoard scalars. Shared by the
-end-to-end and SGLang tiers (the trainer, asynchronous, KL, reward, dynamic-sampling and
-corrupted-checkpoint tests)."""
+subprocess call, the run's metrics.jsonl, the checkpoint's state and the TensorBoard scalars.
+Shared by the end-to-end and SGLang tiers (the trainer, asynchronous, KL, reward,
+dynamic-sampling and corrupted-checkpoint tests)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _train(args: list[str], cwd: Path, launcher: list[str] | None = None, timeou
             f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def _history(run_dir: Path) -> list[dict]:
+    """The run's history as it wrote it: ``<run_dir>/metrics.jsonl`` (a ``step`` on each training
+    line, ``eval_step`` on each evaluation)."""
+    from strace_ds.train.monitor import read_history
+
+    return read_history(run_dir)
 
 
 def _state(run_dir: Path) -> dict:
