@@ -203,21 +203,14 @@ for loss, series in scalars.items():
 #     --rollout sglang --sglang-url http://localhost:30000
 # ```
 #
-# and watch it with `tensorboard --logdir runs/`. The same settings from Python — built and
-# validated here, **not run** (that needs GPUs, the model download and the server):
+# and watch it with `tensorboard --logdir runs/`. The same run is written down as a named config,
+# `configs/qwen3_1p7b_math.yaml` (`deepspeed --num_gpus 8 scripts/train.py --config
+# configs/qwen3_1p7b_math.yaml`); from Python it loads with overrides, here the SGLang server —
+# built and validated, **not run** (that needs GPUs, the model download and the server):
 
 # %%
-real = TrainConfig(
-    loss="s_trace",
-    model="Qwen/Qwen3-1.7B",
-    dataset="DigitalLearningGmbH/MATH-lighteval",
-    prompt_column="problem",
-    answer_column="solution",
-    eval_dataset="math500",
-    max_new_tokens=4096,
-    prompts_per_step=128,
-    group_size=8,
-    lr=1e-6,
+real = TrainConfig.from_file(
+    REPO / "configs" / "qwen3_1p7b_math.yaml",
     rollout="sglang",
     sglang_url="http://localhost:30000",
     ds_config=str(REPO / "ds_configs" / "zero3.json"),
