@@ -38,7 +38,9 @@ def extensions_dir() -> Path:
         return Path(os.environ["TORCH_EXTENSIONS_DIR"])
     import torch
 
-    cache = Path(os.environ.get("STRACE_DS_CACHE") or Path.home() / ".cache" / "strace_ds")
+    from strace_ds.cache import cache_root
+
+    cache = cache_root()
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
     return cache / "torch_extensions" / tag
 

@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -81,6 +80,7 @@ from strace_ds.assets import (  # noqa: F401 (re-exported: the recipe's shipped 
     default_policy_dir,
     is_build,
 )
+from strace_ds.cache import cache_root
 from strace_ds.data.arithmetic import ArithmeticConfig, arithmetic_dataset
 from strace_ds.data.types import PromptExample
 from strace_ds.storage.publish import publish_dir
@@ -166,11 +166,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def cache_root() -> Path:
-    """``$STRACE_DS_CACHE`` if set, else ``~/.cache/strace_ds``."""
-    return Path(os.environ.get("STRACE_DS_CACHE") or Path.home() / ".cache" / "strace_ds")
 
 
 @contextmanager
