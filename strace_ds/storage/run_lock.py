@@ -66,11 +66,20 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, tidy: bool = False) -> None:
+        """Release the lock. ``tidy``: a run that failed at start-up leaves no trace, so the
+        lock file and the directories it alone made are removed when nothing else is there."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
+            if tidy:
+                self.path.unlink(missing_ok=True)
+                for folder in (self.path.parent, self.path.parent.parent):
+                    try:
+                        folder.rmdir()  # only when empty
+                    except OSError:
+                        break
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

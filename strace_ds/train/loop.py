@@ -86,7 +86,7 @@ class Trainer:
         try:
             self._build(config)
         except BaseException:
-            self._run_lock.release()
+            self._run_lock.release(tidy=True)  # a failed start-up leaves no run directory
             raise
 
     def _build(self, config: TrainConfig) -> None:
