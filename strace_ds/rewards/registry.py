@@ -50,6 +50,10 @@ RewardFn = Callable[[str, str, dict[str, Any]], float]
 DEFAULT_SPEC = "math_verify"
 """What the trainer grades with unless told otherwise: math-verify correctness alone."""
 
+MAX_ABS_WEIGHT = 1e6
+"""A term's weight must be within ``|w| <= MAX_ABS_WEIGHT`` (with rewards bounded by
+``worker.MAX_ABS_REWARD``, every weighted sum stays far inside float32)."""
+
 SPEC_FIELD = "--reward"
 """The option that error messages name."""
 
@@ -95,6 +99,23 @@ class RewardTerm:
         return self.name.rpartition(":")[2].rpartition(".")[2]
 
 
+VERIFIERS = ("math_verify", "synthetic")
+"""Registered rewards whose value is math-verify's verdict: ``reward/accuracy`` is theirs."""
+
+
+def with_verifier(spec: str) -> str:
+    """``spec`` with ``math_verify:0`` appended when no term is math-verify's verdict, so that
+    ``reward/accuracy`` stays math-verify's whatever the reward trains on (weight 0: reported,
+    not counted). A spec that does not parse is returned as it is (its error comes later)."""
+    try:
+        terms = parse_reward_spec(spec)
+    except ValueError:
+        return spec
+    if any(t.name in VERIFIERS for t in terms):
+        return spec
+    return f"{spec},math_verify:0"
+
+
 def _spec_error(spec: str, message: str) -> ValueError:
     return ValueError(f"{SPEC_FIELD} {spec!r}: {message}")
 
@@ -106,6 +127,10 @@ def _parse_term(term: str, spec: str) -> RewardTerm:
         name, weight = head.strip(), float(tail)
     if not math.isfinite(weight):  # a literal like 1e999
         raise _spec_error(spec, f"the weight of {name!r} is not finite; use e.g. 0.5")
+    if abs(weight) > MAX_ABS_WEIGHT:
+        raise _spec_error(
+            spec, f"the weight of {name!r} is beyond |w| <= {MAX_ABS_WEIGHT:g}; use e.g. 0.5"
+        )
     if name in REWARDS:
         return RewardTerm(name, weight)
     module, sep, attr = name.partition(":")
