@@ -40,6 +40,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -50,6 +51,7 @@ from typing import Any
 
 from strace_ds.rewards.grading import grade_answer
 from strace_ds.rewards.registry import DEFAULT_SPEC, REWARDS, RewardTerm, load_rewards
+from strace_ds.rewards.remote import RemoteReward, RemoteRewardError
 from strace_ds.rewards.worker import (
     DEFAULT_CPU_LIMIT_FACTOR,
     DEFAULT_MEMORY_LIMIT_GIB,
@@ -233,6 +235,7 @@ class RewardPool:
         memory_limit_gib: float | None = DEFAULT_MEMORY_LIMIT_GIB,
         cpu_limit_factor: float | None = DEFAULT_CPU_LIMIT_FACTOR,
         rewards: str | Sequence[RewardTerm] | None = None,
+        remote_timeout_s: float = 30.0,
     ) -> None:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"RewardPool: num_workers must be an int >= 1, got {num_workers!r}")
@@ -268,9 +271,25 @@ class RewardPool:
         # Worker sets: the registered rewards (math-verify's verdict among them) never share a
         # process with a user's function, which could otherwise change their verdict (a
         # monkeypatch, a global setting) for the rest of the worker's life.
-        self._group_of = [0 if term.name in REWARDS else 1 for term in terms]
+        # Remote rewards (group -1) are scored from this process, one POST per batch.
+        self._group_of = [
+            -1 if isinstance(fn, RemoteReward) else 0 if term.name in REWARDS else 1
+            for term, fn in zip(terms, fns, strict=True)
+        ]
+        self._remote: dict[int, RemoteReward] = {}
+        for k, fn in enumerate(fns):
+            if isinstance(fn, RemoteReward):
+                fn.timeout_s = float(remote_timeout_s)
+                try:
+                    fn.probe()
+                except RemoteRewardError as exc:
+                    raise ValueError(
+                        f"--reward: remote reward {fn.url!r} cannot be used: {exc}; start its "
+                        "server or fix the URL"
+                    ) from exc
+                self._remote[k] = fn
         self._group_bytes: dict[int, bytes] = {}
-        for group in sorted(set(self._group_of)):
+        for group in sorted(set(self._group_of) - {-1}):
             mine = [fn if g == group else None for fn, g in zip(fns, self._group_of, strict=True)]
             try:
                 self._group_bytes[group] = pickle.dumps(mine)
@@ -366,26 +385,42 @@ class RewardPool:
         responses: list[str],
         golds: list[str],
         examples: list[dict[str, Any]] | None = None,
+        prompts: list[str] | None = None,
     ) -> RewardResult:
         """Grade ``responses[i]`` against ``golds[i]`` with every reward, for all i, concurrently.
 
         ``examples[i]`` (a dict: the dataset row's other columns) is passed to each reward as
-        its third argument; None passes ``{}``. Returns a :class:`RewardResult` aligned with the
-        inputs. A timeout or an exception costs that reward of that item (0.0, recorded) and
-        never the batch.
+        its third argument; None passes ``{}``. ``prompts[i]`` (the prompt text) reaches the
+        rewards that take it (TRL-shaped ones); None passes ``""``. Returns a
+        :class:`RewardResult` aligned with the inputs. A timeout or an exception costs that
+        reward of that item (0.0, recorded) and never the batch.
         """
         self._check_open()
         _validate_batch(responses, golds, examples)
         rows = [{}] * len(responses) if examples is None else examples
+        if prompts is not None and len(prompts) != len(responses):
+            raise ValueError(
+                f"RewardPool.score: prompts ({len(prompts)}) and responses ({len(responses)}) "
+                "must have the same length; repeat each prompt once per sampled response"
+            )
+        texts = [""] * len(responses) if prompts is None else prompts
         K = len(self.terms)
         tasks = _Tasks.empty(len(responses) * K)
         pending: dict[int, deque[int]] = {g: deque() for g in self._group_bytes}
         for t in range(len(tasks.values)):
-            pending[self._group_of[t % K]].append(t)
+            if self._group_of[t % K] != -1:
+                pending[self._group_of[t % K]].append(t)
         self._batch_printed = self._batch_dropped = 0
+        remote = [
+            threading.Thread(target=self._score_remote, daemon=True,
+                             args=(k, tasks, responses, golds, rows, texts))
+            for k in self._remote
+        ]  # fmt: skip
+        for thread in remote:
+            thread.start()
         try:
             while any(pending.values()) or any(w.task is not None for w in self._workers):
-                self._dispatch(pending, responses, golds, rows)
+                self._dispatch(pending, responses, golds, rows, texts)
                 self._poll(tasks)
         except BaseException:
             # Interrupted (e.g. Ctrl-C): items still in flight would answer into the next call.
@@ -393,6 +428,8 @@ class RewardPool:
                 if w.task is not None:
                     self._replace(w)
             raise
+        for thread in remote:  # each POST ends within its deadline
+            thread.join()
         for w in self._workers:
             self._drain(w, block=False)
         result = self._combine(tasks, len(responses))
@@ -404,6 +441,15 @@ class RewardPool:
                 f"{OUTPUT_BATCH_BYTES} per batch)\n"
             )
         return result
+
+    def _score_remote(
+        self, k: int, tasks: _Tasks, responses: list[str], golds: list[str],
+        examples: list[dict[str, Any]], prompts: list[str],
+    ) -> None:
+        """Remote reward ``k`` over the batch, into ``tasks`` (its slots ``k::K``)."""
+        K = len(self.terms)
+        values, errors = self._remote[k].score(responses, golds, examples, prompts)
+        tasks.values[k::K], tasks.errors[k::K] = values, errors
 
     def _combine(self, tasks: _Tasks, n: int) -> RewardResult:
         """Per-item results from per-task ones: the weighted sum, and each reward apart."""
@@ -438,6 +484,7 @@ class RewardPool:
         responses: list[str],
         golds: list[str],
         examples: list[dict[str, Any]],
+        prompts: list[str],
     ) -> None:
         """Hand the next pending task of its worker set to every ready, idle worker."""
         K = len(self.terms)
@@ -447,7 +494,7 @@ class RewardPool:
                 t = queue.popleft()
                 i, k = divmod(t, K)
                 try:
-                    w.conn.send((t, k, responses[i], golds[i], examples[i]))
+                    w.conn.send((t, k, responses[i], golds[i], examples[i], prompts[i]))
                 except (OSError, ValueError):
                     queue.appendleft(t)  # died while idle: the task never started
                     self._replace(w)

@@ -245,7 +245,7 @@ def _worker_main(
     output: Connection | None = None,
 ) -> None:
     """Worker loop: load the rewards, say ready, then run task
-    ``(task, k, response, gold, example)`` with reward ``k``, forever.
+    ``(task, k, response, gold, example, prompt)`` with reward ``k``, forever.
 
     ``grader_bytes`` holds this worker's set of rewards (None in the slots of rewards another
     set grades). Exits on ``None`` (orderly close) or when the parent's end of the pipe closes
@@ -267,10 +267,12 @@ def _worker_main(
             msg = None
         if msg is None:
             _fast_exit()
-        task, k, response, gold, example = msg
+        task, k, response, gold, example, prompt = msg
         _arm_cpu_limit(limits.cpu_s)
+        fn = rewards[k]
+        extra = {"prompt": prompt} if getattr(fn, "wants_prompt", False) else {}
         try:
-            reward, error = _checked_reward(rewards[k](response, gold, example)), None
+            reward, error = _checked_reward(fn(response, gold, example, **extra)), None
         except Exception as exc:  # a reward is allowed to fail on bad input; we record it
             reward, error = 0.0, _truncate_line(f"{type(exc).__name__}: {exc}", _MAX_ERROR_CHARS)
         conn.send((task, reward, error))

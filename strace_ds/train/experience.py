@@ -214,7 +214,8 @@ class ExperienceProducer:
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
         examples = [self.data[indices[i]] for i in generation.prompt_index]
         golds = [ex.answer for ex in examples]
-        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples])
+        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples],
+                                        prompts=[ex.prompt for ex in examples])
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
         components = {
             label: torch.tensor(values, dtype=torch.float32)

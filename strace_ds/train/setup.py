@@ -200,7 +200,8 @@ def build_reward_pool(rewards: RewardConfig, spec: str | None = None) -> Any:
 
     # reward/accuracy is math-verify's verdict on the gold whatever --reward holds.
     return RewardPool(num_workers=rewards.reward_workers, timeout_s=rewards.reward_timeout_s,
-                      rewards=with_verifier(spec or rewards.reward))
+                      rewards=with_verifier(spec or rewards.reward),
+                      remote_timeout_s=rewards.remote_reward_timeout_s)
 
 
 @dataclass

@@ -85,3 +85,21 @@ def chatty(response: str, gold: str, example: dict[str, Any]) -> float:
     subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('e' * 1_000_000)"],
                    check=False)
     return 1.0
+
+
+def trl_contains_answer(prompts, completions, answer, **kwargs):  # noqa: ANN001, ANN201
+    """A reward exactly as TRL users write one: 1.0 where the completion contains the row's
+    ``answer`` and the prompt is a question, plus the row's ``bonus`` column when present."""
+    bonus = kwargs.get("bonus", [0.0] * len(completions))
+    return [float(a in c and p.endswith("?")) + b
+            for p, c, a, b in zip(prompts, completions, answer, bonus, strict=True)]
+
+
+def trl_named_only(completions, bonus):  # noqa: ANN001, ANN201
+    """TRL's shape without ``**kwargs``: gets only the columns it names."""
+    return [len(c) / 100 + b for c, b in zip(completions, bonus, strict=True)]
+
+
+def trl_two_values(completions, **kwargs):  # noqa: ANN001, ANN003, ANN201
+    """Returns two values for one completion: an error."""
+    return [1.0, 2.0]
