@@ -414,11 +414,17 @@ class RewardConfig(_Section):
     reward: str = _f(
         "math_verify",
         "rewards as NAME[:WEIGHT],...: math_verify, format (a \\boxed{} answer present), "
-        "synthetic, or package.module:function (response, gold, example dict) -> float; "
-        "weighted sum, each logged as reward/<name> (docs/TRAINING.md, 'Rewards')",
+        "synthetic, package.module:function (response, gold, example dict) -> float or TRL's "
+        "(prompts, completions, **columns) -> list[float], or http://HOST:PORT/PATH (a batched "
+        "POST); weighted sum, each logged as reward/<name> (docs/TRAINING.md, 'Rewards')",
     )
     reward_workers: int = _f(2, "grading worker processes per rank")
     reward_timeout_s: float = _f(10.0, "hard per-answer grading timeout (killed, scored 0)")
+    remote_reward_timeout_s: float = _f(
+        30.0,
+        "wall-clock deadline of one batched POST to a remote reward (an http:// term of "
+        "--reward), retries included; past it the batch's answers are grading errors",
+    )
     max_bad_gold_frac: float = _f(
         0.5,
         "abort at start-up when more than this fraction of the training golds cannot be parsed "
@@ -437,6 +443,10 @@ class RewardConfig(_Section):
         _at_least(self, 1, "reward_workers")
         if not self.reward_timeout_s > 0:
             raise ValueError(f"reward_timeout_s must be > 0, got {self.reward_timeout_s}")
+        if not self.remote_reward_timeout_s > 0:
+            raise ValueError(
+                f"remote_reward_timeout_s must be > 0 seconds, got {self.remote_reward_timeout_s}"
+            )
         for name in ("max_bad_gold_frac", "max_grading_error_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

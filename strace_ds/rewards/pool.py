@@ -36,8 +36,11 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -47,7 +50,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from strace_ds.rewards.grading import grade_answer
-from strace_ds.rewards.registry import DEFAULT_SPEC, RewardTerm, load_rewards
+from strace_ds.rewards.registry import DEFAULT_SPEC, REWARDS, RewardTerm, load_rewards
+from strace_ds.rewards.remote import RemoteReward, RemoteRewardError
 from strace_ds.rewards.worker import (
     DEFAULT_CPU_LIMIT_FACTOR,
     DEFAULT_MEMORY_LIMIT_GIB,
@@ -57,6 +61,12 @@ from strace_ds.rewards.worker import (
 )
 
 START_METHODS = ("spawn", "forkserver")
+OUTPUT_CALL_BYTES = 4096
+"""What one reward call (one item, one reward) may print (stdout and stderr of its worker and
+the worker's subprocesses) before the rest of that call's output is dropped and counted."""
+OUTPUT_BATCH_BYTES = 65536
+"""What all workers together may print during one :meth:`RewardPool.score` call (one training
+step's draw); past it output is dropped, and one line at the end of the call says how much."""
 
 
 @dataclass
@@ -79,6 +89,9 @@ class RewardResult:
     """Per reward label: True where that reward timed out on the item."""
     component_errors: dict[str, list[str | None]] = field(default_factory=dict)
     """Per reward label: that reward's ``"ExcType: message"`` on the item, else None."""
+    output_dropped: int = 0
+    """Bytes of the rewards' printed output dropped during this call (see
+    :data:`OUTPUT_CALL_BYTES`, :data:`OUTPUT_BATCH_BYTES`)."""
 
     @property
     def num_timeouts(self) -> int:
@@ -97,6 +110,12 @@ class _Worker:
 
     process: Any  # a multiprocessing Process of the chosen context
     conn: Connection
+    group: int = 0
+    """Which worker set: the rewards it loaded (see ``RewardPool._group_of``)."""
+    output: Connection | None = None
+    """Read end of the worker's stdout/stderr pipe (None once it reached EOF)."""
+    printed: int = 0
+    """Bytes of output read since its current (or last) task was sent."""
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     task: int | None = None
@@ -104,15 +123,33 @@ class _Worker:
     deadline: float = 0.0
 
 
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL the process group (session) a worker leads: the worker and every process its
+    rewards started. Harmless when the group is already gone."""
+    killpg = getattr(os, "killpg", None)
+    if pid is None or killpg is None:
+        return
+    with contextlib.suppress(OSError):
+        killpg(pid, signal.SIGKILL)
+
+
 def _stop_worker(worker: _Worker) -> None:
-    """Kill a worker if it still runs and reap it (join), so no zombie is left behind."""
+    """Kill a worker and its process group if they still run and reap the worker (join), so
+    neither a zombie nor an orphaned subprocess of a reward is left behind."""
+    # The group first, while its leader's pid is still ours (the worker is not reaped yet).
+    _kill_group(worker.process.pid)  # what a reward started outlives the worker otherwise
     if worker.process.is_alive():
         worker.process.kill()
     worker.process.join(5.0)
     worker.conn.close()
+    if worker.output is not None:
+        worker.output.close()
+        worker.output = None
 
 
-def _shutdown(workers: list[_Worker], grace_s: float) -> None:
+def _shutdown(
+    workers: list[_Worker], grace_s: float, drain: Callable[[_Worker], None] | None = None
+) -> None:
     """Stop every worker; shared by ``close`` and the garbage-collection finalizer.
 
     All workers are asked to exit first and then joined, so their interpreter shutdowns overlap;
@@ -126,6 +163,8 @@ def _shutdown(workers: list[_Worker], grace_s: float) -> None:
         end = time.monotonic() + grace_s
         for w in workers:
             w.process.join(max(0.0, end - time.monotonic()))
+            if drain is not None:  # its last words (log totals) are in the pipe
+                drain(w)
     while workers:
         _stop_worker(workers.pop())
 
@@ -196,6 +235,7 @@ class RewardPool:
         memory_limit_gib: float | None = DEFAULT_MEMORY_LIMIT_GIB,
         cpu_limit_factor: float | None = DEFAULT_CPU_LIMIT_FACTOR,
         rewards: str | Sequence[RewardTerm] | None = None,
+        remote_timeout_s: float = 30.0,
     ) -> None:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"RewardPool: num_workers must be an int >= 1, got {num_workers!r}")
@@ -228,14 +268,38 @@ class RewardPool:
             terms, fns = [term for term, _ in loaded], [fn for _, fn in loaded]
         self.terms = terms
         """The rewards graded (names, weights, labels), in the order of ``fns`` in the workers."""
-        try:
-            self._grader_bytes = pickle.dumps(fns)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            raise ValueError(
-                f"RewardPool: grader {grader!r} cannot be sent to worker processes ({exc}); "
-                "pass a function defined at module level (not a lambda or a closure)"
-            ) from exc
+        # Worker sets: the registered rewards (math-verify's verdict among them) never share a
+        # process with a user's function, which could otherwise change their verdict (a
+        # monkeypatch, a global setting) for the rest of the worker's life.
+        # Remote rewards (group -1) are scored from this process, one POST per batch.
+        self._group_of = [
+            -1 if isinstance(fn, RemoteReward) else 0 if term.name in REWARDS else 1
+            for term, fn in zip(terms, fns, strict=True)
+        ]
+        self._remote: dict[int, RemoteReward] = {}
+        for k, fn in enumerate(fns):
+            if isinstance(fn, RemoteReward):
+                fn.timeout_s = float(remote_timeout_s)
+                try:
+                    fn.probe()
+                except RemoteRewardError as exc:
+                    raise ValueError(
+                        f"--reward: remote reward {fn.url!r} cannot be used: {exc}; start its "
+                        "server or fix the URL"
+                    ) from exc
+                self._remote[k] = fn
+        self._group_bytes: dict[int, bytes] = {}
+        for group in sorted(set(self._group_of) - {-1}):
+            mine = [fn if g == group else None for fn, g in zip(fns, self._group_of, strict=True)]
+            try:
+                self._group_bytes[group] = pickle.dumps(mine)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise ValueError(
+                    f"RewardPool: grader {grader!r} cannot be sent to worker processes ({exc}); "
+                    "pass a function defined at module level (not a lambda or a closure)"
+                ) from exc
         self.num_workers = num_workers
+        """Workers per worker set (one set for registered rewards, one for user functions)."""
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
         cpu_s = None if cpu_limit_factor is None else math.ceil(cpu_limit_factor * timeout_s)
@@ -249,30 +313,37 @@ class RewardPool:
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
         self._closed = False
+        self._batch_printed = 0
+        self._batch_dropped = 0
         # Reap the workers even if the owner forgets close(); the finalizer holds the list,
         # not self, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, 0.0)
-        for _ in range(num_workers):
-            self._workers.append(self._spawn())
+        for group in self._group_bytes:
+            for _ in range(num_workers):
+                self._workers.append(self._spawn(group))
 
     # ----------------------------------------------------------------- lifecycle
-    def _spawn(self) -> _Worker:
+    def _spawn(self, group: int) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        out_read, out_write = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._grader_bytes, self.limits),
+            args=(child_conn, self._group_bytes[group], self.limits, out_write),
             name="strace_ds-reward-worker",
             daemon=True,  # never outlive the trainer
         )
         process.start()
-        # Only the child may hold this end: then the child sees EOF if the parent dies.
+        # Only the child may hold these ends: then the child sees EOF if the parent dies, and
+        # the output pipe reaches EOF once the worker and its subprocesses are gone.
         child_conn.close()
-        return _Worker(process=process, conn=parent_conn)
+        out_write.close()
+        return _Worker(process=process, conn=parent_conn, group=group, output=out_read)
 
     def _replace(self, worker: _Worker) -> None:
         """Kill ``worker`` (hung or dead), reap it, and start a fresh one in its slot."""
+        self._drain(worker)  # what it printed before it hung or died
         _stop_worker(worker)
-        self._workers[self._workers.index(worker)] = self._spawn()
+        self._workers[self._workers.index(worker)] = self._spawn(worker.group)
         self.num_restarts += 1
 
     def wait_ready(self) -> None:
@@ -295,7 +366,7 @@ class RewardPool:
         """Stop and reap every worker (idempotent). The pool cannot be used afterwards."""
         if not self._closed:
             self._closed = True
-            _shutdown(self._workers, grace_s=1.0)
+            _shutdown(self._workers, grace_s=1.0, drain=self._drain_at_exit)
             self._finalizer.detach()
 
     def __enter__(self) -> RewardPool:
@@ -314,22 +385,42 @@ class RewardPool:
         responses: list[str],
         golds: list[str],
         examples: list[dict[str, Any]] | None = None,
+        prompts: list[str] | None = None,
     ) -> RewardResult:
         """Grade ``responses[i]`` against ``golds[i]`` with every reward, for all i, concurrently.
 
         ``examples[i]`` (a dict: the dataset row's other columns) is passed to each reward as
-        its third argument; None passes ``{}``. Returns a :class:`RewardResult` aligned with the
-        inputs. A timeout or an exception costs that reward of that item (0.0, recorded) and
-        never the batch.
+        its third argument; None passes ``{}``. ``prompts[i]`` (the prompt text) reaches the
+        rewards that take it (TRL-shaped ones); None passes ``""``. Returns a
+        :class:`RewardResult` aligned with the inputs. A timeout or an exception costs that
+        reward of that item (0.0, recorded) and never the batch.
         """
         self._check_open()
         _validate_batch(responses, golds, examples)
         rows = [{}] * len(responses) if examples is None else examples
-        tasks = _Tasks.empty(len(responses) * len(self.terms))
-        pending = deque(range(len(tasks.values)))
+        if prompts is not None and len(prompts) != len(responses):
+            raise ValueError(
+                f"RewardPool.score: prompts ({len(prompts)}) and responses ({len(responses)}) "
+                "must have the same length; repeat each prompt once per sampled response"
+            )
+        texts = [""] * len(responses) if prompts is None else prompts
+        K = len(self.terms)
+        tasks = _Tasks.empty(len(responses) * K)
+        pending: dict[int, deque[int]] = {g: deque() for g in self._group_bytes}
+        for t in range(len(tasks.values)):
+            if self._group_of[t % K] != -1:
+                pending[self._group_of[t % K]].append(t)
+        self._batch_printed = self._batch_dropped = 0
+        remote = [
+            threading.Thread(target=self._score_remote, daemon=True,
+                             args=(k, tasks, responses, golds, rows, texts))
+            for k in self._remote
+        ]  # fmt: skip
+        for thread in remote:
+            thread.start()
         try:
-            while pending or any(w.task is not None for w in self._workers):
-                self._dispatch(pending, responses, golds, rows)
+            while any(pending.values()) or any(w.task is not None for w in self._workers):
+                self._dispatch(pending, responses, golds, rows, texts)
                 self._poll(tasks)
         except BaseException:
             # Interrupted (e.g. Ctrl-C): items still in flight would answer into the next call.
@@ -337,7 +428,28 @@ class RewardPool:
                 if w.task is not None:
                     self._replace(w)
             raise
-        return self._combine(tasks, len(responses))
+        for thread in remote:  # each POST ends within its deadline
+            thread.join()
+        for w in self._workers:
+            self._drain(w, block=False)
+        result = self._combine(tasks, len(responses))
+        result.output_dropped = self._batch_dropped
+        if self._batch_dropped:
+            self._print(
+                f"[reward workers] {self._batch_dropped} bytes of reward output dropped in this "
+                f"batch (kept at most {OUTPUT_CALL_BYTES} bytes per reward call and "
+                f"{OUTPUT_BATCH_BYTES} per batch)\n"
+            )
+        return result
+
+    def _score_remote(
+        self, k: int, tasks: _Tasks, responses: list[str], golds: list[str],
+        examples: list[dict[str, Any]], prompts: list[str],
+    ) -> None:
+        """Remote reward ``k`` over the batch, into ``tasks`` (its slots ``k::K``)."""
+        K = len(self.terms)
+        values, errors = self._remote[k].score(responses, golds, examples, prompts)
+        tasks.values[k::K], tasks.errors[k::K] = values, errors
 
     def _combine(self, tasks: _Tasks, n: int) -> RewardResult:
         """Per-item results from per-task ones: the weighted sum, and each reward apart."""
@@ -368,26 +480,26 @@ class RewardPool:
 
     def _dispatch(
         self,
-        pending: deque[int],
+        pending: dict[int, deque[int]],
         responses: list[str],
         golds: list[str],
         examples: list[dict[str, Any]],
+        prompts: list[str],
     ) -> None:
-        """Hand the next pending task to every ready, idle worker."""
+        """Hand the next pending task of its worker set to every ready, idle worker."""
         K = len(self.terms)
         for w in list(self._workers):
-            if not pending:
-                return
-            if w.ready and w.task is None:
-                t = pending.popleft()
+            queue = pending[w.group]
+            if w.ready and w.task is None and queue:
+                t = queue.popleft()
                 i, k = divmod(t, K)
                 try:
-                    w.conn.send((t, k, responses[i], golds[i], examples[i]))
+                    w.conn.send((t, k, responses[i], golds[i], examples[i], prompts[i]))
                 except (OSError, ValueError):
-                    pending.appendleft(t)  # died while idle: the task never started
+                    queue.appendleft(t)  # died while idle: the task never started
                     self._replace(w)
                     continue
-                w.task, w.deadline = t, time.monotonic() + self.timeout_s
+                w.task, w.deadline, w.printed = t, time.monotonic() + self.timeout_s, 0
 
     def _poll(self, result: _Tasks | None) -> None:
         """Wait for the next message, death or deadline, and act on everything that fired.
@@ -400,13 +512,65 @@ class RewardPool:
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         handles: list[Any] = [w.conn for w in self._workers]
         handles += [w.process.sentinel for w in self._workers]
+        handles += [w.output for w in self._workers if w.output is not None]
         fired = set(wait(handles, timeout))
         for w in list(self._workers):
+            if w.output is not None and w.output in fired:
+                self._drain(w, block=False)
             if w.conn in fired:
                 self._receive(w, result)
             elif w.process.sentinel in fired:
                 self._on_death(w, result)
         self._enforce_deadlines(result)
+
+    # ----------------------------------------------------------------- printed output
+    def _drain_at_exit(self, w: _Worker) -> None:
+        self._batch_printed = w.printed = 0
+        self._drain(w)
+
+    def _print(self, text: str) -> None:
+        stream = sys.stderr
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.write(text)
+                stream.flush()
+
+    def _drain(self, w: _Worker, block: bool = False) -> None:
+        """Forward what worker ``w`` (and its subprocesses) printed, within the bounds.
+
+        Each reward call keeps its first :data:`OUTPUT_CALL_BYTES` bytes (a note marks the cut)
+        and all calls of one ``score`` their first :data:`OUTPUT_BATCH_BYTES`; the rest is read
+        (so the worker never blocks on a full pipe) and counted in ``RewardResult.output_dropped``.
+        """
+        out = w.output
+        if out is None:
+            return
+        fd = out.fileno()
+        for _ in range(64):  # at most 64 reads of 64 KiB per call: the poll loop comes back
+            if not block and not wait([out], 0):
+                return
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:  # EOF: the worker and everything it started are gone
+                out.close()
+                w.output = None
+                return
+            call_room = max(0, OUTPUT_CALL_BYTES - w.printed)
+            batch_room = max(0, OUTPUT_BATCH_BYTES - self._batch_printed)
+            keep = chunk[: min(call_room, batch_room)]
+            w.printed += len(chunk)
+            self._batch_printed += len(keep)
+            self._batch_dropped += len(chunk) - len(keep)
+            if keep:
+                self._print(keep.decode("utf-8", errors="replace"))
+            # One note per cut call while the batch has room (so the notes are bounded too).
+            if len(keep) < len(chunk) and call_room and batch_room:
+                self._print(
+                    f"\n[reward worker {w.process.pid}] output of this reward call cut (at most "
+                    f"{OUTPUT_CALL_BYTES} bytes per call, {OUTPUT_BATCH_BYTES} per batch)\n"
+                )
 
     def _receive(self, w: _Worker, result: _Tasks | None) -> None:
         try:

@@ -4,6 +4,9 @@ Every reward has one signature::
 
     fn(response: str, gold: str, example: dict[str, Any]) -> float
 
+A user function may instead have TRL's shape, ``fn(prompts, completions, **columns) ->
+list[float]`` (detected by a parameter named ``completions``; see :class:`TrlReward`).
+
 ``response`` is the full decoded model output (untrusted: call
 :func:`strace_ds.rewards.extract_boxed_answer` for its final answer), ``gold`` the dataset's gold
 answer and ``example`` the dataset row's other columns (``{}`` when the caller has none). The
@@ -22,6 +25,7 @@ Spec grammar (``--reward``)::
     term   := name [":" weight]
     name   := registered name            e.g. math_verify, format, synthetic
             | module ":" function        e.g. my_pkg.rewards:length_penalty
+            | URL                        e.g. http://127.0.0.1:8000/score (remote.py)
     weight := a decimal number           e.g. 0.5, -1, 1e-3 (not inf or nan)
 
 A term's last colon-separated part is its weight when it is a number, so
@@ -40,15 +44,21 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from strace_ds.rewards.extract import extract_boxed_answer
 from strace_ds.rewards.grading import grade_answer
+from strace_ds.rewards.remote import RemoteReward, check_url, is_remote
 
 RewardFn = Callable[[str, str, dict[str, Any]], float]
 """``fn(response, gold, example) -> float``: the one signature of every reward."""
 
 DEFAULT_SPEC = "math_verify"
 """What the trainer grades with unless told otherwise: math-verify correctness alone."""
+
+MAX_ABS_WEIGHT = 1e6
+"""A term's weight must be within ``|w| <= MAX_ABS_WEIGHT`` (with rewards bounded by
+``worker.MAX_ABS_REWARD``, every weighted sum stays far inside float32)."""
 
 SPEC_FIELD = "--reward"
 """The option that error messages name."""
@@ -90,9 +100,28 @@ class RewardTerm:
 
     @property
     def label(self) -> str:
-        """The name the term is reported under (``reward/<label>``): the registered name, or
-        the function's name without its module."""
+        """The name the term is reported under (``reward/<label>``): the registered name, the
+        function's name without its module, or a URL's last path segment."""
+        if is_remote(self.name):  # the URL's last path segment: .../score -> score
+            return urlsplit(self.name).path.rstrip("/").rpartition("/")[2] or "remote"
         return self.name.rpartition(":")[2].rpartition(".")[2]
+
+
+VERIFIERS = ("math_verify", "synthetic")
+"""Registered rewards whose value is math-verify's verdict: ``reward/accuracy`` is theirs."""
+
+
+def with_verifier(spec: str) -> str:
+    """``spec`` with ``math_verify:0`` appended when no term is math-verify's verdict, so that
+    ``reward/accuracy`` stays math-verify's whatever the reward trains on (weight 0: reported,
+    not counted). A spec that does not parse is returned as it is (its error comes later)."""
+    try:
+        terms = parse_reward_spec(spec)
+    except ValueError:
+        return spec
+    if any(t.name in VERIFIERS for t in terms):
+        return spec
+    return f"{spec},math_verify:0"
 
 
 def _spec_error(spec: str, message: str) -> ValueError:
@@ -106,7 +135,16 @@ def _parse_term(term: str, spec: str) -> RewardTerm:
         name, weight = head.strip(), float(tail)
     if not math.isfinite(weight):  # a literal like 1e999
         raise _spec_error(spec, f"the weight of {name!r} is not finite; use e.g. 0.5")
+    if abs(weight) > MAX_ABS_WEIGHT:
+        raise _spec_error(
+            spec, f"the weight of {name!r} is beyond |w| <= {MAX_ABS_WEIGHT:g}; use e.g. 0.5"
+        )
     if name in REWARDS:
+        return RewardTerm(name, weight)
+    if is_remote(name):
+        problem = check_url(name)
+        if problem:
+            raise _spec_error(spec, f"{name!r}: {problem}")
         return RewardTerm(name, weight)
     module, sep, attr = name.partition(":")
     if not sep:
@@ -172,6 +210,8 @@ def load_reward(name: str) -> RewardFn:
     """
     if name in REWARDS:
         return REWARDS[name]
+    if is_remote(name):
+        return RemoteReward(name)  # reached by the pool (a start-up probe), not here
     module_name, sep, attr = name.partition(":")
     if not sep:
         registered = ", ".join(sorted(REWARDS))
@@ -194,7 +234,8 @@ def load_reward(name: str) -> RewardFn:
         obj = getattr(obj, part)
     if not callable(obj):
         raise _load_error(name, f"it is a {type(obj).__name__}, not a function")
-    _check_signature(name, obj)
+    if not is_trl_shaped(obj):
+        _check_signature(name, obj)
     try:
         pickle.dumps(obj)
     except Exception as exc:  # a lambda, a closure, a function defined inside another
@@ -203,7 +244,57 @@ def load_reward(name: str) -> RewardFn:
             f"it cannot be sent to the grading workers ({type(exc).__name__}: {exc}); define "
             "it with def at the top level of its module",
         ) from exc
-    return obj
+    return TrlReward(obj) if is_trl_shaped(obj) else obj
+
+
+class TrlReward:
+    """A reward function in TRL's shape, ``fn(prompts, completions, **columns) -> list[float]``,
+    called as a reward of the pool's shape for one answer at a time (so each answer keeps its
+    own timeout): ``fn(prompts=[prompt], completions=[response], answer=[gold],
+    <column>=[value], ...)``, the dataset row's columns as one-element lists by keyword, like
+    TRL. A function without ``**kwargs`` gets only the keywords it names. Its one value is the
+    reward; ``None`` (TRL's "does not apply") scores 0. Pickles by reference to ``fn``."""
+
+    wants_prompt = True
+    """The pool passes the prompt text (``prompt=``) to rewards that say so."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        params = inspect.signature(fn).parameters.values()
+        self._names = (
+            None if any(p.kind is p.VAR_KEYWORD for p in params) else {p.name for p in params}
+        )
+
+    def __call__(
+        self, response: str, gold: str, example: dict[str, Any], prompt: str = ""
+    ) -> float:
+        columns = {"answer": gold, **example}
+        kwargs: dict[str, Any] = {k: [v] for k, v in columns.items()}
+        kwargs.update(prompts=[prompt], completions=[response])
+        if self._names is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in self._names}
+        values = self.fn(**kwargs)
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise TypeError(
+                f"a TRL-style reward returned {type(values).__name__}; return a list of floats, "
+                "one per completion"
+            )
+        if len(values) != 1:
+            raise ValueError(
+                f"a TRL-style reward returned {len(values)} values for 1 completion; return "
+                "one float per completion"
+            )
+        value = values[0]
+        return 0.0 if value is None else value
+
+
+def is_trl_shaped(fn: Any) -> bool:
+    """True when ``fn`` takes TRL's reward arguments (a parameter named ``completions``)
+    rather than ``(response, gold, example)``."""
+    try:
+        return "completions" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_signature(name: str, fn: Any) -> None:

@@ -36,6 +36,10 @@ LOG_RECORDS_SHOWN = 3
 """Records shown per logging call site and worker; later ones are counted, not printed."""
 LOG_RECORD_LINES = 12
 """At most this many lines of one record (a traceback) are printed: the first and last half."""
+MAX_ABS_REWARD = 1e6
+"""A reward value beyond ``|r| <= MAX_ABS_REWARD`` is a grading error (scored 0), like a
+non-finite one: a weighted sum of such values overflows float32 (``3e38`` makes the gradient
+norm infinite) or the advantage's statistics (``1e300``)."""
 
 
 @dataclass(frozen=True)
@@ -200,21 +204,54 @@ class _PairGrader:
 
 
 def _checked_reward(value: Any) -> float:
-    """``value`` as a float; raises when it is not a finite real number (bool counts as 0/1)."""
+    """``value`` as a float; raises when it is not a real number within ``|r| <=``
+    :data:`MAX_ABS_REWARD` (bool counts as 0/1)."""
     if not isinstance(value, numbers.Real):
         raise TypeError(f"the reward returned {type(value).__name__}; return a finite float")
-    reward = float(value)
+    try:
+        reward = float(value)
+    except (OverflowError, ValueError) as exc:  # an int too large for a float
+        raise ValueError(f"the reward returned a number float() refuses ({exc})") from exc
     if not math.isfinite(reward):
         raise ValueError(f"the reward returned {reward}; return a finite float")
+    if abs(reward) > MAX_ABS_REWARD:
+        raise ValueError(
+            f"the reward returned {reward:g}, beyond |r| <= {MAX_ABS_REWARD:g} "
+            "(MAX_ABS_REWARD); scale it down"
+        )
     return reward
 
 
-def _worker_main(conn: Connection, grader_bytes: bytes, limits: _WorkerLimits) -> None:
-    """Worker loop: load the rewards, say ready, then run task
-    ``(task, k, response, gold, example)`` with reward ``k``, forever.
+def _own_process_group(output: Connection | None) -> None:
+    """Make this worker the leader of a new session (so the pool can kill it together with any
+    process its rewards start, ``os.killpg``) and send its stdout and stderr (fds 1 and 2, so
+    subprocesses and C code too) into ``output``, which the pool reads and bounds."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setsid()
+    if output is None:
+        return
+    fd = output.fileno()
+    for target in (1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(fd, target)
+    output.close()
+    for stream in (sys.stdout, sys.stderr):  # a print reaches the pool when made, not at exit
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
-    Exits on ``None`` (orderly close) or when the parent's end of the pipe closes (parent died).
+
+def _worker_main(
+    conn: Connection, grader_bytes: bytes, limits: _WorkerLimits,
+    output: Connection | None = None,
+) -> None:
+    """Worker loop: load the rewards, say ready, then run task
+    ``(task, k, response, gold, example, prompt)`` with reward ``k``, forever.
+
+    ``grader_bytes`` holds this worker's set of rewards (None in the slots of rewards another
+    set grades). Exits on ``None`` (orderly close) or when the parent's end of the pipe closes
+    (parent died).
     """
+    _own_process_group(output)
     _init_worker()
     try:
         rewards: list[RewardFn] = pickle.loads(grader_bytes)
@@ -230,10 +267,12 @@ def _worker_main(conn: Connection, grader_bytes: bytes, limits: _WorkerLimits) -
             msg = None
         if msg is None:
             _fast_exit()
-        task, k, response, gold, example = msg
+        task, k, response, gold, example, prompt = msg
         _arm_cpu_limit(limits.cpu_s)
+        fn = rewards[k]
+        extra = {"prompt": prompt} if getattr(fn, "wants_prompt", False) else {}
         try:
-            reward, error = _checked_reward(rewards[k](response, gold, example)), None
+            reward, error = _checked_reward(fn(response, gold, example, **extra)), None
         except Exception as exc:  # a reward is allowed to fail on bad input; we record it
             reward, error = 0.0, _truncate_line(f"{type(exc).__name__}: {exc}", _MAX_ERROR_CHARS)
         conn.send((task, reward, error))

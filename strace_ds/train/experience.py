@@ -105,7 +105,8 @@ class Experience:
     golds: list[str]
     num_timeouts: int = 0
     num_errors: int = 0
-    first_error: str | None = None
+    first_error: str | None = None  # "label: ExcType: message" of one failed answer
+    first_timeout: str | None = None  # the label of a reward that timed out
     timings: dict[str, float] = field(default_factory=dict)  # perf/rollout_s, perf/reward_s
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # each reward, unweighted
     draws: int = 1  # generate calls this step took (DAPO re-sampling)
@@ -226,7 +227,8 @@ class ExperienceProducer:
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
         examples = [self.data[indices[i]] for i in generation.prompt_index]
         golds = [ex.answer for ex in examples]
-        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples])
+        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples],
+                                        prompts=[ex.prompt for ex in examples])
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
         components = {
             label: torch.tensor(values, dtype=torch.float32)
@@ -249,7 +251,8 @@ class ExperienceProducer:
             rewards=rewards, correct=correct, keep=keep.bool(), lengths=lengths,
             truncated=truncated, components=components,
             informative=~silent.zero_variance_mask, num_timeouts=graded.num_timeouts,
-            num_errors=graded.num_errors, first_error=next((e for e in graded.errors if e), None),
+            num_errors=graded.num_errors, first_error=_first_failure(graded, "errors"),
+            first_timeout=_first_failure(graded, "timed_out"),
             rollout_s=seconds["rollout"], reward_s=time.perf_counter() - t0,
         )  # fmt: skip
 
@@ -277,6 +280,7 @@ class ExperienceProducer:
             num_timeouts=d.num_timeouts,
             num_errors=d.num_errors,
             first_error=d.first_error,
+            first_timeout=d.first_timeout,
             timings={"perf/rollout_s": d.rollout_s, "perf/reward_s": d.reward_s},
             components=d.components,
             draws=draws,
@@ -302,8 +306,22 @@ class _Draw:
     num_timeouts: int
     num_errors: int
     first_error: str | None
+    first_timeout: str | None
     rollout_s: float
     reward_s: float
+
+
+def _first_failure(graded: Any, kind: str) -> str | None:
+    """The first reward failure of ``graded`` (a ``RewardResult``) named by its reward:
+    ``"label: ExcType: message"`` (``kind="errors"``) or ``"label"`` (``kind="timed_out"``)."""
+    per_label = getattr(graded, f"component_{kind}", None) or {}
+    for label, values in per_label.items():
+        hit = next((v for v in values if v), None)
+        if hit:
+            return label if kind == "timed_out" else f"{label}: {hit}"
+    if kind == "errors":  # a pool without per-reward detail
+        return next((e for e in graded.errors if e), None)
+    return None
 
 
 def _merge(chosen: list[tuple[_Draw, int]], draws: list[_Draw], group_size: int) -> _Draw:
@@ -332,6 +350,7 @@ def _merge(chosen: list[tuple[_Draw, int]], draws: list[_Draw], group_size: int)
         num_timeouts=sum(d.num_timeouts for d in draws),
         num_errors=sum(d.num_errors for d in draws),
         first_error=next((d.first_error for d in draws if d.first_error), None),
+        first_timeout=next((d.first_timeout for d in draws if d.first_timeout), None),
         rollout_s=sum(d.rollout_s for d in draws), reward_s=sum(d.reward_s for d in draws),
     )  # fmt: skip
 

@@ -242,6 +242,7 @@ class Trainer:
                     if k in last
                 }
             )
+            self._warn_on_timeouts(last)
             self._stop_on_grading_errors(bar)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.steps:
                 self.evaluate(step=step, label=f"step {step}")
@@ -261,6 +262,21 @@ class Trainer:
         self.monitor.flush()
         return last
 
+    def _warn_on_timeouts(self, metrics: dict[str, float]) -> None:
+        """One line on rank 0 for a step whose rewards timed out (they score 0 and count toward
+        ``max_grading_error_frac`` like errors): how many, which reward, the limit."""
+        n = int(metrics.get("reward/timeouts", 0))
+        if n <= 0:
+            return
+        which = getattr(self, "_last_grading_timeout", None)
+        self._log(
+            f"warning: step {self.state.step}: {n} of "
+            f"{self.cfg.prompts_per_step * self.cfg.group_size} answers' rewards ran past "
+            f"reward_timeout_s={self.cfg.reward_timeout_s:g} s"
+            + (f" (e.g. reward {which!r})" if which else "")
+            + "; they score 0 and count toward max_grading_error_frac"
+        )
+
     def _stop_on_grading_errors(self, bar: Any) -> None:
         """Save and raise :class:`RunAbortedError` when more than ``max_grading_error_frac`` of the
         answers failed to grade in each of the last ``grading_error_patience`` steps (counted
@@ -277,12 +293,15 @@ class Trainer:
         self.save()
         bar.close()
         last = getattr(self, "_last_grading_error", None)
+        slow = getattr(self, "_last_grading_timeout", None)
         raise RunAbortedError(
             f"stopping at step {self.state.step}: more than max_grading_error_frac="
-            f"{cfg.max_grading_error_frac} of the answers failed to grade in "
+            f"{cfg.max_grading_error_frac} of the answers failed to grade (errors or timeouts) in "
             f"{cfg.grading_error_patience} consecutive steps (error fractions "
             f"{', '.join(f'{f:.2f}' for f in fracs)}), so the run trains on zero reward. "
             + (f"Last grading error: {last[:300]}. " if last else "")
+            + (f"Reward {slow!r} ran past reward_timeout_s={cfg.reward_timeout_s:g} s. "
+               if slow else "")
             + f"A checkpoint of step {self.state.step} was saved; fix the golds or the grader "
             "and --resume auto (or raise --max_grading_error_frac / set "
             "--grading_error_patience 0)"
@@ -298,6 +317,7 @@ class Trainer:
             exp, waited = self.experience.get(step)
         staleness = check_staleness(exp.weight_version, step, cfg.max_staleness)
         self._last_grading_error = exp.first_error
+        self._last_grading_timeout = exp.first_timeout
         timings = dict(exp.timings)
         with timed(timings, "perf/old_logprob_s"):
             exp = self.updater.prepare(exp)
@@ -451,10 +471,13 @@ def grading_error_streak(
     history: list[dict[str, float]], rows: int, max_frac: float, patience: int
 ) -> list[float] | None:
     """The error fractions of the last ``patience`` training steps of ``history`` when each is
-    above ``max_frac`` (``reward/errors`` over ``rows`` answers per step), else None."""
+    above ``max_frac`` (``reward/errors`` plus ``reward/timeouts`` over ``rows`` answers per
+    step: an answer whose reward hangs trains on 0 like one whose reward raises), else None."""
     if patience < 1:
         return None
-    steps = [h["reward/errors"] for h in history if "reward/errors" in h][-patience:]
+    steps = [
+        h["reward/errors"] + h.get("reward/timeouts", 0.0) for h in history if "reward/errors" in h
+    ][-patience:]
     if len(steps) < patience:
         return None
     fracs = [e / max(rows, 1) for e in steps]

@@ -196,9 +196,12 @@ def build_reward_pool(rewards: RewardConfig, spec: str | None = None) -> Any:
     """The grading worker pool for ``--reward`` (or ``spec``); user functions are imported
     now, so a missing one is a start-up error naming it."""
     from strace_ds.rewards import RewardPool
+    from strace_ds.rewards.registry import with_verifier
 
+    # reward/accuracy is math-verify's verdict on the gold whatever --reward holds.
     return RewardPool(num_workers=rewards.reward_workers, timeout_s=rewards.reward_timeout_s,
-                      rewards=spec or rewards.reward)
+                      rewards=with_verifier(spec or rewards.reward),
+                      remote_timeout_s=rewards.remote_reward_timeout_s)
 
 
 @dataclass

@@ -39,11 +39,12 @@ def limits_grader(response: str, gold: str) -> float:
 
         from strace_ds.rewards.worker import _address_space_bytes
 
+        # In MiB: a reward beyond |r| <= MAX_ABS_REWARD (1e6) would be an error.
         if response == "LIMITS":
-            return float(resource.getrlimit(resource.RLIMIT_AS)[0])
+            return resource.getrlimit(resource.RLIMIT_AS)[0] / 2**20
         if response == "CORE":
             return float(resource.getrlimit(resource.RLIMIT_CORE)[0])
-        return float(_address_space_bytes() or 0)
+        return (_address_space_bytes() or 0) / 2**20
     if response == "SPIN":  # CPU-bound, no sleeping: only the CPU limit (or the timeout) stops it
         n = 0
         while True:
@@ -111,8 +112,8 @@ def test_memory_cap_is_headroom_over_the_loaded_worker() -> None:
     ) as pool:
         result = pool.score(["LIMITS", "MAPPED", "CORE"], ["", "", ""])
     soft, mapped, core = result.rewards
-    assert 0 < soft - mapped <= 0.5 * 2**30
-    assert soft - mapped > 0.5 * 2**30 - 256 * MIB  # what grading itself has mapped since
+    assert 0 < soft - mapped <= 0.5 * 2**10  # MiB
+    assert soft - mapped > 0.5 * 2**10 - 256  # MiB; what grading itself has mapped since
     assert core == 0.0  # no core file when SIGXCPU ends a worker
 
 

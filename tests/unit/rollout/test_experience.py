@@ -184,7 +184,7 @@ class _Rollout:
 
 
 class _Pool:
-    def score(self, texts, golds, examples=None):
+    def score(self, texts, golds, examples=None, prompts=None):
         from strace_ds.rewards.pool import RewardResult
 
         rewards = [0.0 if g == "silent" else float(int(t.split()[1]) % 2)
