@@ -21,11 +21,23 @@ loading checks it: a checkpoint with flipped bytes, a truncated, empty or missin
 manifest raises :class:`CheckpointError` naming the file and the fallback, never loads. A
 resume through ``latest`` (``"auto"`` or a checkpoints root) whose ``latest`` is missing,
 unreadable, names no directory or names a damaged checkpoint falls back to the newest complete
-(manifest-verified) checkpoint and says so.
+(manifest-verified) checkpoint and says so. The manifest also records the files each rank
+must have written (:func:`rank_files`), so a checkpoint published without a rank's model or
+optimizer shard never verifies.
+
+A save that fails (a full disk, a rank's write error) removes its staging directory on every
+rank's behalf and raises :class:`CheckpointSaveError` naming the rank, the path and the free
+space (``shutil.disk_usage``); the previous checkpoints and ``latest`` are untouched.
+
+Pruning (``keep_last``) deletes the oldest checkpoints first, never the one just saved (the
+tag ``latest`` names) nor the newest ``keep_last``; each is first renamed to a hidden
+``.trash-step_...`` (atomic) and then deleted, so a kill between or during deletions leaves
+only complete checkpoints in view (the next save removes the trash).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -41,15 +53,28 @@ import torch
 
 from strace_ds import distributed as dist_utils
 from strace_ds.storage.manifest import MANIFEST, check_manifest, write_manifest
-from strace_ds.storage.publish import aside_path, atomic_write_text, publish_dir, recover_dir
+from strace_ds.storage.publish import (
+    aside_path,
+    atomic_write_text,
+    fault_point,
+    publish_dir,
+    recover_dir,
+)
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
+TRASH = ".trash-"
+"""Prefix of a checkpoint being pruned (renamed aside, then deleted)."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint that must not be loaded (damaged, incomplete, unreadable); the message
     names the file(s) and the fallback."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint that could not be saved (nothing published, staging removed); the message
+    names the rank, the path, the free space and the checkpoint still in place."""
 
 
 @dataclass
@@ -107,38 +132,136 @@ def save_checkpoint(
     """Save the engine and ``state`` atomically; every rank must call it. Returns the dir.
 
     ``extra(tag_dir)`` runs on every rank before the manifest is written: files it adds to
-    the staging directory are published (and checksummed) with the checkpoint.
+    the staging directory are published (and checksummed) with the checkpoint. A failure on
+    any rank (a full disk, ...) removes the staging directory and raises
+    :class:`CheckpointSaveError` on every rank; what was published before stays as it was.
     """
+    ckpt_dir = Path(ckpt_dir)
     tag = tag_for(state.step)
     staging_root = ckpt_dir / f".tmp-{tag}"
     final = ckpt_dir / tag
-    if dist_utils.rank() == 0:
-        if ckpt_dir.is_dir():
-            _tidy(ckpt_dir)
-        staging_root.mkdir(parents=True, exist_ok=True)
-    dist_utils.barrier()
-    engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
-    if extra is not None:
-        extra(staging_root / tag)
-    dist_utils.barrier()
-    if dist_utils.rank() == 0:
-        state.rng = capture_rng()
-        atomic_write_text(staging_root / tag / STATE_FILE, json.dumps(asdict(state)))
-    # Every rank's files are in (barrier above): hash them, shared out over ranks; rank 0
-    # writes the manifest last, so a published checkpoint always has one.
-    write_manifest(staging_root / tag)
-    if dist_utils.rank() == 0:
+    is_main = dist_utils.rank() == 0
+
+    def stage() -> None:
+        if is_main:
+            if ckpt_dir.is_dir():
+                _tidy(ckpt_dir)
+            staging_root.mkdir(parents=True, exist_ok=True)
+
+    _agree(_attempt(stage), ckpt_dir, staging_root, tag)  # a barrier that carries failures
+
+    def write_engine() -> None:
+        engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
+        if extra is not None:
+            extra(staging_root / tag)
+
+    _agree(_attempt(write_engine), ckpt_dir, staging_root, tag)
+
+    def write_state() -> None:
+        if is_main:
+            state.rng = capture_rng()
+            atomic_write_text(staging_root / tag / STATE_FILE, json.dumps(asdict(state)))
+
+    _agree(_attempt(write_state), ckpt_dir, staging_root, tag)
+    # Every rank's files are in: hash them, shared out over ranks; rank 0 writes the manifest
+    # last, so a published checkpoint always has one. Each rank's DeepSpeed files are required.
+    required = rank_files(engine, tag)
+    _agree(_attempt(lambda: write_manifest(staging_root / tag, required)), ckpt_dir,
+           staging_root, tag)
+
+    def publish() -> None:
+        if not is_main:
+            return
         publish_dir(staging_root / tag, final)  # an old ``final`` is deleted only once replaced
         # DeepSpeed drops its consolidation helper next to the tag; keep one in the root.
-        for extra in staging_root.iterdir():
-            target = ckpt_dir / extra.name
-            if extra.is_file() and not target.exists():
-                os.replace(extra, target)
+        for helper in staging_root.iterdir():
+            target = ckpt_dir / helper.name
+            if helper.is_file() and not target.exists():
+                os.replace(helper, target)
         shutil.rmtree(staging_root, ignore_errors=True)
         atomic_write_text(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep_last, keep=tag)
-    dist_utils.barrier()
+
+    _agree(_attempt(publish), ckpt_dir, staging_root, tag)
     return final
+
+
+def rank_files(engine: Any, tag: str) -> list[str]:
+    """The files this rank's DeepSpeed engine writes into a checkpoint's tag dir (names
+    relative to it): the model states (rank 0, or every rank under ZeRO-3) and the ZeRO
+    optimizer-state shard, as the engine itself names them for its world size and stage.
+    Empty for an engine that is not DeepSpeed's."""
+    names = []
+    try:
+        if getattr(engine, "save_non_zero_checkpoint", False) is True:
+            names.append(Path(engine._get_ckpt_name("", tag)).name)
+        if getattr(engine, "save_zero_checkpoint", False) is True:
+            names.append(Path(engine._get_zero_ckpt_name("", tag)).name)
+    except AttributeError:
+        return []
+    return names
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[BaseException, str] | None:
+    """Run ``fn``; ``None`` when it succeeds, else the exception and its one-line text."""
+    try:
+        fn()
+    except Exception as exc:  # reported by _agree on every rank, after the staging is removed
+        return exc, f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+def _agree(
+    failed: tuple[BaseException, str] | None, ckpt_dir: Path, staging_root: Path, tag: str
+) -> None:
+    """A barrier that also tells every rank whether any rank failed; if one did, rank 0
+    removes the staging dir and every rank raises :class:`CheckpointSaveError`."""
+    mine = None
+    if failed is not None:
+        exc, text = failed
+        mine = (text, str(getattr(exc, "filename", None) or ""),
+                isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    every = (dist_utils.all_gather_objects(mine) if dist_utils.world_size() > 1 else [mine])
+    bad = [(r, f) for r, f in enumerate(every) if f is not None]
+    if not bad:
+        return
+    if dist_utils.rank() == 0:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    r, (text, filename, full) = bad[0]
+    where = filename or str(staging_root / tag)
+    raise CheckpointSaveError(
+        f"checkpoint {tag} was not saved: writing {where} failed on rank {r} ({text})"
+        f"{'; the disk is full' if full else ''}; {_free_space(ckpt_dir)}. The staging "
+        f"directory {staging_root} was removed and {_intact(ckpt_dir)}; free some space or "
+        "point --output_dir at a larger disk, then continue with --resume auto"
+    ) from (failed[0] if failed is not None else None)
+
+
+def _free_space(ckpt_dir: Path) -> str:
+    """``"1.2 GiB free of 100.0 GiB on <dir>"`` (``shutil.disk_usage``)."""
+    path = Path(ckpt_dir)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        return f"the free space on {path} is unknown ({exc})"
+    return f"{_bytes(usage.free)} free of {_bytes(usage.total)} on {path}"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _intact(ckpt_dir: Path) -> str:
+    tag, _ = _read_latest(ckpt_dir) if ckpt_dir.is_dir() else (None, None)
+    if tag is not None:
+        return f"the previous checkpoint {tag} ({LATEST}) is intact"
+    return "no earlier checkpoint was touched"
 
 
 def _tidy(ckpt_dir: Path) -> None:
@@ -146,7 +269,7 @@ def _tidy(ckpt_dir: Path) -> None:
     interrupted publishes (see :mod:`strace_ds.storage.publish`). Rank 0 only, before any rank
     writes into a staging dir."""
     for p in ckpt_dir.iterdir():
-        if p.name.startswith(".tmp-step_"):
+        if p.name.startswith((".tmp-step_", f"{TRASH}step_")):
             shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith(f".{LATEST}.") and p.is_file():
             p.unlink(missing_ok=True)  # atomic_write_text's temp file: never read
@@ -157,11 +280,26 @@ def _tidy(ckpt_dir: Path) -> None:
 
 
 def _prune(ckpt_dir: Path, keep_last: int, keep: str | None = None) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints, never the one tagged ``keep``."""
+    """Delete all but the newest ``keep_last`` checkpoints, oldest first, never the one tagged
+    ``keep`` (just saved and verified) nor the one ``latest`` names. Each goes to a hidden
+    trash name first (one atomic rename), so a kill at any point leaves every checkpoint in
+    view complete; :func:`_tidy` empties the trash."""
+    if keep_last < 1:
+        return
     tags = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    latest, _ = _read_latest(ckpt_dir)
     for old in tags[:-keep_last]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
+        if old.name in (keep, latest):
+            continue
+        trash = ckpt_dir / f"{TRASH}{old.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(old, trash)
+        except OSError:
+            continue  # left for the next save's pruning: the checkpoint just saved stands
+        fault_point("prune-aside")
+        shutil.rmtree(trash, ignore_errors=True)
+        fault_point("pruned")
 
 
 def find_checkpoint(

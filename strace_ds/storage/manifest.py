@@ -4,12 +4,26 @@ A checkpoint (``step_000010/``) and the Hugging Face export (``final/``) carry a
 ``manifest.json``, written last inside the staging directory, before it is published::
 
     {"format": 1, "algorithm": "crc32",
-     "files": {"trainer_state.json": {"size": 1234, "crc32": "89abcdef"}, ...}}
+     "files": {"trainer_state.json": {"size": 1234, "crc32": "89abcdef"}, ...},
+     "ranks": {"world_size": 2, "files": {"0": ["zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                 ...], "1": [...]}}}
 
 :func:`check_manifest` re-reads every listed file and returns what differs: a missing, empty or
 truncated file, a checksum mismatch (flipped bytes), or a missing/damaged manifest. CRC-32 is
 a checksum against accidental damage (disk, copy, truncation), not a signature. Files are
 read in 8 MiB chunks (about 1.5 GB/s on one core), so a GB checkpoint costs seconds.
+
+Every rank's files are required, not only the ones that happened to be there: a checkpoint's
+manifest records under ``"ranks"`` the files each rank must have written (DeepSpeed's
+model-states and optimizer-state shards for the world size and ZeRO stage, named by the engine
+itself; :func:`strace_ds.storage.checkpoint.rank_files`). :func:`write_manifest` refuses to
+write one when a required file is absent (a rank that failed, or a filesystem the ranks do not
+share), and :func:`check_manifest` reports a required file missing from the manifest or the
+disk, naming the rank. A checkpoint manifest without that record (written before it existed,
+or by the ``write`` command) is checked by the shard names instead
+(:func:`deepspeed_gaps`): model states present, and every shard kind present for every rank
+``0..N-1`` that any shard names. So a checkpoint published with only ``trainer_state.json``
+and ``manifest.json`` never verifies.
 
 Collective use: when ``torch.distributed`` is initialised with several ranks, both functions
 must be called by every rank; the files are shared out by size and each rank hashes its share
@@ -26,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -37,6 +52,54 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 CHUNK = 8 << 20
 """Bytes read per call while hashing."""
+STATE_FILE = "trainer_state.json"
+"""What marks a directory as a checkpoint (``strace_ds.storage.checkpoint.STATE_FILE``)."""
+_SHARD = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_states\.pt$")
+_MODEL = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+
+
+class ManifestError(ValueError):
+    """A manifest that must not be written: a file every rank must have written is absent."""
+
+
+def describe(name: str) -> str:
+    """``name`` with what it holds, for messages: ``X (rank 1's optimizer state)``."""
+    m = _SHARD.match(name)
+    if m:
+        what = "optimizer state" if m.group(4) == "optim" else "model states"
+        return f"{name} (rank {int(m.group(2))}'s {what})"
+    if _MODEL.match(name):
+        return f"{name} (the model states)"
+    return name
+
+
+def deepspeed_gaps(names: list[str]) -> list[str]:
+    """What a DeepSpeed checkpoint holding the files ``names`` lacks, judged by their names
+    alone: model states (``mp_rank_XX_model_states.pt`` or ZeRO-3's per-rank
+    ``zero_pp_rank_<r>_..._model_states.pt``), and every shard kind for every rank ``0..N-1``
+    that any shard names. One line per gap; empty when nothing is missing."""
+    shards: dict[tuple[str, str, str], set[int]] = {}
+    for n in names:
+        m = _SHARD.match(n)
+        if m:
+            prefix, rank, mp, kind = m.group(1) or "", int(m.group(2)), m.group(3), m.group(4)
+            shards.setdefault((prefix, mp, kind), set()).add(rank)
+    problems = []
+    if not any(_MODEL.match(n) for n in names) and not any(k[2] == "model" for k in shards):
+        problems.append("no DeepSpeed model states (mp_rank_00_model_states.pt, or ZeRO-3's "
+                        "zero_pp_rank_<r>_mp_rank_00_model_states.pt per rank): the weights "
+                        "were never written")
+    ranks = set().union(*shards.values()) if shards else set()
+    world = max(ranks) + 1 if ranks else 0
+    if any(k[2] == "model" for k in shards) and not any(k[2] == "optim" for k in shards):
+        shards[("", "00", "optim")] = set()  # ZeRO-3 model shards imply optimizer shards
+    for (prefix, mp, kind), have in sorted(shards.items()):
+        for r in range(world):
+            if r not in have:
+                problems.append(
+                    f"{describe(f'{prefix}zero_pp_rank_{r}_mp_rank_{mp}_{kind}_states.pt')} "
+                    "is missing")
+    return problems
 
 
 def file_checksum(path: Path) -> tuple[int, str]:
@@ -82,11 +145,14 @@ def _shares(sizes: list[int], world: int) -> list[list[int]]:
     return shares
 
 
-def write_manifest(root: Path) -> dict[str, Any]:
+def write_manifest(root: Path, rank_files: list[str] | None = None) -> dict[str, Any]:
     """Hash every file under ``root`` and write ``root/manifest.json`` (atomically, rank 0).
 
     Collective when several ranks run (see the module docstring): rank 0's listing is the one
-    hashed, so call it once every rank's files are written. Returns the manifest.
+    hashed, so call it once every rank's files are written. ``rank_files``: the files (relative
+    to ``root``) this rank must have written; they are recorded per rank and required, and a
+    :class:`ManifestError` naming the rank and the file is raised on every rank (nothing
+    written) when one is absent from rank 0's listing. Returns the manifest.
     """
     from strace_ds import distributed as dist_utils
 
@@ -96,6 +162,26 @@ def write_manifest(root: Path) -> dict[str, Any]:
     if world > 1:
         names = dist_utils.broadcast_object(names)
     assert names is not None
+    record = None
+    if rank_files is not None:
+        mine = (list(rank_files), [(root / n).is_file() for n in rank_files])
+        every = dist_utils.all_gather_objects(mine) if world > 1 else [mine]
+        listed, absent = set(names), []
+        for r, (files, seen_here) in enumerate(every):
+            for name, seen in zip(files, seen_here):
+                if name not in listed:
+                    where = (f"rank {r} wrote it, but rank 0 does not see it: checkpoints need "
+                             "a directory every rank shares") if seen else "it was not written"
+                    absent.append(f"{describe(name)} is missing from {root} ({where})")
+        if absent:
+            raise ManifestError("not writing the manifest of an incomplete checkpoint: "
+                                + "; ".join(absent))
+        record = {"world_size": world, "files": {str(r): f for r, (f, _) in enumerate(every)}}
+    elif (root / STATE_FILE).is_file() or STATE_FILE in names:
+        gaps = deepspeed_gaps(names)
+        if gaps:
+            raise ManifestError(f"not writing a manifest for {root}: it is an incomplete "
+                                "checkpoint: " + "; ".join(gaps))
     sizes = [(root / n).stat().st_size for n in names]
     mine = _shares(sizes, world)[rank]
     local = {names[i]: file_checksum(root / names[i]) for i in mine}
@@ -109,6 +195,8 @@ def write_manifest(root: Path) -> dict[str, Any]:
         "algorithm": "crc32",
         "files": {n: {"size": local[n][0], "crc32": local[n][1]} for n in names},
     }
+    if record is not None:
+        manifest["ranks"] = record
     if rank == 0:
         atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
@@ -117,6 +205,12 @@ def write_manifest(root: Path) -> dict[str, Any]:
 def read_manifest(root: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
     """``(files, None)`` from ``root/manifest.json``, or ``(None, problem)`` when it is missing,
     empty, truncated or not a manifest."""
+    data, problem = _read(root)
+    return (None, problem) if data is None else (data["files"], None)
+
+
+def _read(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The whole manifest (``files`` and, when recorded, ``ranks``) or ``(None, problem)``."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         return None, f"{MANIFEST} is missing"
@@ -130,11 +224,33 @@ def read_manifest(root: Path) -> tuple[dict[str, dict[str, Any]] | None, str | N
                 entry["crc32"], str
             ):
                 raise ValueError(f"bad entry for {name!r}")
+        ranks = data.get("ranks")
+        if ranks is not None and not (
+            isinstance(ranks, dict) and isinstance(ranks.get("files"), dict)
+            and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                    for v in ranks["files"].values())
+        ):
+            raise ValueError("bad 'ranks' record")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         size = path.stat().st_size if path.exists() else 0
         what = "empty" if size == 0 else f"damaged ({type(exc).__name__}: {str(exc)[:120]})"
         return None, f"{MANIFEST} is {what}"
-    return files, None
+    return data, None
+
+
+def _required_gaps(data: dict[str, Any], root: Path) -> list[str]:
+    """The files every rank must have written that the manifest does not list: per the
+    ``ranks`` record, or, for a checkpoint manifest without one, by the shard names."""
+    files = data["files"]
+    ranks = data.get("ranks")
+    if ranks is not None:
+        return [f"{describe(name)} is missing: the manifest does not list it, so the checkpoint "
+                f"was published without rank {r}'s files"
+                for r, names in sorted(ranks["files"].items(), key=lambda kv: int(kv[0]))
+                for name in names if name not in files]
+    if STATE_FILE in files:
+        return deepspeed_gaps(list(files))
+    return []
 
 
 def check_manifest(root: Path) -> list[str]:
@@ -146,17 +262,19 @@ def check_manifest(root: Path) -> list[str]:
 
     root = Path(root)
     rank, world = _dist()
-    files, problem = read_manifest(root)
+    data, problem = _read(root)
+    files = data["files"] if data is not None else None
     problems: list[str] = []
     to_hash: list[str] = []
     if problem is not None:
         problems.append(problem)
     else:
-        assert files is not None
+        assert files is not None and data is not None
+        problems += _required_gaps(data, root)
         for name, entry in files.items():
             path = root / name
             if not path.is_file():
-                problems.append(f"{name} is missing")
+                problems.append(f"{describe(name)} is missing")
                 continue
             size = path.stat().st_size
             if size != entry["size"]:
@@ -195,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{root}: not a directory", file=sys.stderr)
         return 2
     if args[0] == "write":
-        manifest = write_manifest(root)
+        try:
+            manifest = write_manifest(root)
+        except ManifestError as exc:
+            print(f"{root}: {exc}", file=sys.stderr)
+            return 1
         print(f"{root / MANIFEST}: {len(manifest['files'])} files")
         return 0
     problems = check_manifest(root)

@@ -23,7 +23,10 @@ Single-writer per target: two processes *replacing* the same target at once shar
 name and are not serialised (every caller here has one writer: rank 0, or the rollout engine).
 
 For tests, ``STRACE_DS_PUBLISH_FAULT=aside`` (or ``placed``) makes the process ``os._exit``
-right after step 1 (or step 2), simulating a kill in the worst windows.
+right after step 1 (or step 2), simulating a kill in the worst windows. Other writers name
+their own points (:func:`fault_point`; checkpoint pruning: ``prune-aside`` after a checkpoint
+is renamed to the trash, ``pruned`` after it is deleted), and ``POINT@N`` exits the N-th time
+the point is reached (``pruned@2``: between the second and third deletion).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import tempfile
 from pathlib import Path
 
 FAULT_ENV = "STRACE_DS_PUBLISH_FAULT"
-"""Fault injection for tests: ``aside`` exits after step 1, ``placed`` after step 2."""
+"""Fault injection for tests: ``aside`` exits after step 1, ``placed`` after step 2; any
+point of :func:`fault_point`, ``POINT@N`` for its N-th passage."""
 FAULT_EXIT_CODE = 86
 """Exit status of an injected fault."""
 
@@ -93,17 +97,34 @@ def publish_dir(tmp: Path, target: Path, replace: bool = True) -> None:
         os.rename(tmp, target)
 
 
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
+_passages: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """Exit the process (``os._exit(FAULT_EXIT_CODE)``, as a kill) when ``FAULT_ENV`` names
+    ``point`` (or ``point@N`` and this is its N-th passage); otherwise nothing."""
+    want = os.environ.get(FAULT_ENV)
+    if not want or want.partition("@")[0] != point:
+        return
+    _passages[point] = _passages.get(point, 0) + 1
+    _, at, n = want.partition("@")
+    if not at or int(n) == _passages[point]:
         os._exit(FAULT_EXIT_CODE)
+
+
+_fault = fault_point
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no temp file behind
+        raise

@@ -19,6 +19,19 @@ def _flip(path: Path, n: int = 64) -> None:
     path.write_bytes(bytes(data))
 
 
+def _unlist(path: Path, *names: str, ranks_record: bool = True) -> None:
+    """Delete ``names`` from the checkpoint ``path`` and drop them from its manifest, as a
+    checkpoint published without them; ``ranks_record=False`` also drops the record of each
+    rank's required files (a manifest as older code or ``manifest write`` wrote it)."""
+    data = json.loads((path / "manifest.json").read_text())
+    for n in names:
+        (path / n).unlink()
+        del data["files"][n]
+    if not ranks_record:
+        data.pop("ranks")
+    (path / "manifest.json").write_text(json.dumps(data))
+
+
 
 def _jsonl(path: Path, golds: list[str]) -> Path:
     rows = [{"problem": f"What is question {i}?", "answer": g} for i, g in enumerate(golds)]

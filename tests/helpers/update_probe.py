@@ -84,7 +84,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    extra = args.epoch_presets.split(",")
+    extra = [p for p in args.epoch_presets.split(",") if p]  # "" probes no epochs
     runs = [(preset, int(m), 1, None) for preset in args.presets.split(",")
             for m in args.micro.split(",")]
     runs += [(preset, int(m), 2, None) for preset in extra for m in args.epoch_micro.split(",")]

@@ -353,6 +353,131 @@ def test_prune_never_deletes_the_checkpoint_latest_names(tmp_path: Path, keep_rn
     assert _load_latest(tmp_path) == (12, 1)
 
 
+def _checkpoints(ckpt_dir: Path) -> list[str]:
+    """The checkpoints in view, each asserted complete (its manifest verifies)."""
+    from strace_ds.storage.manifest import check_manifest
+
+    names = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("step_"))
+    for name in names:
+        assert check_manifest(ckpt_dir / name) == [], name
+    return names
+
+
+@contextmanager
+def _kill_inside_rmtree(n: int) -> Iterator[list[int]]:
+    """Make the ``n``-th ``shutil.rmtree`` delete one file of the tree, then raise ``_Killed``:
+    a kill in the middle of a deletion."""
+    calls, rmtree = [0], shutil.rmtree
+
+    def half(path, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and Path(path).is_dir():
+            first = next((f for f in sorted(Path(path).rglob("*")) if f.is_file()), None)
+            if first is not None:
+                first.unlink()
+            raise _Killed
+        return rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = half
+    try:
+        yield calls
+    finally:
+        shutil.rmtree = rmtree
+
+
+def test_prune_killed_at_every_step_leaves_complete_checkpoints(
+    tmp_path: Path, keep_rng: None
+) -> None:
+    """``--keep_last``: a kill at every rename or deletion of the pruning (and of the save
+    before it) leaves only complete checkpoints in view, never fewer than the newest one, and
+    ``--resume auto`` finds the newest; the next save empties the trash. Killed inside a
+    deletion too (one file gone): before, that left a half-deleted checkpoint in view."""
+    base = tmp_path / "base"
+    for step in range(1, 5):
+        _save(base, step=step, gen=0, keep_last=10)
+    for kill in (_kill_at, _kill_inside_rmtree):
+        _prune_killed(tmp_path / kill.__name__, base, kill)
+    assert _checkpoints(base) == [f"step_00000{i}" for i in range(1, 5)]
+
+
+def _prune_killed(tmp_path: Path, base: Path, kill) -> None:
+    done = False
+    for n in range(1, 100):
+        ckpt_dir = tmp_path / f"run{n}"
+        shutil.copytree(base, ckpt_dir)
+        with kill(n) as calls:
+            try:
+                _save(ckpt_dir, step=5, gen=1, keep_last=2)
+            except _Killed:
+                pass
+            else:
+                done = calls[0] < n
+        left = _checkpoints(ckpt_dir)
+        assert "step_000004" in left, (n, left)
+        assert _load_latest(ckpt_dir) in ((4, 0), (5, 1)), n
+        _save(ckpt_dir, step=6, gen=2, keep_last=2)
+        assert _checkpoints(ckpt_dir) == ["step_000005", "step_000006"] or (
+            "step_000005" not in left and _checkpoints(ckpt_dir) == ["step_000004", "step_000006"])
+        assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")], n
+        if done:
+            break
+    else:
+        raise AssertionError("save_checkpoint never completed")
+
+
+@pytest.mark.parametrize("fault", [f"{p}@{i}" for p in ("prune-aside", "pruned")
+                                   for i in (1, 2, 3)])
+def test_prune_exit_between_deletions_leaves_latest_loadable(
+    tmp_path: Path, keep_rng: None, fault: str
+) -> None:
+    """A process exit (``os._exit``, no clean-up) injected after the i-th checkpoint is moved
+    to the trash or deleted: the checkpoints in view are complete, ``latest`` is the new one,
+    ``find_checkpoint("auto")`` returns it, and the next save removes the trash."""
+    ckpt_dir = tmp_path / "checkpoints"
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        import test_publish as t
+        from pathlib import Path
+        d = Path(sys.argv[1])
+        for step in range(1, 5):
+            t._save(d, step=step, gen=0, keep_last=10)
+        os.environ[{FAULT_ENV!r}] = {fault!r}
+        t._save(d, step=5, gen=1, keep_last=2)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(ckpt_dir)], env=_env(), timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == FAULT_EXIT_CODE, proc.stderr[-3000:]
+    point, _, i = fault.partition("@")
+    deleted = int(i) - (point == "prune-aside")  # the i-th is in the trash, not yet deleted
+    left = _checkpoints(ckpt_dir)
+    assert left == [f"step_00000{s}" for s in range(1 + int(i), 6)], left
+    trash = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith(".trash-"))
+    assert len(trash) == int(i) - deleted
+    assert (ckpt_dir / "latest").read_text() == "step_000005"
+    from strace_ds.storage import checkpoint as ckpt
+
+    assert ckpt.find_checkpoint("auto", ckpt_dir) == ckpt_dir / "step_000005"
+    assert _load_latest(ckpt_dir) == (5, 1)
+    _save(ckpt_dir, step=6, gen=2, keep_last=2)
+    assert _checkpoints(ckpt_dir) == ["step_000005", "step_000006"]
+    assert not [p for p in ckpt_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_prune_keeps_what_latest_names_and_the_newest(tmp_path: Path, keep_rng: None) -> None:
+    from strace_ds.storage import checkpoint as ckpt
+
+    for step in range(1, 5):
+        _save(tmp_path, step=step, gen=0, keep_last=10)
+    (tmp_path / "latest").write_text("step_000002")  # e.g. a rollback someone made by hand
+    ckpt._prune(tmp_path, keep_last=1, keep="step_000003")
+    assert _checkpoints(tmp_path) == ["step_000002", "step_000003", "step_000004"]
+    ckpt._prune(tmp_path, keep_last=1, keep="step_000004")
+    assert _checkpoints(tmp_path) == ["step_000002", "step_000004"]
+
+
 # --------------------------------------------------------------------------- tiny builds
 
 
