@@ -34,6 +34,7 @@ from strace_ds.losses.advantages import ADVANTAGE_METHODS as ADVANTAGE_ESTIMATOR
 from strace_ds.rewards.overlong import OVERLONG_MODES
 from strace_ds.rollout import ROLLOUT_ENGINES, SamplingParams
 from strace_ds.train.lr_schedule import LR_SCHEDULES
+from strace_ds.train.trackers import TRACKERS
 
 # The allowed values of a field come from the module that implements them (one list each).
 ADVANTAGE_METHODS: tuple[str, ...] = tuple(ADVANTAGE_ESTIMATORS)
@@ -460,6 +461,12 @@ class RunConfig(_Section):
         "outputs", "checkpoints and the exported policy go to <output_dir>/<run_name>"
     )
     log_dir: str = _f("runs", "TensorBoard logs go to <log_dir>/<run_name>")
+    report_to: str = _f(
+        "tensorboard",
+        "experiment trackers that receive the scalars, comma-separated: "
+        + ", ".join(TRACKERS) + " (wandb and mlflow need their pip extras: "
+        "pip install -e '.[wandb]' / '.[mlflow]'; docs/TRAINING.md, 'Experiment trackers')",
+    )
     save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     keep_last: int = _f(2, "checkpoints kept")
     resume: str | None = _f(None, "'auto' (latest in the run's dir) or a checkpoint path")
@@ -484,6 +491,9 @@ class RunConfig(_Section):
                 _choice("resume_override", name.strip(), allowed)
         _at_least(self, 1, "keep_last")
         _at_least(self, 0, "save_every", "image_every", "sample_every")
+        from strace_ds.train.trackers import check_trackers
+
+        check_trackers(self.report_to)
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(
                 f"stop_after must be >= 1 (a step number; steps count from 1) or null, "

@@ -139,7 +139,9 @@ class Trainer:
             config.seed, self.rank, reference=reference,
         )  # fmt: skip
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
-        self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
+        self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main,
+                               report_to=config.report_to, run_name=config.name,
+                               params=config.to_dict())  # fmt: skip
         self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
         self.state = ckpt.TrainerState(identity=self.identity)
         self.eval_data = builders.load_eval_data(config.eval, config.dataset, config.seed)
