@@ -383,11 +383,38 @@ class OptimConfig(_Section):
     )
     logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
                                  "(0 = auto: about 2**25 logits per chunk)")
+    lora_rank: int = _f(
+        0, "LoRA adapter rank (peft): only the adapters train, the rollout engine receives the "
+        "merged weights (0 = off: full fine-tuning; docs/TRAINING.md, 'LoRA')"
+    )
+    lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is (lora_alpha / lora_rank) B A")
+    lora_dropout: float = _f(
+        0.0, "LoRA dropout; must stay 0: dropout would make the updated policy differ from the "
+        "one that scored and sampled the answers (off-policy)"
+    )
+    lora_target_modules: str = _f(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "modules that get adapters, comma-separated (default: the attention and MLP "
+        "projections of Qwen-style models), or 'all-linear'",
+    )
 
     def _check(self) -> None:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _at_least(self, 1, "steps", "mini_batches", "epochs", "micro_batch_size")
-        _at_least(self, 0, "warmup_steps", "logprob_chunk_size")
+        _at_least(self, 0, "warmup_steps", "logprob_chunk_size", "lora_rank")
+        if self.lora_dropout != 0:
+            raise ValueError(
+                f"lora_dropout must be 0, got {self.lora_dropout}: dropout makes the updated "
+                "policy differ from the one that scored the answers (off-policy updates); "
+                "drop --lora_dropout"
+            )
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not self.lora_target_modules.strip(" ,"):
+            raise ValueError(
+                "lora_target_modules names no module; give module names (q_proj,v_proj,...) "
+                "or 'all-linear'"
+            )
         if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 0:
             raise ValueError(
                 f"max_tokens_per_micro_batch must be >= 0 (0 = fixed micro_batch_size rows) or "
@@ -478,6 +505,11 @@ class RunConfig(_Section):
     image_every: int = _f(10, "log a per-token credit picture every N steps (0 = never)")
     sample_every: int = _f(5, "log sample answers every N steps (0 = never)")
     export: bool = _f(True, "export the final policy in Hugging Face format")
+    export_merged: bool = _f(
+        False,
+        "with --lora_rank > 0: the export also holds the merged policy (base + adapter) in "
+        "Hugging Face format, beside the adapter; without LoRA the export is always merged",
+    )
     stop_after: int | None = _f(
         None, "stop (after checkpointing) once this step is done; for preemption tests"
     )
