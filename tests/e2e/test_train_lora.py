@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.train_run import REPO, SMALL, _train, _where
+from helpers.train_run import REPO, SMALL, _comparable, _state, _train, _where
 
 from strace_ds.train.monitor import read_history
 
@@ -53,3 +53,20 @@ def test_lora_trains_syncs_merged_weights_and_exports(tiny_policy, tmp_path, zer
         out = [m(input_ids=ids).logits for m in (merged, adapted, base)]
     torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
     assert (out[0] - out[2]).abs().max() > 1e-3  # training moved it
+
+
+def test_lora_resume_is_exact(tiny_policy, tmp_path):
+    """A LoRA run stopped after step 2 and resumed has the history of an uninterrupted one."""
+    common = [*_where(tiny_policy), *SMALL, "--eval_every", "-1", "--export", "false",
+              "--lora_rank", "4", "--lora_alpha", "8", "--lr", "5e-3"]  # fmt: skip
+    common[common.index("--steps") + 1] = "4"
+    _train([*common, "--run_name", "straight"], cwd=tmp_path)
+    _train([*common, "--run_name", "split", "--stop_after", "2"], cwd=tmp_path)
+    _train([*common, "--run_name", "split", "--resume", "auto"], cwd=tmp_path)
+    straight, split = (_comparable(_state(tmp_path / "out" / n)["history"])
+                       for n in ("straight", "split"))  # fmt: skip
+    assert len(straight) == 4 and split == straight
+    assert straight[-1]["policy/grad_norm"] > 0
+    changed = _train([*common, "--run_name", "split", "--resume", "auto", "--lora_rank", "8"],
+                     cwd=tmp_path, check=False)  # fmt: skip
+    assert changed.returncode == 2 and "lora_rank: 4 -> 8" in changed.stderr, changed.stderr[-800:]
