@@ -70,3 +70,19 @@ def test_lora_resume_is_exact(tiny_policy, tmp_path):
     changed = _train([*common, "--run_name", "split", "--resume", "auto", "--lora_rank", "8"],
                      cwd=tmp_path, check=False)  # fmt: skip
     assert changed.returncode == 2 and "lora_rank: 4 -> 8" in changed.stderr, changed.stderr[-800:]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lora_run_raises_held_out_accuracy(tiny_policy, tmp_path, seed):
+    """8 LoRA steps (rank 8, lr 3e-3) take the tiny policy's held-out accuracy from about 30%
+    to about 65% (measured on seeds 0 and 1); the test asks for 15 points."""
+    args = [*_where(tiny_policy), "--run_name", "acc", "--seed", str(seed), "--steps", "8",
+            "--prompts_per_step", "16", "--group_size", "4", "--max_new_tokens", "32",
+            "--mini_batches", "2", "--micro_batch_size", "16", "--eval_size", "64",
+            "--eval_k", "2", "--reward_workers", "1", "--ds_config",
+            str(REPO / "ds_configs" / "zero3.json"), "--lora_rank", "8", "--lora_alpha", "16",
+            "--lr", "3e-3", "--export", "false", "--image_every", "0", "--sample_every", "0"]
+    _train(args, cwd=tmp_path)
+    evals = [h for h in read_history(tmp_path / "out" / "acc") if "eval_step" in h]
+    assert [e["eval_step"] for e in evals] == [0, 8]
+    assert evals[1]["eval/accuracy"] > evals[0]["eval/accuracy"] + 0.15, evals
