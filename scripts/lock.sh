@@ -4,8 +4,9 @@
 #   scripts/lock.sh [cpu] [sglang]        (no argument: both)
 #
 # cpu     constraints/cpu.txt: a fresh venv in a temporary folder, `pip install torch==2.13.0`,
-#         then `DS_BUILD_OPS=0 pip install -e ".[dev,notebooks]"` with no constraints (so the
-#         newest releases that pyproject.toml allows), frozen (`pip freeze --exclude-editable`).
+#         then `DS_BUILD_OPS=0 pip install -e ".[dev,notebooks,wandb,mlflow]"` with no constraints
+#         (so the newest releases that pyproject.toml allows), frozen (`pip freeze
+#         --exclude-editable`).
 #         Used by .ci/run and the README's install commands as `pip install ... -c
 #         constraints/cpu.txt`. About 2 minutes when the wheels are cached.
 # sglang  constraints/sglang-cpu.txt: `scripts/setup_sglang_env.sh TMP --cpu --unlocked` (the
@@ -65,10 +66,10 @@ for t in "${targets[@]}"; do
     # torch's local label (+cpu) is dropped from the pin: torch==2.13.0 matches the CPU wheel
     # and PyPI's build alike, and the CPU machines have the former on their disk.
     "${pip[@]}" torch==2.13.0
-    (cd "$repo_root" && DS_BUILD_OPS=0 "${pip[@]}" -e ".[dev,notebooks]")
+    (cd "$repo_root" && DS_BUILD_OPS=0 "${pip[@]}" -e ".[dev,notebooks,wandb,mlflow]")
     "$work/cpu/bin/python" -m pip check
     freeze "$work/cpu/bin/python" "$repo_root/constraints/cpu.txt" \
-      "the trainer's env with the dev and notebooks extras (torch==2.13.0, CPU)."
+      "the trainer's env with the dev, notebooks, wandb and mlflow extras (torch==2.13.0, CPU)."
   else
     sglang_env="${SGLANG_ENV:-}"
     if [[ -z "$sglang_env" ]]; then

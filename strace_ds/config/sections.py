@@ -35,6 +35,7 @@ from strace_ds.rewards.overlong import OVERLONG_MODES
 from strace_ds.rollout import ROLLOUT_ENGINES, SamplingParams
 from strace_ds.rollout.base import SGLANG_SYNC_MODES
 from strace_ds.train.lr_schedule import LR_SCHEDULES
+from strace_ds.train.trackers import TRACKERS
 
 # The allowed values of a field come from the module that implements them (one list each).
 ADVANTAGE_METHODS: tuple[str, ...] = tuple(ADVANTAGE_ESTIMATORS)
@@ -383,11 +384,38 @@ class OptimConfig(_Section):
     )
     logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
                                  "(0 = auto: about 2**25 logits per chunk)")
+    lora_rank: int = _f(
+        0, "LoRA adapter rank (peft): only the adapters train, the rollout engine receives the "
+        "merged weights (0 = off: full fine-tuning; docs/TRAINING.md, 'LoRA')"
+    )
+    lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is (lora_alpha / lora_rank) B A")
+    lora_dropout: float = _f(
+        0.0, "LoRA dropout; must stay 0: dropout would make the updated policy differ from the "
+        "one that scored and sampled the answers (off-policy)"
+    )
+    lora_target_modules: str = _f(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "modules that get adapters, comma-separated (default: the attention and MLP "
+        "projections of Qwen-style models), or 'all-linear'",
+    )
 
     def _check(self) -> None:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _at_least(self, 1, "steps", "mini_batches", "epochs", "micro_batch_size")
-        _at_least(self, 0, "warmup_steps", "logprob_chunk_size")
+        _at_least(self, 0, "warmup_steps", "logprob_chunk_size", "lora_rank")
+        if self.lora_dropout != 0:
+            raise ValueError(
+                f"lora_dropout must be 0, got {self.lora_dropout}: dropout makes the updated "
+                "policy differ from the one that scored the answers (off-policy updates); "
+                "drop --lora_dropout"
+            )
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not self.lora_target_modules.strip(" ,"):
+            raise ValueError(
+                "lora_target_modules names no module; give module names (q_proj,v_proj,...) "
+                "or 'all-linear'"
+            )
         if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 0:
             raise ValueError(
                 f"max_tokens_per_micro_batch must be >= 0 (0 = fixed micro_batch_size rows) or "
@@ -471,6 +499,12 @@ class RunConfig(_Section):
         "outputs", "checkpoints and the exported policy go to <output_dir>/<run_name>"
     )
     log_dir: str = _f("runs", "TensorBoard logs go to <log_dir>/<run_name>")
+    report_to: str = _f(
+        "tensorboard",
+        "experiment trackers that receive the scalars, comma-separated: "
+        + ", ".join(TRACKERS) + " (wandb and mlflow need their pip extras: "
+        "pip install -e '.[wandb]' / '.[mlflow]'; docs/TRAINING.md, 'Experiment trackers')",
+    )
     save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     keep_last: int = _f(2, "checkpoints kept")
     resume: str | None = _f(None, "'auto' (latest in the run's dir) or a checkpoint path")
@@ -482,6 +516,11 @@ class RunConfig(_Section):
     image_every: int = _f(10, "log a per-token credit picture every N steps (0 = never)")
     sample_every: int = _f(5, "log sample answers every N steps (0 = never)")
     export: bool = _f(True, "export the final policy in Hugging Face format")
+    export_merged: bool = _f(
+        False,
+        "with --lora_rank > 0: the export also holds the merged policy (base + adapter) in "
+        "Hugging Face format, beside the adapter; without LoRA the export is always merged",
+    )
     stop_after: int | None = _f(
         None, "stop (after checkpointing) once this step is done; for preemption tests"
     )
@@ -495,6 +534,9 @@ class RunConfig(_Section):
                 _choice("resume_override", name.strip(), allowed)
         _at_least(self, 1, "keep_last")
         _at_least(self, 0, "save_every", "image_every", "sample_every")
+        from strace_ds.train.trackers import check_trackers
+
+        check_trackers(self.report_to)
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(
                 f"stop_after must be >= 1 (a step number; steps count from 1) or null, "

@@ -21,6 +21,8 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset_size", "instruction", "drop_long_prompts", "seed",
     # the batch geometry
     "prompts_per_step", "group_size", "mini_batches", "epochs", "max_new_tokens",
+    # what trains
+    "lora_rank", "lora_alpha", "lora_target_modules",
 )  # fmt: skip
 """Config fields recorded in a checkpoint and compared on resume (plus the loss's
 ``TraceConfig``, as ``trace.<field>``, and ``world_size``)."""

@@ -124,6 +124,7 @@ class Trainer:
         )
         self.engine, self.zero3, self.on_cpu = policy.engine, policy.zero3, policy.on_cpu
         self.ds_config, self._hf_ds_config = policy.ds_config, policy.hf_ds_config
+        self.lora_scaling = policy.lora_scaling
         self.producer = ExperienceProducer(
             config.rollouts, config.objective, self.layout, config.seed, self.rollout,
             self.reward_pool, self.tokenizer, self.train_data, self.prompt_ids, self.rank,
@@ -138,7 +139,9 @@ class Trainer:
             config.seed, self.rank, reference=reference,
         )  # fmt: skip
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
-        self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main)
+        self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main,
+                               report_to=config.report_to, run_name=config.name,
+                               params=config.to_dict())  # fmt: skip
         self.metrics_log = MetricsLog(config.run_dir / METRICS_FILE, enabled=self.is_main)
         self.state = ckpt.TrainerState(identity=self.identity)
         self.eval_data = builders.load_eval_data(config.eval, config.dataset, config.seed)
@@ -347,8 +350,17 @@ class Trainer:
     # ------------------------------------------------------------------ weights, eval, io
     def sync_weights(self, version: int) -> None:
         """Send the current (gathered) weights to the rollout engine, stamped ``version``."""
+        self.rollout.sync_weights(self.policy_weights(), version)
+
+    def policy_weights(self) -> Any:
+        """The policy's gathered ``(name, tensor)`` pairs under the base model's names: with
+        LoRA the merged weights (base + (alpha / r) B A). Collective: every rank iterates."""
         named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
-        self.rollout.sync_weights(named, version)
+        if self.lora_scaling is None:
+            return named
+        from strace_ds.model.lora import merged_named_tensors
+
+        return merged_named_tensors(named, self.lora_scaling)
 
     def _rollout_paused(self) -> Any:
         """The rollout engine to ourselves: the background producer waits meanwhile."""
@@ -434,13 +446,25 @@ class Trainer:
         mid-replace leaves the old copy at ``.<name>.old``, which
         :func:`strace_ds.storage.publish.recover_dir` (or the next export) puts back.
         """
-        named = dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3)
-        state = {name: t for name, t in named}  # every rank gathers; rank 0 writes
+        # every rank gathers; rank 0 writes
+        raw = list(dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3))
+        adapter = {n: t for n, t in raw if ".lora_" in n}
+        merged = self.lora_scaling is None or self.cfg.export_merged
         if self.is_main:
             tmp = out_dir.with_name(f".tmp-{out_dir.name}")
             shutil.rmtree(tmp, ignore_errors=True)
-            module = self.engine.module
-            module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            tmp.mkdir(parents=True)
+            if merged:
+                from strace_ds.model.lora import merged_named_tensors
+
+                state = dict(raw if self.lora_scaling is None
+                             else merged_named_tensors(raw, self.lora_scaling))  # fmt: skip
+                self._base_model().save_pretrained(str(tmp), state_dict=state,
+                                                   safe_serialization=True)  # fmt: skip
+            if adapter:
+                from strace_ds.model.lora import save_adapter
+
+                save_adapter(tmp / "adapter", adapter, self.cfg.optim, self.model_path)
             self.tokenizer.save_pretrained(str(tmp))
         # Sizes and checksums of the export (every rank hashes a share), written last.
         from strace_ds.storage.manifest import write_manifest
@@ -451,6 +475,10 @@ class Trainer:
             self._log(f"exported the policy to {out_dir}")
         dist_utils.barrier()
         return out_dir
+
+    def _base_model(self) -> Any:
+        """The policy module, for its ``save_pretrained`` (config and class of the base)."""
+        return self.engine.module
 
     def close(self) -> None:
         try:

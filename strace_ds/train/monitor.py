@@ -18,18 +18,43 @@ class Monitor:
     """A thin wrapper over ``SummaryWriter`` that skips NaN scalars and non-zero ranks.
 
     The writer (and its event file) is opened on first use, so that a resumed run can first
-    call :meth:`resume_after`.
+    call :meth:`resume_after`. ``report_to`` (``--report_to``) names the trackers: TensorBoard
+    gets everything, W&B and MLflow (:mod:`strace_ds.train.trackers`) the same scalars under
+    the same names; ``run_name`` and ``params`` (the config) name and describe their runs.
     """
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(
+        self, log_dir: str | Path, enabled: bool = True, report_to: str = "tensorboard",
+        run_name: str | None = None, params: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        from strace_ds.train.trackers import parse_trackers
+
         self.enabled = enabled
         self.log_dir = Path(log_dir)
+        self.report_to = report_to
+        self.tensorboard = "tensorboard" in parse_trackers(report_to)
+        self.run_name = run_name or self.log_dir.name
+        self.params = params or {}
         self._writer: Any = None
+        self._trackers: list[Any] | None = None
         self.purge_step: int | None = None
 
     @property
+    def trackers(self) -> list[Any]:
+        """The W&B and MLflow trackers named by ``report_to``, opened on first use."""
+        if self._trackers is None:
+            from strace_ds.train.trackers import open_trackers
+
+            self._trackers = (
+                open_trackers(self.report_to, self.log_dir, self.run_name, self.params)
+                if self.enabled
+                else []
+            )
+        return self._trackers
+
+    @property
     def writer(self) -> Any:
-        if self._writer is None and self.enabled:
+        if self._writer is None and self.enabled and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
@@ -45,11 +70,18 @@ class Monitor:
         self.purge_step = step + 1
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if not self.writer:
+        if not self.enabled:
             return
-        for key, value in values.items():
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        kept = {
+            key: value
+            for key, value in values.items()
+            if value is not None and not (isinstance(value, float) and math.isnan(value))
+        }
+        if self.writer:
+            for key, value in kept.items():
                 self.writer.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.scalars(kept, step)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if self.writer and values.numel():
@@ -70,6 +102,9 @@ class Monitor:
     def close(self) -> None:
         if self._writer:
             self._writer.close()
+        for tracker in self._trackers or []:
+            tracker.close()
+        self._trackers = None
 
 
 METRICS_FILE = "metrics.jsonl"

@@ -213,6 +213,7 @@ class PolicyEngine:
     zero3: bool
     on_cpu: bool
     hf_ds_config: Any = None  # kept alive: transformers' zero.Init follows it while it exists
+    lora_scaling: float | None = None  # alpha / r with --lora_rank > 0: merge before syncing
 
 
 def _load_model(model_path: str, dtype: torch.dtype) -> tuple[Any, str | None]:
@@ -278,6 +279,15 @@ def build_policy_engine(
     model, line = _load_model(model_path, dtype)
     if line:
         log(line)
+    lora_scaling = None
+    if optim.lora_rank > 0:
+        from strace_ds.model.lora import inject_lora
+
+        inject_lora(model, optim.lora_rank, optim.lora_alpha, optim.lora_target_modules)
+        lora_scaling = optim.lora_alpha / optim.lora_rank
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"lora: rank {optim.lora_rank}, alpha {optim.lora_alpha} on "
+            f"{optim.lora_target_modules}: {trainable} trainable parameters")  # fmt: skip
     # The lr schedule is ours (strace_ds.train.lr_schedule), one step per optimizer update.
     schedule = {
         "warmup_steps": optim.warmup_steps,
@@ -287,7 +297,8 @@ def build_policy_engine(
     }
     engine, *_ = deepspeed.initialize(
         model=model,
-        model_parameters=model.parameters(),
+        # Only what trains gets optimizer state (all of it without LoRA).
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
         lr_scheduler=lr_schedule.scheduler_factory(**schedule),
     )
@@ -296,7 +307,7 @@ def build_policy_engine(
         f"deepspeed: ZeRO stage {deepspeed_config.zero_stage(ds_config)}, {dtype}, "
         f"micro-batch {micro} x {accum} accumulation x {world} rank(s)"
     )
-    return PolicyEngine(engine, ds_config, zero3, on_cpu, hf_ds_config)
+    return PolicyEngine(engine, ds_config, zero3, on_cpu, hf_ds_config, lora_scaling)
 
 
 def build_reference_engine(
