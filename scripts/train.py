@@ -39,22 +39,33 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    from strace_ds.storage.checkpoint import CheckpointSaveError
     from strace_ds.train.loop import Trainer
 
     try:
         trainer = Trainer(config)
     except ValueError as err:
         # Start-up checks (data, golds, rewards, model path) name the input and the fix: one
-        # line and exit 2. STRACE_DS_TRACEBACK=1 shows where it came from.
-        if os.environ.get("STRACE_DS_TRACEBACK"):
-            raise
-        print(f"{Path(sys.argv[0]).name}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        # line and exit 2.
+        return _error(err, 2)
     try:
         trainer.train()
+    except CheckpointSaveError as err:
+        # A full disk, say: the message names the path, the free space and the checkpoint
+        # still in place, which is all the user needs; exit 1 (the run failed, not its input).
+        return _error(err, 1)
     finally:
         trainer.close()
     return 0
+
+
+def _error(err: Exception, code: int) -> int:
+    """Print ``err`` as one line and return ``code``; STRACE_DS_TRACEBACK=1 re-raises it to
+    show where it came from."""
+    if os.environ.get("STRACE_DS_TRACEBACK"):
+        raise err
+    print(f"{Path(sys.argv[0]).name}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_a_trl_shaped_and_a_remote_reward_train_through_the_script(tiny_policy, 
                 f"user_rewards:trl_contains_answer,{url}:0.5", *SMALL]  # fmt: skip
         args[args.index("--steps") + 1] = "2"
         _train(args, cwd=tmp_path)
-    history = _state(tmp_path / "out" / "elsewhere")["history"]
+    history = _history(tmp_path / "out" / "elsewhere")
     assert len(history) == 2
     assert len(seen) == 1 + 2  # the start-up probe, then one POST per step (one rank)
     assert len(seen[1]["responses"]) == 8 * 4 and seen[1]["prompts"][0]

@@ -115,6 +115,39 @@ def test_cli_missing_model_path(capsys, tmp_path, monkeypatch):
     assert "local path './x' does not exist" in _cli_error(["--model", "./x"], capsys)
 
 
+def test_cli_failed_checkpoint_save_is_one_line_exit_1(capsys, monkeypatch):
+    """A save that fails mid-run (a full disk) ends the CLI with the error's one line, exit 1,
+    and the trainer still closed (its run lock released); STRACE_DS_TRACEBACK=1 re-raises."""
+    import strace_ds.train.loop as loop
+    from strace_ds.storage.checkpoint import CheckpointSaveError
+
+    closed = []
+
+    class FullDisk:
+        def __init__(self, config):
+            pass
+
+        def train(self):
+            raise CheckpointSaveError("checkpoint step_000002 was not saved: the disk is full\n"
+                                      "  (12.0 MiB free of 1.0 GiB on /x)")
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(loop, "Trainer", FullDisk)
+    monkeypatch.setattr(sys, "argv", [str(TRAIN)])
+    module = _train_module()
+    assert module.main([]) == 1
+    err = capsys.readouterr().err
+    assert err == ("train.py: error: checkpoint step_000002 was not saved: the disk is full "
+                   "(12.0 MiB free of 1.0 GiB on /x)\n"), err
+    assert closed == [True]
+    monkeypatch.setenv("STRACE_DS_TRACEBACK", "1")
+    with pytest.raises(CheckpointSaveError, match="the disk is full"):
+        module.main([])
+    assert closed == [True, True]
+
+
 # ----------------------------------------------------------------------------- config files
 def test_yaml_exponent_numbers_are_floats(tmp_path):
     path = tmp_path / "run.yaml"
