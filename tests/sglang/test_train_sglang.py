@@ -29,6 +29,7 @@ quiet 2-core machine).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -171,13 +172,15 @@ def _probe_main(argv: list[str]) -> int:
     sync_weights = trainer_mod.Trainer.sync_weights
     plain: dict[str, Any] = {}
 
-    def probed_build_engine(cfg: Any, model_path: str, *args: Any, **kwargs: Any) -> Any:
+    def probed_build_engine(*args: Any, **kwargs: Any) -> Any:
         from transformers import AutoModelForCausalLM
 
+        # Bound by name, so the hook follows the builder's signature.
+        model_path = inspect.signature(build_engine).bind(*args, **kwargs).arguments["model_path"]
         # A plain copy, loaded before HfDeepSpeedConfig exists (else zero.Init partitions it).
         plain["model"] = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.float32).eval()
-        return build_engine(cfg, model_path, *args, **kwargs)
+        return build_engine(*args, **kwargs)
 
     @torch.no_grad()
     def probed_sync_weights(self: Any, version: int) -> None:
