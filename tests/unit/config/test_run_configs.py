@@ -23,8 +23,8 @@ def _from_flags(argv: list[str]) -> TrainConfig:
 
 def test_every_config_loads_and_validates():
     names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
-    assert names == ["credit_study.yaml", "qwen3_1p7b_math.yaml", "reference.yaml",
-                     "tiny_default.yaml"]  # fmt: skip
+    assert names == ["credit_study.yaml", "qwen3_1p7b_math.yaml", "qwen3_8b_lora.yaml",
+                     "reference.yaml", "tiny_default.yaml"]  # fmt: skip
     for path in CONFIGS.glob("*.yaml"):
         TrainConfig.from_file(path).validate(world_size=1)
 
@@ -58,3 +58,12 @@ def test_qwen3_recipe_is_the_documented_gpu_command():
     # the SGLang variant in its header is valid too
     _from_flags(["--config", str(CONFIGS / "qwen3_1p7b_math.yaml"), "--rollout", "sglang",
                  "--sglang_url", "http://127.0.0.1:30000"]).validate(world_size=8)  # fmt: skip
+
+
+def test_qwen3_lora_recipe_trains_adapters_on_two_ranks():
+    recipe = TrainConfig.from_file(CONFIGS / "qwen3_8b_lora.yaml")
+    recipe.validate(world_size=2)  # what `deepspeed --num_gpus 2` checks at start-up
+    assert (recipe.model, recipe.lora_rank, recipe.lora_alpha) == ("Qwen/Qwen3-8B", 64, 128.0)
+    assert recipe.lora_target_modules == "all-linear" and recipe.export_merged
+    header = (CONFIGS / "qwen3_8b_lora.yaml").read_text().split("\ndata:")[0]
+    assert "deepspeed --num_gpus 2 scripts/train.py --config configs/qwen3_8b_lora.yaml" in header
