@@ -186,7 +186,9 @@ def _probe_main(argv: list[str]) -> int:
     def probed_sync_weights(self: Any, version: int) -> None:
         sync_weights(self, version)
         # The trainer's policy right now: the same gather the sync used (every rank takes part).
-        named = dict(dist_utils.gathered_named_parameters(self.engine.module, zero3=self.zero3))
+        # What the sync sent: the gathered policy, merged (base + scaled B A) under LoRA;
+        # tests/unit/train/test_lora.py checks the merge gives the adapted model's outputs.
+        named = dict(self.policy_weights())
         if not self.is_main:
             return
         probe_model = plain["model"]
@@ -304,12 +306,19 @@ def policy_dir(tiny_policy: Path) -> Path:
 # --------------------------------------------------------------------------- tests
 
 
-def test_launch_trains_with_synced_weights(policy_dir: Path, tmp_path: Path) -> None:
+LORA = ["--lora_rank", "4", "--lora_alpha", "8", "--lr", "2e-3", "--export_merged", "true"]
+"""LoRA adapters: SGLang receives the merged weights at each sync, like the in-process engine."""
+
+
+@pytest.mark.parametrize("adapters", [[], LORA], ids=["full", "lora"])
+def test_launch_trains_with_synced_weights(policy_dir: Path, tmp_path: Path,
+                                           adapters: list[str]) -> None:
     """``--sglang-launch``: versions advance, greedy output and log-probs match every sync."""
     probe = tmp_path / "probe.jsonl"
     run = "launch"
     _run([*_launcher(), __file__, "--model", str(policy_dir), "--run_name", run, *SMALL,
-          "--sglang-launch", str(SGLANG_PYTHON)], cwd=tmp_path, **{PROBE_ENV: str(probe)})
+          *adapters, "--sglang-launch", str(SGLANG_PYTHON)], cwd=tmp_path,
+         **{PROBE_ENV: str(probe)})
     records = [json.loads(line) for line in probe.read_text().splitlines()]
     run_dir = tmp_path / "out" / run
 
