@@ -112,6 +112,9 @@ class Experience:
     draws: int = 1  # generate calls this step took (DAPO re-sampling)
     # --- filled by PolicyUpdater.prepare --------------------------------------------------
     old_logprobs: torch.Tensor | None = None  # [N, R] proximal policy (the ratio's denominator)
+    # [N] bool: rows whose proximal log-probs the first update's own forward fills (their
+    # old_logprobs rows stay 0 until then; PolicyUpdater.prepare), or None
+    proximal_pending: torch.Tensor | None = None
     selected: torch.Tensor | None = None  # [N, R] bool, the step's selection (S-trace, 80/20)
     entropy_threshold: float = math.nan  # its tau, over all ranks' loss tokens
     behaviour_weight: torch.Tensor | None = None  # [N, R] detached, --behaviour_correction

@@ -2,7 +2,8 @@
 
 One step of the updater, given one rank's :class:`~strace_ds.train.experience.Experience`::
 
-    score (no grad, eval mode) -> proximal log-probs (+ entropies for the selection)
+    score (no grad, eval mode) -> proximal log-probs (+ entropies for the selection), of every
+        row but the first update's where nothing needs them before it (PolicyUpdater.prepare)
     selection: one entropy quantile over all ranks' loss tokens
     for epoch in epochs: for mini-batch (shuffled after the first epoch):
         global normaliser (all ranks) -> micro-batches: forward -> policy_loss -> backward
@@ -92,6 +93,11 @@ def epoch_mini_batches(
 class PolicyUpdater:
     """Scores and updates the DeepSpeed-wrapped policy with the run's trace loss."""
 
+    reuse_first_forward: bool = True
+    """Take the first update's proximal log-probs from its own forward when nothing needs them
+    earlier (:meth:`proximal_from_update`); False scores every row first. The two make the same
+    update (``tests/integration/test_updater.py``); the switch is for that test."""
+
     def __init__(
         self, engine: Any, objective: ObjectiveConfig, optim: OptimConfig,
         rollouts: RolloutConfig, layout: BatchLayout, seed: int, rank: int = 0,
@@ -112,9 +118,12 @@ class PolicyUpdater:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Proximal log-probs ``[N, R]``, and entropies when the preset selects tokens."""
-        return self._score_with(self.engine, batch, self.trace_cfg.uses_entropy)
+    def score(
+        self, batch: RolloutBatch, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Proximal log-probs ``[N, R]`` of ``rows`` (default all), and entropies when the
+        preset selects tokens."""
+        return self._score_with(self.engine, batch, self.trace_cfg.uses_entropy, rows=rows)
 
     @torch.no_grad()
     def score_reference(self, batch: RolloutBatch) -> torch.Tensor:
@@ -122,15 +131,19 @@ class PolicyUpdater:
         return self._score_with(self.reference, batch, False)[0]
 
     def _score_with(
-        self, model: Any, batch: RolloutBatch, with_entropy: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``model``'s log-probs (and entropies) of every row, in the updates' micro-batches
-        (padding trimmed, zero-filled back to the batch's width)."""
+        self, model: Any, batch: RolloutBatch, with_entropy: bool,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """``model``'s log-probs (and entropies) of ``rows`` (default every row), in the
+        updates' micro-batches (padding trimmed, zero-filled back to the batch's width; other
+        rows stay 0)."""
         N, R = batch.response_ids.shape
         logps = torch.zeros(N, R)
         entropies = torch.zeros(N, R) if with_entropy else None
+        if rows is not None and not len(rows):
+            return logps, entropies  # the same on every rank: no forward, no collective
         model.eval()
-        rows = torch.arange(N)
+        rows = torch.arange(N) if rows is None else rows
         for r in self.micro_batches(batch, rows, self.token_budget(batch)):
             index = rows[:1] if r is None else r
             part = batch.rows(index).trimmed()
@@ -160,9 +173,16 @@ class PolicyUpdater:
         """
         cfg, tc = self.objective, self.trace_cfg
         behaviour = exp.batch.rollout_logprobs
+        exp.proximal_pending = None
         if cfg.old_logprobs == "rollout":
             old = behaviour.clone()
             entropy = self.score(exp.batch)[1] if tc.uses_entropy else None
+        elif self.proximal_from_update():
+            first = self.mini_batches(len(exp.batch), 0, exp.step)[0]
+            exp.proximal_pending = torch.zeros(len(exp.batch), dtype=torch.bool)
+            exp.proximal_pending[first] = True
+            rest = torch.nonzero(~exp.proximal_pending).flatten()
+            old, entropy = self.score(exp.batch, rows=rest)
         else:
             old, entropy = self.score(exp.batch)
         exp.old_logprobs = old
@@ -184,6 +204,26 @@ class PolicyUpdater:
                 selected=exp.selected, window=tc.window, loss_mask=exp.loss_tokens,
             )  # fmt: skip
         return exp
+
+    def proximal_from_update(self) -> bool:
+        """Whether the first update's rows skip the scoring pass.
+
+        The proximal policy is the policy before the step's first update, so for the rows of
+        that update (epoch 0, mini-batch 0) it is the very policy their training forward runs:
+        their proximal log-probs are that forward's own, detached (the ratio is 1 in value, as
+        scoring gives it, and the gradient the same), and the forward fills them into
+        ``old_logprobs`` for the later epochs and the metrics. Every later mini-batch trains on
+        weights that have moved, so its rows are scored before any update, as always. This
+        holds when nothing needs the first update's proximal log-probs before its forward: no
+        entropy selection (its quantile spans every row's entropy), no behaviour correction
+        and no KL penalty in the reward (both computed from them in :meth:`prepare`).
+        """
+        cfg = self.objective
+        return (
+            self.reuse_first_forward and cfg.old_logprobs == "trainer"
+            and not self.trace_cfg.uses_entropy and cfg.behaviour_correction == "none"
+            and not (self.reference is not None and cfg.kl_in == "reward")
+        )  # fmt: skip
 
     def selection(
         self, exp: Experience, entropy: torch.Tensor | None
@@ -280,6 +320,7 @@ class PolicyUpdater:
                 # The boundary is ours (managed_gradient_accumulation off): one optimizer
                 # update per mini-batch, however many micro-batches the budget made.
                 self.engine.step()
+                exp.proximal_pending = None  # the first update's forwards filled them
                 collected["policy/grad_norm"].append(
                     float(self.engine.get_global_grad_norm() or 0.0)
                 )
@@ -315,11 +356,18 @@ class PolicyUpdater:
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[index][:, :R].to(device)
 
+        old = take(exp.old_logprobs)
+        if exp.proximal_pending is not None and bool(exp.proximal_pending[index].any()):
+            # The first update's rows: this forward is the proximal policy's (prepare).
+            assert bool(exp.proximal_pending[index].all()), "a micro-batch across mini-batches"
+            old = logp.detach().float()
+            if r is not None:
+                exp.old_logprobs[index, :R] = old.cpu()
         mask = take(exp.loss_tokens)
         kl_loss = exp.ref_logprobs is not None and cfg.kl_in == "loss"
         out = policy_loss(
             logp,
-            take(exp.old_logprobs),
+            old,
             exp.advantages[index].to(device),
             mask,
             entropy=entropy,

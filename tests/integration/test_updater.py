@@ -113,3 +113,57 @@ def test_the_update_does_not_depend_on_the_micro_batching(tiny_policy, budget) -
         assert float(want.norm()) > 1e-4
         rel = float((got - want).norm() / want.norm())
         assert rel < 1e-5, rel
+
+
+@pytest.mark.parametrize(("loss", "mini_batches", "epochs", "budget"),
+                         [("grpo", 2, 2, 0), ("grpo", 1, 2, 40), ("p_trace", 2, 1, 0)])
+def test_first_update_takes_its_proximal_logprobs_from_its_own_forward(
+    tiny_policy, loss, mini_batches, epochs, budget
+) -> None:
+    """Without entropy selection the first update's rows are not scored (PolicyUpdater.
+    proximal_from_update): the same updates and the same proximal log-probs as scoring every
+    row first, with one forward per row fewer."""
+    from update_probe import capture_update_gradients
+
+    exp_rows = len(_experience())
+    results = []
+    for reuse in (False, True):
+        updater = _updater(tiny_policy, loss=loss, mini_batches=mini_batches, epochs=epochs,
+                           max_tokens_per_micro_batch=budget, lr=1e-5)
+        updater.reuse_first_forward = reuse
+        assert updater.proximal_from_update() == reuse
+        grads = capture_update_gradients(updater.engine)
+        scored: list[int] = []
+        score = updater._score_with
+
+        def counting(model, batch, with_entropy, rows=None, score=score, scored=scored):
+            scored.append(len(batch) if rows is None else len(rows))
+            return score(model, batch, with_entropy, rows=rows)
+
+        updater._score_with = counting
+        exp = updater.prepare(_experience(seed=2))
+        pending = exp.proximal_pending
+        assert not exp.old_logprobs.requires_grad  # scored without a graph
+        if reuse:  # the first mini-batch's rows wait for their forward, unscored (still 0)
+            assert pending is not None and int(pending.sum()) == exp_rows // mini_batches
+            assert float(exp.old_logprobs[pending].abs().sum()) == 0.0
+        else:
+            assert pending is None
+        updater.update(exp, step=1)
+        assert exp.proximal_pending is None
+        assert scored == [exp_rows - exp_rows // mini_batches if reuse else exp_rows]
+        assert len(grads) == mini_batches * epochs
+        results.append((grads, exp.old_logprobs.clone()))
+    (want_grads, want_old), (got_grads, got_old) = results
+    torch.testing.assert_close(got_old, want_old, rtol=0, atol=1e-5)
+    for got, want in zip(got_grads, want_grads):
+        assert float(want.norm()) > 1e-4
+        rel = float((got - want).norm() / want.norm())
+        assert rel < 1e-5, rel
+
+
+def test_entropy_selection_and_corrections_still_score_every_row(tiny_policy) -> None:
+    assert not _updater(tiny_policy, loss="s_trace").proximal_from_update()
+    assert not _updater(tiny_policy, loss="grpo",
+                        behaviour_correction="token").proximal_from_update()
+    assert not _updater(tiny_policy, loss="grpo", old_logprobs="rollout").proximal_from_update()
