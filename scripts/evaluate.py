@@ -27,12 +27,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16, help="samples per problem")
     p.add_argument("--ks", default=None, help="pass@j to report, e.g. 1,4,16 (default 1,2,4..k)")
     p.add_argument("--rollout", choices=("hf", "sglang"), default="hf", help="rollout engine")
-    p.add_argument("--sglang_url", "--sglang-url", default="http://localhost:30000",
-                   help="SGLang server URL(s), comma separated")
-    p.add_argument("--skip_model_check", "--skip-model-check", action="store_true",
-                   help="evaluate even if the servers' /model_info model_path is not --model")
-    p.add_argument("--data_dir", "--data-dir",
-                   default=None, help="directory with <benchmark>.jsonl files")
+    p.add_argument(
+        "--sglang_url",
+        "--sglang-url",
+        default="http://localhost:30000",
+        help="SGLang server URL(s), comma separated",
+    )
+    p.add_argument(
+        "--skip_model_check",
+        "--skip-model-check",
+        action="store_true",
+        help="evaluate even if the servers' /model_info model_path is not --model",
+    )
+    p.add_argument(
+        "--data_dir", "--data-dir", default=None, help="directory with <benchmark>.jsonl files"
+    )
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     p.add_argument("--top_p", "--top-p", type=float, default=0.95)
@@ -41,12 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (reproducible runs)")
     p.add_argument("--device", default=None, help="hf engine device (default cuda if available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--max_batch_size", "--max-batch-size",
-                   type=int, default=64, help="hf engine rows per batch")
-    p.add_argument("--reward_workers", "--reward-workers",
-                   type=int, default=2, help="grading processes")
-    p.add_argument("--reward_timeout", "--reward-timeout",
-                   type=float, default=10.0, help="seconds per answer")
+    p.add_argument(
+        "--max_batch_size",
+        "--max-batch-size",
+        type=int,
+        default=64,
+        help="hf engine rows per batch",
+    )
+    p.add_argument(
+        "--reward_workers", "--reward-workers", type=int, default=2, help="grading processes"
+    )
+    p.add_argument(
+        "--reward_timeout", "--reward-timeout", type=float, default=10.0, help="seconds per answer"
+    )
     p.add_argument("--out", default=None, help="JSON report path (per-problem samples)")
     return p.parse_args(argv)
 
@@ -80,8 +96,10 @@ def build_engine(args: argparse.Namespace, model: str, tokenizer):
             engine.check_model(model)
         except SGLangError as exc:
             engine.close()
-            raise SystemExit(f"{exc} --skip-model-check evaluates anyway (e.g. the same "
-                             "directory mounted under another path).") from exc
+            raise SystemExit(
+                f"{exc} --skip-model-check evaluates anyway (e.g. the same "
+                "directory mounted under another path)."
+            ) from exc
     return engine
 
 

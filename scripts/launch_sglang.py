@@ -33,29 +33,54 @@ def _detect_device() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--python", required=True,
-                   help="the SGLang environment's python (scripts/setup_sglang_env.sh builds it)")
-    p.add_argument("--model_path", "--model-path",
-                   required=True, help="Hugging Face model directory")
+    p.add_argument(
+        "--python",
+        required=True,
+        help="the SGLang environment's python (scripts/setup_sglang_env.sh builds it)",
+    )
+    p.add_argument(
+        "--model_path", "--model-path", required=True, help="Hugging Face model directory"
+    )
     p.add_argument("--port", type=int, default=30000, help="HTTP port (0 = any free port)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (0.0.0.0 to serve other nodes)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when nvidia-smi lists a GPU, else cpu (which adds "
-                   "SGLANG_USE_CPU_ENGINE=1 and the CPU defaults)")
-    p.add_argument("--weight_version", "--weight-version", type=int, default=0,
-                   help="version stamped on answers until the first weight sync")
-    p.add_argument("--startup_timeout", "--startup-timeout", type=float, default=900.0,
-                   help="seconds to wait for /health")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve other nodes)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="default: cuda when nvidia-smi lists a GPU, else cpu (which adds "
+        "SGLANG_USE_CPU_ENGINE=1 and the CPU defaults)",
+    )
+    p.add_argument(
+        "--weight_version",
+        "--weight-version",
+        type=int,
+        default=0,
+        help="version stamped on answers until the first weight sync",
+    )
+    p.add_argument(
+        "--startup_timeout",
+        "--startup-timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for /health",
+    )
     p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     device = args.device or _detect_device()
 
     server = SGLangServer(
-        args.python, args.model_path, port=args.port or None, host=args.host,
-        device=device, extra_args=extra, weight_version=args.weight_version,
-        log_path=args.log, startup_timeout_s=args.startup_timeout,
+        args.python,
+        args.model_path,
+        port=args.port or None,
+        host=args.host,
+        device=device,
+        extra_args=extra,
+        weight_version=args.weight_version,
+        log_path=args.log,
+        startup_timeout_s=args.startup_timeout,
     )
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -73,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     except SGLangServerError as e:
         print(f"launch_sglang: {e}", file=sys.stderr, flush=True)
         return 1
-    print(f"launch_sglang: healthy after {time.monotonic() - start:.0f} s; serving {server.url}",
-          flush=True)
+    print(
+        f"launch_sglang: healthy after {time.monotonic() - start:.0f} s; serving {server.url}",
+        flush=True,
+    )
     print(f"launch_sglang: trainer flags: --rollout sglang --sglang-url {server.url}", flush=True)
     try:
         while server.alive():
@@ -82,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         code = server.proc.returncode if server.proc is not None else None
         server.stop()
-    print(f"launch_sglang: server exited with code {code}; last lines of {server.log_path}:\n"
-          f"{tail(server.log_path)}", file=sys.stderr, flush=True)
+    print(
+        f"launch_sglang: server exited with code {code}; last lines of {server.log_path}:\n"
+        f"{tail(server.log_path)}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 1
 
 

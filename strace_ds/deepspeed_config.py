@@ -73,7 +73,7 @@ def resolve_ds_config(
         if not _is_auto_warmup(sched):
             raise ValueError(
                 f"ds_config sets its own scheduler ({json.dumps(sched)}); the learning-rate "
-                "schedule belongs to the run config: delete the \"scheduler\" section and use "
+                'schedule belongs to the run config: delete the "scheduler" section and use '
                 "--warmup_steps, --lr_schedule and --min_lr_ratio"
             )
         notes.append(

@@ -101,8 +101,11 @@ class RolloutConfig(_Section):
     rollout: str = _f("hf", "rollout engine: 'hf' (in-process transformers) or 'sglang'")
     sglang_url: str | None = _f(None, "comma-separated SGLang server URLs (with --rollout sglang)")
     sglang_launch: str | None = _f(None, "python of an SGLang env: start a local server with it")
-    sglang_sync: str = _f("disk", "SGLang weight sync: 'disk' (versioned safetensors + "
-                          "/update_weights_from_disk) or 'tensor' (colocated servers only)")
+    sglang_sync: str = _f(
+        "disk",
+        "SGLang weight sync: 'disk' (versioned safetensors + "
+        "/update_weights_from_disk) or 'tensor' (colocated servers only)",
+    )
     sglang_timeout_s: float = _f(
         600.0,
         "overall deadline in seconds of one SGLang request (a group's generation, a weight "
@@ -110,8 +113,9 @@ class RolloutConfig(_Section):
         "it, naming the URL and the operation",
     )
     sglang_max_retries: int = _f(
-        3, "retries of a failed SGLang request (refused connection, HTTP 429/502/503/504), "
-        "within sglang_timeout_s"
+        3,
+        "retries of a failed SGLang request (refused connection, HTTP 429/502/503/504), "
+        "within sglang_timeout_s",
     )
     sglang_max_concurrency: int = _f(32, "concurrent /generate requests per SGLang server")
     prompts_per_step: int = _f(32, "prompts sampled per step (across all ranks)")
@@ -138,9 +142,7 @@ class RolloutConfig(_Section):
     def _check(self) -> None:
         _choice("rollout", self.rollout, ROLLOUT_ENGINES)
         _choice("sglang_sync", self.sglang_sync, SGLANG_SYNC_MODES)
-        _at_least(
-            self, 1, "prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size"
-        )
+        _at_least(self, 1, "prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size")
         _at_least(self, 0, "max_staleness")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL rollouts, got {self.temperature}")
@@ -189,43 +191,43 @@ class ObjectiveConfig(_Section):
     lam: float | None = _override(
         "override the preset's lam: Trace decay lambda in [0, 1]: 0 keeps only the "
         "current token's ratio (PPO/GRPO), 1 averages every selected token so far "
-        'uniformly.'
+        "uniformly."
     )
     window: str | None = _override(
         'override the preset\'s window: "causal": the eligibility trace over tokens up '
         'to t (P-trace, S-trace, GRPO); "sequence": one ratio per answer, the mean '
-        'log-ratio over the whole answer (GSPO).'
+        "log-ratio over the whole answer (GSPO)."
     )
     clip_low: float | None = _override(
         "override the preset's clip_low: Lower trust-region width: ratios below 1 - "
-        'clip_low are clipped (for A < 0).'
+        "clip_low are clipped (for A < 0)."
     )
     clip_high: float | None = _override(
         "override the preset's clip_high: Upper trust-region width: ratios above 1 + "
-        'clip_high are clipped (for A > 0).'
+        "clip_high are clipped (for A > 0)."
     )
     entropy_top_quantile: float | None = _override(
         "override the preset's entropy_top_quantile: S-trace selection: keep the top q "
-        'fraction of valid tokens by entropy, q in (0, 1].'
+        "fraction of valid tokens by entropy, q in (0, 1]."
     )
     loss_on_selected_only: bool | None = _override(
         "override the preset's loss_on_selected_only: Take loss terms only on selected "
-        'tokens (the 80/20 rule) rather than on every valid one.'
+        "tokens (the 80/20 rule) rather than on every valid one."
     )
     loss_agg: str | None = _override(
         "override the preset's loss_agg: How token losses become a scalar: one of "
-        'token_mean, seq_mean_token_mean, seq_mean_token_sum_norm.'
+        "token_mean, seq_mean_token_mean, seq_mean_token_sum_norm."
     )
     log_ratio_clamp: float | None = _override(
         "override the preset's log_ratio_clamp: Bound on |ell| before exp so no token "
-        'can produce inf/NaN.'
+        "can produce inf/NaN."
     )
     form: str | None = _override(
         "override the preset's form: How the trace enters the loss, one of ratio, gate, "
         'weight: "ratio" clips the trace ratio (the clip bounds an average), "gate" is '
-        'the ratio form in which no term pushes a token past its own clip bound, '
+        "the ratio form in which no term pushes a token past its own clip bound, "
         '"weight" keeps each token\'s PPO-clipped term and multiplies it by a detached, '
-        'bounded, decayed product of the past selected ratios.'
+        "bounded, decayed product of the past selected ratios."
     )
     weight_clock: str | None = _override(
         "override the preset's weight_clock: Weight form: what the decay lam counts, "
@@ -234,28 +236,27 @@ class ObjectiveConfig(_Section):
     )
     weight_min: float | None = _override(
         "override the preset's weight_min: Weight form: lower bound of the historical "
-        'weight w_t, in [0, 1].'
+        "weight w_t, in [0, 1]."
     )
     weight_max: float | None = _override(
         "override the preset's weight_max: Weight form: upper bound of the historical "
-        'weight w_t, >= 1.'
+        "weight w_t, >= 1."
     )
     surrogate: str | None = _override(
         "override the preset's surrogate: Per-token objective on the ratio, one of clip, "
         'cispo, sapo: "clip" is PPO\'s clipped surrogate, "cispo" the detached weight '
-        'clip(r, 1 - clip_low, 1 + clip_high) times A log pi (every token keeps its '
+        "clip(r, 1 - clip_low, 1 + clip_high) times A log pi (every token keeps its "
         'gradient; needs each token\'s own ratio), "sapo" the soft gate 4/tau sigmoid(tau '
-        '(r - 1)) A (clip_low/clip_high unused).'
+        "(r - 1)) A (clip_low/clip_high unused)."
     )
     sapo_tau_pos: float | None = _override(
         "override the preset's sapo_tau_pos: SAPO: gate temperature for tokens with A > 0 "
-        '(> 0; larger decays faster).'
+        "(> 0; larger decays faster)."
     )
     sapo_tau_neg: float | None = _override(
         "override the preset's sapo_tau_neg: SAPO: gate temperature for tokens with A <= 0 "
-        '(> 0; the paper takes it above sapo_tau_pos).'
+        "(> 0; the paper takes it above sapo_tau_pos)."
     )
-
 
     old_logprobs: str = _f(
         "trainer",
@@ -269,21 +270,30 @@ class ObjectiveConfig(_Section):
         "the proximal one: " + ", ".join(BEHAVIOUR_CORRECTIONS) + " (docs/ALGORITHMS.md)",
     )
     behaviour_cap: float = _f(
-        BEHAVIOUR_CAP, "cap C of the behaviour weight (truncate: min(w, C); mask: 0 outside "
-        "[1/C, C])", allow_inf=True,
+        BEHAVIOUR_CAP,
+        "cap C of the behaviour weight (truncate: min(w, C); mask: 0 outside [1/C, C])",
+        allow_inf=True,
     )
-    behaviour_mode: str = _f("truncate", "behaviour weights above the cap: " + ", ".join(
-        BEHAVIOUR_MODES) + " (TIS / MIS)")
+    behaviour_mode: str = _f(
+        "truncate",
+        "behaviour weights above the cap: " + ", ".join(BEHAVIOUR_MODES) + " (TIS / MIS)",
+    )
     kl_coef: float = _f(
-        0.0, "beta of the KL to the frozen reference policy (the starting model); 0 loads no "
+        0.0,
+        "beta of the KL to the frozen reference policy (the starting model); 0 loads no "
         "reference and changes nothing",
     )
-    kl_estimator: str = _f("k3", "per-token KL estimator: " + ", ".join(KL_ESTIMATORS)
-                           + " (k3 is GRPO's)")
-    kl_in: str = _f("loss", "where the KL goes: 'loss' (beta * kl per token, with gradient) or "
-                    "'reward' (beta * sum of kl subtracted from each answer's reward)")
+    kl_estimator: str = _f(
+        "k3", "per-token KL estimator: " + ", ".join(KL_ESTIMATORS) + " (k3 is GRPO's)"
+    )
+    kl_in: str = _f(
+        "loss",
+        "where the KL goes: 'loss' (beta * kl per token, with gradient) or "
+        "'reward' (beta * sum of kl subtracted from each answer's reward)",
+    )
     entropy_coef: float = _f(
-        0.0, "entropy bonus: the loss minus entropy_coef x the policy's token entropy on the "
+        0.0,
+        "entropy bonus: the loss minus entropy_coef x the policy's token entropy on the "
         "loss tokens, aggregated like the policy loss (with gradient; logged as "
         "policy/entropy_bonus); 0 changes nothing",
     )
@@ -300,9 +310,7 @@ class ObjectiveConfig(_Section):
 
     def trace_config(self) -> TraceConfig:
         """The loss preset with this objective's overrides applied."""
-        overrides = {
-            k: getattr(self, k) for k in TRACE_OVERRIDES if getattr(self, k) is not None
-        }
+        overrides = {k: getattr(self, k) for k in TRACE_OVERRIDES if getattr(self, k) is not None}
         return TraceConfig.preset(self.loss, **overrides)
 
     def _check(self) -> None:
@@ -382,16 +390,21 @@ class OptimConfig(_Section):
         "(prompt + answer tokens) stays within it, padding trimmed per micro-batch; empty = "
         "auto (micro_batch_size x the step's longest row), 0 = fixed micro_batch_size rows",
     )
-    logprob_chunk_size: int = _f(0, "tokens per chunk of the log-prob/entropy computation "
-                                 "(0 = auto: about 2**25 logits per chunk)")
+    logprob_chunk_size: int = _f(
+        0,
+        "tokens per chunk of the log-prob/entropy computation "
+        "(0 = auto: about 2**25 logits per chunk)",
+    )
     lora_rank: int = _f(
-        0, "LoRA adapter rank (peft): only the adapters train, the rollout engine receives the "
-        "merged weights (0 = off: full fine-tuning; docs/TRAINING.md, 'LoRA')"
+        0,
+        "LoRA adapter rank (peft): only the adapters train, the rollout engine receives the "
+        "merged weights (0 = off: full fine-tuning; docs/TRAINING.md, 'LoRA')",
     )
     lora_alpha: float = _f(16.0, "LoRA scale numerator: the update is (lora_alpha / lora_rank) B A")
     lora_dropout: float = _f(
-        0.0, "LoRA dropout; must stay 0: dropout would make the updated policy differ from the "
-        "one that scored and sampled the answers (off-policy)"
+        0.0,
+        "LoRA dropout; must stay 0: dropout would make the updated policy differ from the "
+        "one that scored and sampled the answers (off-policy)",
     )
     lora_target_modules: str = _f(
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -502,7 +515,8 @@ class RunConfig(_Section):
     report_to: str = _f(
         "tensorboard",
         "experiment trackers that receive the scalars, comma-separated: "
-        + ", ".join(TRACKERS) + " (wandb and mlflow need their pip extras: "
+        + ", ".join(TRACKERS)
+        + " (wandb and mlflow need their pip extras: "
         "pip install -e '.[wandb]' / '.[mlflow]'; docs/TRAINING.md, 'Experiment trackers')",
     )
     save_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
@@ -556,7 +570,9 @@ SECTIONS: dict[str, type[_Section]] = {
 """Section name (attribute of :class:`TrainConfig`, YAML key, flag prefix) -> its class."""
 
 FIELD_SECTIONS: dict[str, str] = {
-    f.name: name for name, cls in SECTIONS.items() for f in fields(cls)  # type: ignore[arg-type]
+    f.name: name
+    for name, cls in SECTIONS.items()
+    for f in fields(cls)  # type: ignore[arg-type]
 }
 """Every field's (flat) name -> the section holding it, in section and field order."""
 

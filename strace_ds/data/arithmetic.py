@@ -40,8 +40,14 @@ INSTRUCTION = "\nPut your final answer within \\boxed{}."
 SPLITS = ("train", "test")
 
 _NAMES = (
-    ("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Mia", "she"),
-    ("Sam", "he"), ("Lily", "she"), ("Max", "he"), ("Emma", "she"),
+    ("Tom", "he"),
+    ("Anna", "she"),
+    ("Ben", "he"),
+    ("Mia", "she"),
+    ("Sam", "he"),
+    ("Lily", "she"),
+    ("Max", "he"),
+    ("Emma", "she"),
 )
 _FRIENDS = ("Leo", "Zoe", "Jack", "Ella")
 _ITEMS = ("apples", "pens", "books", "coins", "cards", "marbles", "stickers", "cookies")
@@ -55,8 +61,7 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
         "How many {items} are in the box now?",
     ),
     "sub": (
-        "{name} has {a} {items} and gives {b} to {friend}. "
-        "How many {items} does {name} have left?",
+        "{name} has {a} {items} and gives {b} to {friend}. How many {items} does {name} have left?",
         "There are {a} {items} on the table. {name} takes {b} of them. "
         "How many {items} are left on the table?",
     ),
@@ -75,7 +80,11 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 KINDS = tuple(_TEMPLATES)
 STEPS: dict[str, tuple[str, ...]] = {
-    "add": ("+",), "sub": ("-",), "mul": ("*",), "add_sub": ("+", "-"), "mul_add": ("*", "+"),
+    "add": ("+",),
+    "sub": ("-",),
+    "mul": ("*",),
+    "add_sub": ("+", "-"),
+    "mul_add": ("*", "+"),
 }
 """The operators applied, in order, to the running value starting from the first operand."""
 APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -133,9 +142,7 @@ class ArithmeticConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def solve(
-    kind: str, operands: list[int], slips: tuple[int, ...] | None = None
-) -> tuple[int, str]:
+def solve(kind: str, operands: list[int], slips: tuple[int, ...] | None = None) -> tuple[int, str]:
     """Return ``(answer, reference solution)`` for a problem of ``kind`` with ``operands``.
 
     The solution is one short equation per step, each on the running value, and ends with
@@ -171,7 +178,9 @@ def _draw_operands(kind: str, cfg: ArithmeticConfig, rng: random.Random) -> list
         "mul": lambda: [rng.randint(2, cfg.max_mul), rng.randint(2, cfg.max_mul)],
         "add_sub": lambda: _add_sub_triple(cfg.max_add, rng),
         "mul_add": lambda: [
-            rng.randint(2, cfg.max_mul), rng.randint(2, cfg.max_mul), rng.randint(1, cfg.max_add)
+            rng.randint(2, cfg.max_mul),
+            rng.randint(2, cfg.max_mul),
+            rng.randint(1, cfg.max_add),
         ],
     }
     return draws[kind]()
@@ -204,8 +213,13 @@ def draw_problem(cfg: ArithmeticConfig, rng: random.Random) -> PromptExample:
     fields = dict(zip("abc", ops))
     question = templates[t].format(name=name, pro=pro, friend=friend, items=items, **fields)
     answer, solution = solve(kind, ops)
-    meta = {"kind": kind, "template": t, "operands": ops, "solution": solution,
-            "question": question}
+    meta = {
+        "kind": kind,
+        "template": t,
+        "operands": ops,
+        "solution": solution,
+        "question": question,
+    }
     return PromptExample(prompt=question + INSTRUCTION, answer=str(answer), meta=meta)
 
 
@@ -222,8 +236,14 @@ def arithmetic_dataset(
     cfg = config if config is not None else ArithmeticConfig()
     # The split seeds its own stream so train and test of one seed are not shifted copies.
     rng = random.Random(f"strace_ds.synthetic/{split}/{seed}")
-    return draw_split(lambda: draw_problem(cfg, rng), split, size, cfg.test_fraction,
-                      "synthetic", "ArithmeticConfig.test_fraction or the number ranges")
+    return draw_split(
+        lambda: draw_problem(cfg, rng),
+        split,
+        size,
+        cfg.test_fraction,
+        "synthetic",
+        "ArithmeticConfig.test_fraction or the number ranges",
+    )
 
 
 def draw_split(

@@ -114,8 +114,7 @@ def parse_chain_spec(spec: str) -> ChainConfig:
         key, eq, value = item.partition("=")
         if not eq or key not in types:
             raise ValueError(
-                f"dataset {spec!r}: {item!r} is not key=value with a key among "
-                f"{', '.join(types)}"
+                f"dataset {spec!r}: {item!r} is not key=value with a key among {', '.join(types)}"
             )
         try:
             kwargs[key] = float(value) if types[key] == "float" else int(value)
@@ -205,5 +204,11 @@ def chain_dataset(
     """
     cfg = config if config is not None else ChainConfig()
     rng = random.Random(f"strace_ds.chain/{split}/{seed}")
-    return draw_split(lambda: draw_chain_problem(cfg, rng), split, size, cfg.test_fraction,
-                      "chain", "ChainConfig.max_value, max_operand or decisive")
+    return draw_split(
+        lambda: draw_chain_problem(cfg, rng),
+        split,
+        size,
+        cfg.test_fraction,
+        "chain",
+        "ChainConfig.max_value, max_operand or decisive",
+    )

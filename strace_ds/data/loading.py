@@ -112,8 +112,7 @@ def _diagnose_file(path: Path) -> str | None:
                 doc = json.loads("".join(lines))
             except json.JSONDecodeError as exc:
                 return (
-                    f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                    f"column {exc.colno}"
+                    f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
                 )
             if doc in ([], {}):
                 return f"{where} is empty (the JSON document {doc!r} has no rows)"

@@ -69,7 +69,5 @@ def generated_dataset(spec: str, split: str, size: int, seed: int) -> PromptData
     """Problems of the generated task ``spec``; raises if ``spec`` names none."""
     task = generated_task(spec)
     if task is None:
-        raise ValueError(
-            f"dataset {spec!r} is not a generated task ({', '.join(GENERATED_TASKS)})"
-        )
+        raise ValueError(f"dataset {spec!r} is not a generated task ({', '.join(GENERATED_TASKS)})")
     return task.dataset(spec, split, size, seed)

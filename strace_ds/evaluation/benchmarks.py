@@ -203,13 +203,15 @@ BENCHMARKS: dict[str, BenchmarkSpec] = _registry(
         "answers (not limited to 0-999). Columns: problem, answer.",
     ),
     _generated(
-        "synthetic", _synthetic,
+        "synthetic",
+        _synthetic,
         "The project's arithmetic task, held-out split, seed 0 "
         "(strace_ds.data.arithmetic.arithmetic_dataset). Prompts already end with the "
         "task's own boxed-answer instruction, so none is added.",
     ),
     _generated(
-        "chain", _chain,
+        "chain",
+        _chain,
         "The chain task (strace_ds.data.chain, default knobs), held-out split, seed 0: "
         "~100-token answers decided by 3 results. Prompts carry their own instruction.",
     ),

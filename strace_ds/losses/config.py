@@ -209,28 +209,32 @@ PRESETS: dict[str, TraceConfig] = {
     # study's most stable form, docs/RESULTS.md "Credit-assignment study"): each token keeps its own
     # PPO-clipped term, weighted by a detached, bounded, decayed product of the past ratios.
     # form="ratio" is the trace ratio clipped per token (the presets' first form).
-    "p_trace": TraceConfig(
-        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, form="weight"
-    ),
+    "p_trace": TraceConfig(lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, form="weight"),
     # CISPO (MiniMax-M1, Chen et al. 2025, arXiv 2506.13585): the detached, clipped token
     # importance weight times A log pi, token-mean over all tokens of the batch (the paper's
     # 1 / sum_i |o_i|). No lower bound (clip_low = 1: the weight's floor is 0), as the paper;
     # the paper does not publish its eps_high: clip_high = 4 caps the weight at 5, TRL's
     # recommendation (the epsilon_max = 5 of ScaleRL, Khatri et al. 2025).
-    "cispo": TraceConfig(
-        lam=0.0, window="causal", clip_low=1.0, clip_high=4.0, surrogate="cispo"
-    ),
+    "cispo": TraceConfig(lam=0.0, window="causal", clip_low=1.0, clip_high=4.0, surrogate="cispo"),
     # SAPO (Soft Adaptive Policy Optimization, Gao et al. 2025, arXiv 2511.20347): the soft
     # gate 4/tau sigmoid(tau (r - 1)) on each token's ratio, tau_pos = 1.0 for A > 0 and
     # tau_neg = 1.05 otherwise, mean over answers of each answer's token mean (the paper's
     # 1/G sum_i 1/|y_i| sum_t). clip_low / clip_high are unused.
     "sapo": TraceConfig(
-        lam=0.0, window="causal", loss_agg="seq_mean_token_mean", surrogate="sapo",
-        sapo_tau_pos=1.0, sapo_tau_neg=1.05,
+        lam=0.0,
+        window="causal",
+        loss_agg="seq_mean_token_mean",
+        surrogate="sapo",
+        sapo_tau_pos=1.0,
+        sapo_tau_neg=1.05,
     ),
     # S-trace: the P-trace whose trace only ticks on the top-20% entropy tokens.
     "s_trace": TraceConfig(
-        lam=0.95, window="causal", clip_low=0.2, clip_high=0.28, entropy_top_quantile=0.2,
+        lam=0.95,
+        window="causal",
+        clip_low=0.2,
+        clip_high=0.28,
+        entropy_top_quantile=0.2,
         form="weight",
     ),
 }

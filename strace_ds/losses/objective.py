@@ -362,9 +362,18 @@ def token_credit(
     """
     logp = logprobs.detach().clone().requires_grad_(True)
     out = policy_loss(
-        logp, old_logprobs, advantages, response_mask, entropy, config, max_len,
-        selected=selected, behaviour_weight=behaviour_weight, ref_logprobs=ref_logprobs,
-        kl_coef=kl_coef, kl_estimator=kl_estimator,
+        logp,
+        old_logprobs,
+        advantages,
+        response_mask,
+        entropy,
+        config,
+        max_len,
+        selected=selected,
+        behaviour_weight=behaviour_weight,
+        ref_logprobs=ref_logprobs,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
     )
     (grad,) = torch.autograd.grad(out.loss, logp)
     return -grad

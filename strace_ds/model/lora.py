@@ -61,8 +61,11 @@ def merged_named_tensors(
         else:
             yield name, tensor
             continue
-        prefix = next(p for p in (name.partition(s)[0] for s in (".base_layer.", ".lora_A.",
-                                                                  ".lora_B.")) if p != name)
+        prefix = next(
+            p
+            for p in (name.partition(s)[0] for s in (".base_layer.", ".lora_A.", ".lora_B."))
+            if p != name
+        )
         parts = pending[prefix]
         if len(parts) == 3:
             del pending[prefix]

@@ -443,8 +443,13 @@ class RewardPool:
         return result
 
     def _score_remote(
-        self, k: int, tasks: _Tasks, responses: list[str], golds: list[str],
-        examples: list[dict[str, Any]], prompts: list[str],
+        self,
+        k: int,
+        tasks: _Tasks,
+        responses: list[str],
+        golds: list[str],
+        examples: list[dict[str, Any]],
+        prompts: list[str],
     ) -> None:
         """Remote reward ``k`` over the batch, into ``tasks`` (its slots ``k::K``)."""
         K = len(self.terms)

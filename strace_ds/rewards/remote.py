@@ -166,7 +166,10 @@ class RemoteReward:
             )
 
     def score(
-        self, responses: list[str], golds: list[str], examples: list[dict[str, Any]],
+        self,
+        responses: list[str],
+        golds: list[str],
+        examples: list[dict[str, Any]],
         prompts: list[str],
     ) -> tuple[list[float], list[str | None]]:
         """``(values, errors)`` per answer; every failure is an error (value 0), never raised."""
@@ -180,7 +183,7 @@ class RemoteReward:
             if not isinstance(values, list) or len(values) != n:
                 got = f"{len(values)} rewards" if isinstance(values, list) else str(reply)[:200]
                 raise RemoteRewardError(
-                    f"{self.url} must answer {{\"rewards\": [...]}} with {n} numbers, got {got}"
+                    f'{self.url} must answer {{"rewards": [...]}} with {n} numbers, got {got}'
                 )
         except (RemoteRewardError, ValueError, TypeError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]

@@ -241,7 +241,9 @@ def _own_process_group(output: Connection | None) -> None:
 
 
 def _worker_main(
-    conn: Connection, grader_bytes: bytes, limits: _WorkerLimits,
+    conn: Connection,
+    grader_bytes: bytes,
+    limits: _WorkerLimits,
     output: Connection | None = None,
 ) -> None:
     """Worker loop: load the rewards, say ready, then run task

@@ -166,8 +166,9 @@ def save_checkpoint(
     # Every rank's files are in: hash them, shared out over ranks; rank 0 writes the manifest
     # last, so a published checkpoint always has one. Each rank's DeepSpeed files are required.
     required = rank_files(engine, tag)
-    _agree(_attempt(lambda: write_manifest(staging_root / tag, required)), ckpt_dir,
-           staging_root, tag)
+    _agree(
+        _attempt(lambda: write_manifest(staging_root / tag, required)), ckpt_dir, staging_root, tag
+    )
 
     def publish() -> None:
         if not is_main:
@@ -219,9 +220,12 @@ def _agree(
     mine = None
     if failed is not None:
         exc, text = failed
-        mine = (text, str(getattr(exc, "filename", None) or ""),
-                isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-    every = (dist_utils.all_gather_objects(mine) if dist_utils.world_size() > 1 else [mine])
+        mine = (
+            text,
+            str(getattr(exc, "filename", None) or ""),
+            isinstance(exc, OSError) and exc.errno == errno.ENOSPC,
+        )
+    every = dist_utils.all_gather_objects(mine) if dist_utils.world_size() > 1 else [mine]
     bad = [(r, f) for r, f in enumerate(every) if f is not None]
     if not bad:
         return
@@ -437,13 +441,16 @@ def _through_latest(ckpt_dir: Path, log: Callable[[str], None] | None) -> Path |
             "good copy of a checkpoint."
         )
     note = "".join(f"; {name} is damaged too: " + "; ".join(p) for name, p in skipped.items())
-    say(f"resume: {why}{note}; falling back to {found.name}, the newest complete checkpoint "
-        f"(steps after {int(found.name.split('_')[1])} are re-run)")
+    say(
+        f"resume: {why}{note}; falling back to {found.name}, the newest complete checkpoint "
+        f"(steps after {int(found.name.split('_')[1])} are re-run)"
+    )
     return found
 
 
 def _newest_complete(
-    ckpt_dir: Path, exclude: set[str] = frozenset()  # type: ignore[assignment]
+    ckpt_dir: Path,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[Path | None, dict[str, list[str]]]:
     """The newest checkpoint under ``ckpt_dir`` whose manifest verifies, and the problems of
     the newer ones passed over on the way."""
@@ -462,16 +469,23 @@ def _damaged_message(path: Path, problems: list[str]) -> str:
     """``path`` is damaged: which files, and what to resume from instead."""
     found, _ = _newest_complete(path.parent, exclude={path.name})
     if found is not None:
-        fallback = (f"resume from {found} instead (--resume {found}; --resume auto falls back "
-                    "to the newest complete checkpoint by itself)")
+        fallback = (
+            f"resume from {found} instead (--resume {found}; --resume auto falls back "
+            "to the newest complete checkpoint by itself)"
+        )
     else:
         fallback = f"no other complete checkpoint is in {path.parent}"
     legacy = ""
     if any(p.startswith(f"{MANIFEST} is missing") for p in problems):
-        legacy = (f". A checkpoint saved before manifests existed has none: if you trust it, "
-                  f"write one with `python -m strace_ds.storage.manifest write {path}`")
-    return (f"checkpoint {path} is damaged, not loading it: " + "; ".join(problems)
-            + f". {fallback[0].upper()}{fallback[1:]}{legacy}")
+        legacy = (
+            f". A checkpoint saved before manifests existed has none: if you trust it, "
+            f"write one with `python -m strace_ds.storage.manifest write {path}`"
+        )
+    return (
+        f"checkpoint {path} is damaged, not loading it: "
+        + "; ".join(problems)
+        + f". {fallback[0].upper()}{fallback[1:]}{legacy}"
+    )
 
 
 def _say(msg: str) -> None:

@@ -86,9 +86,11 @@ def deepspeed_gaps(names: list[str]) -> list[str]:
             shards.setdefault((prefix, mp, kind), set()).add(rank)
     problems = []
     if not any(_MODEL.match(n) for n in names) and not any(k[2] == "model" for k in shards):
-        problems.append("no DeepSpeed model states (mp_rank_00_model_states.pt, or ZeRO-3's "
-                        "zero_pp_rank_<r>_mp_rank_00_model_states.pt per rank): the weights "
-                        "were never written")
+        problems.append(
+            "no DeepSpeed model states (mp_rank_00_model_states.pt, or ZeRO-3's "
+            "zero_pp_rank_<r>_mp_rank_00_model_states.pt per rank): the weights "
+            "were never written"
+        )
     ranks = set().union(*shards.values()) if shards else set()
     world = max(ranks) + 1 if ranks else 0
     if any(k[2] == "model" for k in shards) and not any(k[2] == "optim" for k in shards):
@@ -98,7 +100,8 @@ def deepspeed_gaps(names: list[str]) -> list[str]:
             if r not in have:
                 problems.append(
                     f"{describe(f'{prefix}zero_pp_rank_{r}_mp_rank_{mp}_{kind}_states.pt')} "
-                    "is missing")
+                    "is missing"
+                )
     return problems
 
 
@@ -170,18 +173,27 @@ def write_manifest(root: Path, rank_files: list[str] | None = None) -> dict[str,
         for r, (files, seen_here) in enumerate(every):
             for name, seen in zip(files, seen_here):
                 if name not in listed:
-                    where = (f"rank {r} wrote it, but rank 0 does not see it: checkpoints need "
-                             "a directory every rank shares") if seen else "it was not written"
+                    where = (
+                        (
+                            f"rank {r} wrote it, but rank 0 does not see it: checkpoints need "
+                            "a directory every rank shares"
+                        )
+                        if seen
+                        else "it was not written"
+                    )
                     absent.append(f"{describe(name)} is missing from {root} ({where})")
         if absent:
-            raise ManifestError("not writing the manifest of an incomplete checkpoint: "
-                                + "; ".join(absent))
+            raise ManifestError(
+                "not writing the manifest of an incomplete checkpoint: " + "; ".join(absent)
+            )
         record = {"world_size": world, "files": {str(r): f for r, (f, _) in enumerate(every)}}
     elif (root / STATE_FILE).is_file() or STATE_FILE in names:
         gaps = deepspeed_gaps(names)
         if gaps:
-            raise ManifestError(f"not writing a manifest for {root}: it is an incomplete "
-                                "checkpoint: " + "; ".join(gaps))
+            raise ManifestError(
+                f"not writing a manifest for {root}: it is an incomplete "
+                "checkpoint: " + "; ".join(gaps)
+            )
     sizes = [(root / n).stat().st_size for n in names]
     mine = _shares(sizes, world)[rank]
     local = {names[i]: file_checksum(root / names[i]) for i in mine}
@@ -220,15 +232,20 @@ def _read(root: Path) -> tuple[dict[str, Any] | None, str | None]:
         if data.get("format") != FORMAT or not isinstance(files, dict):
             raise ValueError(f"unknown manifest format {data.get('format')!r}")
         for name, entry in files.items():
-            if not isinstance(name, str) or not isinstance(entry["size"], int) or not isinstance(
-                entry["crc32"], str
+            if (
+                not isinstance(name, str)
+                or not isinstance(entry["size"], int)
+                or not isinstance(entry["crc32"], str)
             ):
                 raise ValueError(f"bad entry for {name!r}")
         ranks = data.get("ranks")
         if ranks is not None and not (
-            isinstance(ranks, dict) and isinstance(ranks.get("files"), dict)
-            and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
-                    for v in ranks["files"].values())
+            isinstance(ranks, dict)
+            and isinstance(ranks.get("files"), dict)
+            and all(
+                isinstance(v, list) and all(isinstance(n, str) for n in v)
+                for v in ranks["files"].values()
+            )
         ):
             raise ValueError("bad 'ranks' record")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -244,10 +261,13 @@ def _required_gaps(data: dict[str, Any], root: Path) -> list[str]:
     files = data["files"]
     ranks = data.get("ranks")
     if ranks is not None:
-        return [f"{describe(name)} is missing: the manifest does not list it, so the checkpoint "
-                f"was published without rank {r}'s files"
-                for r, names in sorted(ranks["files"].items(), key=lambda kv: int(kv[0]))
-                for name in names if name not in files]
+        return [
+            f"{describe(name)} is missing: the manifest does not list it, so the checkpoint "
+            f"was published without rank {r}'s files"
+            for r, names in sorted(ranks["files"].items(), key=lambda kv: int(kv[0]))
+            for name in names
+            if name not in files
+        ]
     if STATE_FILE in files:
         return deepspeed_gaps(list(files))
     return []
@@ -279,8 +299,9 @@ def check_manifest(root: Path) -> list[str]:
             size = path.stat().st_size
             if size != entry["size"]:
                 what = "empty" if size == 0 else "truncated" if size < entry["size"] else "too long"
-                problems.append(f"{name} is {what} ({size} bytes, the manifest says "
-                                f"{entry['size']})")
+                problems.append(
+                    f"{name} is {what} ({size} bytes, the manifest says {entry['size']})"
+                )
             else:
                 to_hash.append(name)
     # Every rank hashes its share of the files whose sizes match (one collective, always).
@@ -294,8 +315,9 @@ def check_manifest(root: Path) -> list[str]:
             local.append(f"{name} cannot be read ({type(exc).__name__}: {exc})")
             continue
         if crc != files[name]["crc32"]:  # type: ignore[index]
-            local.append(f"{name} is damaged (crc32 {crc}, the manifest says "
-                         f"{files[name]['crc32']})")  # type: ignore[index]
+            local.append(
+                f"{name} is damaged (crc32 {crc}, the manifest says {files[name]['crc32']})"
+            )  # type: ignore[index]
     if world > 1:
         local = [p for part in dist_utils.all_gather_objects(local) for p in part]
     order = {n: i for i, n in enumerate(to_hash)}

@@ -133,9 +133,7 @@ class Experience:
     def to_state(self) -> dict[str, Any]:
         """A torch.save-able dict (checkpoints of a run with batches in flight)."""
         state = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        state["batch"] = {
-            k: getattr(self.batch, k) for k in self.batch.__dataclass_fields__
-        }
+        state["batch"] = {k: getattr(self.batch, k) for k in self.batch.__dataclass_fields__}
         return state
 
     @classmethod
@@ -211,8 +209,9 @@ class ExperienceProducer:
 
     def _extra_prompts(self, step: int, draw: int, n: int) -> list[int]:
         """``n`` more prompts for re-sampling draw ``draw`` of ``step`` (seeded per rank)."""
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank,
-                                                      f"resample{draw}"))
+        gen = torch.Generator().manual_seed(
+            step_seed(self.seed, step, self.rank, f"resample{draw}")
+        )
         return torch.randperm(len(self.prompt_ids), generator=gen)[:n].tolist()
 
     def _draw(self, step: int, indices: list[int], draw: int) -> _Draw:
@@ -222,16 +221,15 @@ class ExperienceProducer:
         with timed(seconds, "rollout"):
             prompts = [self.prompt_ids[i] for i in indices]
             purpose = "rollout" if draw == 0 else f"rollout-draw{draw}"
-            sampling = self.rollouts.sampling_params(
-                step_seed(self.seed, step, self.rank, purpose)
-            )
+            sampling = self.rollouts.sampling_params(step_seed(self.seed, step, self.rank, purpose))
             generation = self.rollout.generate(prompts, n=group_size, sampling=sampling)
         t0 = time.perf_counter()  # grading, then shaping: the reward's time
         texts = self.tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
         examples = [self.data[indices[i]] for i in generation.prompt_index]
         golds = [ex.answer for ex in examples]
-        graded = self.reward_pool.score(texts, golds, [dict(ex.meta) for ex in examples],
-                                        prompts=[ex.prompt for ex in examples])
+        graded = self.reward_pool.score(
+            texts, golds, [dict(ex.meta) for ex in examples], prompts=[ex.prompt for ex in examples]
+        )
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
         components = {
             label: torch.tensor(values, dtype=torch.float32)
@@ -245,7 +243,11 @@ class ExperienceProducer:
         from strace_ds.rewards import apply_overlong
 
         rewards, keep = apply_overlong(
-            rewards, lengths, truncated, self.rollouts.max_new_tokens, cfg.overlong,
+            rewards,
+            lengths,
+            truncated,
+            self.rollouts.max_new_tokens,
+            cfg.overlong,
             cfg.overlong_buffer,
         )
         silent = group_advantages(rewards, group_size, method=cfg.advantage)

@@ -63,6 +63,7 @@ class RunAbortedError(RuntimeError):
     """The run stopped itself because going on would waste it (e.g. answers that cannot be
     graded); a checkpoint of the last step was saved first."""
 
+
 class Trainer:
     """Builds every component from a :class:`TrainConfig` and runs the loop."""
 
@@ -193,9 +194,14 @@ class Trainer:
                 self.state = ckpt.load_checkpoint(self.engine, found, verify=False)
                 self.state.identity = self.identity  # with any --resume_override applied
                 self._inflight = self._load_inflight(found)
-                self._log(f"resumed from {found} at step {self.state.step}"
-                          + (f" with {len(self._inflight)} step(s) of answers in flight"
-                             if self._inflight else ""))
+                self._log(
+                    f"resumed from {found} at step {self.state.step}"
+                    + (
+                        f" with {len(self._inflight)} step(s) of answers in flight"
+                        if self._inflight
+                        else ""
+                    )
+                )
             else:
                 self._log(f"resume=auto: no checkpoint in {self.ckpt_dir}, starting fresh")
             # Steps after the checkpoint's are re-run: TensorBoard drops their old points.
@@ -204,15 +210,18 @@ class Trainer:
         self.metrics_log.reset(self.state.history)
         if self.state.step >= cfg.steps:
             # A relaunch of a finished run: saving again would only risk the last checkpoint.
-            self._log(f"run {cfg.name} already finished at step {self.state.step} "
-                      f"(steps={cfg.steps}): nothing to train")
+            self._log(
+                f"run {cfg.name} already finished at step {self.state.step} "
+                f"(steps={cfg.steps}): nothing to train"
+            )
             if cfg.export:
                 from strace_ds.storage.manifest import check_manifest
 
                 problems = check_manifest(cfg.run_dir / "final")
                 if problems:
-                    self._log(f"export {cfg.run_dir / 'final'}: {'; '.join(problems)}; "
-                              "exporting it again")
+                    self._log(
+                        f"export {cfg.run_dir / 'final'}: {'; '.join(problems)}; exporting it again"
+                    )
                     self.export(cfg.run_dir / "final")
             return next((h for h in reversed(self.state.history) if "reward/mean" in h), {})
         self.sync_weights(self.state.step)
@@ -303,13 +312,15 @@ class Trainer:
             f"{cfg.grading_error_patience} consecutive steps (error fractions "
             f"{', '.join(f'{f:.2f}' for f in fracs)}), so the run trains on zero reward. "
             + (f"Last grading error: {last[:300]}. " if last else "")
-            + (f"Reward {slow!r} ran past reward_timeout_s={cfg.reward_timeout_s:g} s. "
-               if slow else "")
+            + (
+                f"Reward {slow!r} ran past reward_timeout_s={cfg.reward_timeout_s:g} s. "
+                if slow
+                else ""
+            )
             + f"A checkpoint of step {self.state.step} was saved; fix the golds or the grader "
             "and --resume auto (or raise --max_grading_error_frac / set "
             "--grading_error_patience 0)"
         )
-
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -433,8 +444,10 @@ class Trainer:
         if not file.is_file():
             return []
         if self.cfg.max_staleness == 0:
-            self._log(f"resume: {found} holds answers in flight but max_staleness=0: "
-                      "they are dropped and the steps regenerated")
+            self._log(
+                f"resume: {found} holds answers in flight but max_staleness=0: "
+                "they are dropped and the steps regenerated"
+            )
             return []
         states = torch.load(file, weights_only=False)
         return [Experience.from_state(s) for s in states]

@@ -94,9 +94,7 @@ def reduce_step_metrics(
     metrics["response/length_max"] = max(r["length_max"] for r in per_rank)
     metrics["rollout/logprob_diff_max"] = max(r["diff_max"] for r in per_rank)
     for k in per_rank[0]["loss_metrics"]:
-        finite = [
-            v for r in per_rank for v in r["loss_metrics"].get(k, []) if not math.isnan(v)
-        ]
+        finite = [v for r in per_rank for v in r["loss_metrics"].get(k, []) if not math.isnan(v)]
         if not finite:
             metrics[k] = math.nan
         elif k.endswith("_max"):

@@ -199,9 +199,12 @@ def build_reward_pool(rewards: RewardConfig, spec: str | None = None) -> Any:
     from strace_ds.rewards.registry import with_verifier
 
     # reward/accuracy is math-verify's verdict on the gold whatever --reward holds.
-    return RewardPool(num_workers=rewards.reward_workers, timeout_s=rewards.reward_timeout_s,
-                      rewards=with_verifier(spec or rewards.reward),
-                      remote_timeout_s=rewards.remote_reward_timeout_s)
+    return RewardPool(
+        num_workers=rewards.reward_workers,
+        timeout_s=rewards.reward_timeout_s,
+        rewards=with_verifier(spec or rewards.reward),
+        remote_timeout_s=rewards.remote_reward_timeout_s,
+    )
 
 
 @dataclass
@@ -318,8 +321,11 @@ def build_reference_engine(
     policy's parameters are), in eval mode. No gradient, no optimizer state."""
     import deepspeed
 
-    ds_config = {k: v for k, v in policy.ds_config.items()
-                 if k not in ("optimizer", "scheduler", "managed_gradient_accumulation")}
+    ds_config = {
+        k: v
+        for k, v in policy.ds_config.items()
+        if k not in ("optimizer", "scheduler", "managed_gradient_accumulation")
+    }
     zero = dict(ds_config.get("zero_optimization", {}))
     if zero.get("stage", 0) != 3:
         zero = {"stage": 0}  # replicated: ZeRO-1/2 only partition optimizer state and grads
@@ -331,6 +337,8 @@ def build_reference_engine(
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()
-    log(f"reference policy: {model_path}, frozen (ZeRO stage {zero.get('stage', 0)}), "
-        f"KL {objective.kl_estimator} x {objective.kl_coef} in the {objective.kl_in}")
+    log(
+        f"reference policy: {model_path}, frozen (ZeRO stage {zero.get('stage', 0)}), "
+        f"KL {objective.kl_estimator} x {objective.kl_coef} in the {objective.kl_in}"
+    )
     return engine

@@ -146,6 +146,16 @@ def test_ruff_check_passes():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
 
 
+def test_ruff_format_holds_on_the_package_and_scripts():
+    """``ruff format --check .``: the scope is pyproject.toml ``[tool.ruff.format]`` (the
+    package and scripts/; what the pre-commit hook formats)."""
+    ruff = pytest.importorskip("ruff.__main__")
+    proc = subprocess.run([ruff.find_ruff_bin(), "format", "--check", "--no-cache", "."],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert "strace_ds/train/loop.py" not in proc.stdout
+
+
 # ----------------------------------------------------------------------------- test layout
 TESTS = REPO / "tests"
 TIERS = ("unit", "integration", "e2e", "sglang", "studies", "repo")

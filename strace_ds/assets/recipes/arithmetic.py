@@ -141,9 +141,17 @@ class TinyBuildConfig:
             raise ValueError(
                 f"TinyBuildConfig.sft_unboxed_rate must be in [0, 1), got {self.sft_unboxed_rate}"
             )
-        for name in ("sft_steps", "sft_batch_size", "vocab_size", "hidden_size",
-                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "intermediate_size", "eval_n"):
+        for name in (
+            "sft_steps",
+            "sft_batch_size",
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "eval_n",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TinyBuildConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
@@ -194,10 +202,12 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     """
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -282,7 +292,9 @@ def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = (
-            torch.tensor(x), torch.tensor(y), 1
+            torch.tensor(x),
+            torch.tensor(y),
+            1,
         )
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -305,8 +317,9 @@ def run_sft(
     rng = random.Random(f"strace_ds.tiny.teacher/{cfg.seed}")
     targets = [teacher_solution(ex, cfg.sft_unboxed_rate, rng) for ex in examples]
     rows = [encode_sft_example(tokenizer, ex, t) for ex, t in zip(examples, targets)]
-    return sft_loop(model, rows, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr,
-                    tokenizer.pad_token_id)
+    return sft_loop(
+        model, rows, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, tokenizer.pad_token_id
+    )
 
 
 def sft_loop(
@@ -335,7 +348,7 @@ def sft_loop(
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
-        batch = _collate(rows[step * batch_size:(step + 1) * batch_size], pad_id)
+        batch = _collate(rows[step * batch_size : (step + 1) * batch_size], pad_id)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -358,7 +371,7 @@ def extract_boxed(text: str) -> str | None:
     while i < len(text):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[starts[-1]:i].strip()
+            return text[starts[-1] : i].strip()
         i += 1
     return None
 
@@ -381,19 +394,27 @@ def sample_answers(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     torch.manual_seed(seed)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
-        if temperature > 0 else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        if temperature > 0
+        else dict(do_sample=False)
+    )
     out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        enc = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
-               for p in prompts[start:start + batch_size]]
+        enc = [
+            tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
+            for p in prompts[start : start + batch_size]
+        ]
         T = max(len(x) for x in enc)
         # Left padding so every row's answer starts at column T.  # [B, T]
         ids = torch.tensor([[tokenizer.pad_token_id] * (T - len(x)) + x for x in enc])
         mask = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in enc])
         gen = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
         for row in gen[:, T:].tolist():
@@ -416,8 +437,9 @@ def accuracy_report(
     a closed ``\\boxed{}``), ``accuracy_when_boxed`` (accuracy among those; 0 if none) and
     ``mean_answer_tokens`` (``<|im_end|>`` included).
     """
-    answers = sample_answers(model, tokenizer, [ex.prompt for ex in examples], temperature, seed,
-                             max_new_tokens)
+    answers = sample_answers(
+        model, tokenizer, [ex.prompt for ex in examples], temperature, seed, max_new_tokens
+    )
     texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
     boxed = [extract_boxed(t) for t in texts]
     n_boxed = sum(b is not None for b in boxed)
@@ -539,8 +561,9 @@ def build_tiny_policy(
         raise ValueError(f"build_tiny_policy: sft_steps must be >= 1 (or None), got {sft_steps}")
     cfg = TinyBuildConfig(seed=seed, **({} if sft_steps is None else {"sft_steps": sft_steps}))
     out = Path(out_dir) if out_dir is not None else cache_root() / f"tiny-qwen3-{cfg.digest()}"
-    return build_once(out, cfg.digest(), lambda tmp: _build_into(tmp, cfg), force,
-                      "build_tiny_policy")
+    return build_once(
+        out, cfg.digest(), lambda tmp: _build_into(tmp, cfg), force, "build_tiny_policy"
+    )
 
 
 def build_once(

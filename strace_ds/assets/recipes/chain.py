@@ -174,8 +174,9 @@ def build_chain_policy(
     by the config hash), published atomically; returns its directory."""
     cfg = cfg or ChainBuildConfig()
     out = Path(out_dir) if out_dir is not None else cache_root() / f"tiny-chain-{cfg.digest()}"
-    return build_once(out, cfg.digest(), lambda tmp: _build_into(tmp, cfg), force,
-                      "build_chain_policy")
+    return build_once(
+        out, cfg.digest(), lambda tmp: _build_into(tmp, cfg), force, "build_chain_policy"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,15 +185,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="model directory (default: a cache entry)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sft-steps", type=int, default=ChainBuildConfig.sft_steps)
-    p.add_argument("--task", default="chain",
-                   help="the task and teacher, as --dataset spells it (chain:slip_rate=0.3,...)")
-    p.add_argument("--max-new-tokens", type=int, default=ChainBuildConfig.max_new_tokens,
-                   help="answer cap of the accuracy measurement (raise it for longer chains)")
+    p.add_argument(
+        "--task",
+        default="chain",
+        help="the task and teacher, as --dataset spells it (chain:slip_rate=0.3,...)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=ChainBuildConfig.max_new_tokens,
+        help="answer cap of the accuracy measurement (raise it for longer chains)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if a build exists")
     args = p.parse_args(argv)
     task = parse_chain_spec(args.task).to_dict()
-    cfg = ChainBuildConfig(seed=args.seed, sft_steps=args.sft_steps, task=task,
-                           max_new_tokens=args.max_new_tokens)
+    cfg = ChainBuildConfig(
+        seed=args.seed, sft_steps=args.sft_steps, task=task, max_new_tokens=args.max_new_tokens
+    )
     out = build_chain_policy(args.out, cfg, force=args.force)
     print(out)
     print((out / BUILD_INFO).read_text(), end="")

@@ -88,8 +88,13 @@ class _Http:
         self._closed = False
 
     def call(
-        self, method: str, url: str, path: str, payload: Any = None,
-        timeout_s: float | None = None, retries: int | None = None,
+        self,
+        method: str,
+        url: str,
+        path: str,
+        payload: Any = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> Any:
         """Send one request, retrying transient failures (connection errors, HTTP 429/502/503/
         504) within one deadline; return the decoded JSON body (None for an empty body)."""
@@ -141,8 +146,10 @@ class _Http:
                     f"{text[:300]}"
                 ) from e
         elapsed = time.monotonic() - start
-        hint = (f"Is the server at {url} running and reachable? Start one with "
-                "scripts/launch_sglang.py.")
+        hint = (
+            f"Is the server at {url} running and reachable? Start one with "
+            "scripts/launch_sglang.py."
+        )
         if self._closed:
             raise SGLangServerError(
                 f"SGLang server {url}: {method} {path} ({op}) abandoned after {elapsed:.1f} s: "
@@ -160,16 +167,16 @@ class _Http:
             f"({op}; last: {last}). {hint}"
         )
 
-    def _send(self, method: str, url: str, path: str, data: bytes | None,
-              deadline: float) -> tuple[int, bytes]:
+    def _send(
+        self, method: str, url: str, path: str, data: bytes | None, deadline: float
+    ) -> tuple[int, bytes]:
         """One attempt: ``(status, body)``, or :class:`_AbandonedError` once the deadline passes."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _AbandonedError("no time left in the deadline")
         parts = urlsplit(url)
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port,
-                   timeout=min(CONNECT_TIMEOUT_S, remaining))
+        conn = cls(parts.hostname or "", parts.port, timeout=min(CONNECT_TIMEOUT_S, remaining))
         why: list[str] = []
 
         def abort(reason: str) -> None:

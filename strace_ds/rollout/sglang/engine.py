@@ -114,7 +114,7 @@ def _model_key(model: str | Path) -> str:
     parts = Path(text).parts
     for k, part in enumerate(parts[:-2]):
         if part.startswith("models--") and parts[k + 1] == "snapshots":
-            return part[len("models--"):].replace("--", "/")
+            return part[len("models--") :].replace("--", "/")
     path = Path(text).expanduser()
     return str(path.resolve()) if path.exists() else text
 
@@ -175,23 +175,31 @@ class SGLangRolloutEngine:
         save_dtype: torch.dtype | None = None,
         vocab_size: int | None = None,
     ) -> None:
-        self.urls = [u.strip().rstrip("/") for u in (urls.split(",") if isinstance(urls, str)
-                                                      else urls) if u.strip()]
+        self.urls = [
+            u.strip().rstrip("/")
+            for u in (urls.split(",") if isinstance(urls, str) else urls)
+            if u.strip()
+        ]
         if not self.urls:
             raise ValueError("SGLangRolloutEngine: urls must name at least one server")
         for url in self.urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"SGLangRolloutEngine: server URL {url!r} must look like "
-                                 "http://host:port")
+                raise ValueError(
+                    f"SGLangRolloutEngine: server URL {url!r} must look like http://host:port"
+                )
         if sync_mode not in SGLANG_SYNC_MODES:
             raise ValueError(f"SGLangRolloutEngine: sync_mode must be one of "
                              f"{', '.join(SGLANG_SYNC_MODES)}, got {sync_mode!r}")  # fmt: skip
-        for name, value, low in (("timeout_s", timeout_s, 1e-3), ("max_retries", max_retries, 0),
-                                 ("backoff_s", backoff_s, 0), ("keep_versions", keep_versions, 1),
-                                 ("max_concurrency", max_concurrency, 1),
-                                 ("shard_bytes", shard_bytes, 1),
-                                 ("vocab_size", 1 if vocab_size is None else vocab_size, 1)):
+        for name, value, low in (
+            ("timeout_s", timeout_s, 1e-3),
+            ("max_retries", max_retries, 0),
+            ("backoff_s", backoff_s, 0),
+            ("keep_versions", keep_versions, 1),
+            ("max_concurrency", max_concurrency, 1),
+            ("shard_bytes", shard_bytes, 1),
+            ("vocab_size", 1 if vocab_size is None else vocab_size, 1),
+        ):
             if value < low:
                 raise ValueError(f"SGLangRolloutEngine: {name} must be >= {low}, got {value}")
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
@@ -208,8 +216,9 @@ class SGLangRolloutEngine:
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
         self._http = _Http(timeout_s, max_retries, backoff_s)
-        self._pool = cf.ThreadPoolExecutor(max_concurrency * len(self.urls),
-                                           thread_name_prefix="sglang-rollout")
+        self._pool = cf.ThreadPoolExecutor(
+            max_concurrency * len(self.urls), thread_name_prefix="sglang-rollout"
+        )
         self._owned: list[Any] = []  # SGLangServer objects to stop on close()
         self.model_infos: list[dict[str, Any]] = []
         """Each server's ``/model_info`` at construction (live ``model_path``, version, ...)."""
@@ -223,7 +232,8 @@ class SGLangRolloutEngine:
         self.base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
         if vocab_size is None:
             vocab_size = model_vocab_size(self.base_model_dir) or model_vocab_size(
-                self.model_infos[0].get("model_path"))
+                self.model_infos[0].get("model_path")
+            )
         if vocab_size is None:
             warnings.warn(
                 "SGLangRolloutEngine: vocabulary size unknown (pass vocab_size=..., or a "
@@ -244,28 +254,41 @@ class SGLangRolloutEngine:
         down = []
         for url in self.urls:
             try:
-                self._http.call("GET", url, "/health",
-                                timeout_s=min(HEALTH_TIMEOUT_S, self._http.timeout_s), retries=1)
+                self._http.call(
+                    "GET",
+                    url,
+                    "/health",
+                    timeout_s=min(HEALTH_TIMEOUT_S, self._http.timeout_s),
+                    retries=1,
+                )
             except SGLangServerError as e:
                 down.append(f"  {url}: {e}")
         if down:
             raise SGLangServerError(
-                "SGLangRolloutEngine: no healthy SGLang server at\n" + "\n".join(down) +
-                "\nStart one with `python scripts/launch_sglang.py --python .venv-sglang/bin/python"
-                " --model-path DIR` (or the trainer's --sglang-launch PYTHON) and pass its URL."
+                "SGLangRolloutEngine: no healthy SGLang server at\n"
+                + "\n".join(down)
+                + "\nStart one with `python scripts/launch_sglang.py"
+                " --python .venv-sglang/bin/python --model-path DIR`"
+                " (or the trainer's --sglang-launch PYTHON) and pass its URL."
             )
         infos = []
         # /server_info holds the launch arguments (model_path, tp_size, ...); the live weight
         # version and model path are only in /model_info (/server_info keeps launch values).
-        self.model_infos = [_expect_dict(self._http.call("GET", url, "/model_info"),
-                                         url, "/model_info") for url in self.urls]
+        self.model_infos = [
+            _expect_dict(self._http.call("GET", url, "/model_info"), url, "/model_info")
+            for url in self.urls
+        ]
         if self.weight_version is None:
             self.weight_version = self._adopt_live_version()
         for url, model_info in zip(self.urls, self.model_infos):
             info = _expect_dict(self._http.call("GET", url, "/server_info"), url, "/server_info")
             if str(model_info.get("weight_version")) == "default":
-                self._http.call("POST", url, "/update_weight_version", {
-                    "new_version": str(self.weight_version), "abort_all_requests": False})
+                self._http.call(
+                    "POST",
+                    url,
+                    "/update_weight_version",
+                    {"new_version": str(self.weight_version), "abort_all_requests": False},
+                )
                 model_info["weight_version"] = str(self.weight_version)
             infos.append(info)
         return infos
@@ -288,8 +311,11 @@ class SGLangRolloutEngine:
         ``model_path``: the same local directory, or the same hub id; a hub cache snapshot
         ``.../models--org--name/snapshots/<rev>`` counts as ``org/name``)."""
         want = _model_key(model)
-        wrong = {url: i.get("model_path") for url, i in zip(self.urls, self.model_infos)
-                 if _model_key(i.get("model_path") or "") != want}
+        wrong = {
+            url: i.get("model_path")
+            for url, i in zip(self.urls, self.model_infos)
+            if _model_key(i.get("model_path") or "") != want
+        }
         if wrong:
             raise SGLangError(
                 f"the SGLang server(s) do not serve --model {str(model)!r}: "
@@ -300,8 +326,13 @@ class SGLangRolloutEngine:
 
     @classmethod
     def launch(
-        cls, python: str | Path, model_path: str | Path, weights_dir: str | Path | None = None,
-        device: str = "cpu", extra_args: Sequence[str] = (), num_servers: int = 1,
+        cls,
+        python: str | Path,
+        model_path: str | Path,
+        weights_dir: str | Path | None = None,
+        device: str = "cpu",
+        extra_args: Sequence[str] = (),
+        num_servers: int = 1,
         **kwargs: Any,
     ) -> SGLangRolloutEngine:
         """Start ``num_servers`` local servers (:class:`~strace_ds.rollout.sglang.server.
@@ -311,14 +342,24 @@ class SGLangRolloutEngine:
         servers: list[SGLangServer] = []
         try:
             for _ in range(num_servers):
-                servers.append(SGLangServer(python, model_path, device=device,
-                                            extra_args=extra_args,
-                                            weight_version=kwargs.get("weight_version", 0)))
+                servers.append(
+                    SGLangServer(
+                        python,
+                        model_path,
+                        device=device,
+                        extra_args=extra_args,
+                        weight_version=kwargs.get("weight_version", 0),
+                    )
+                )
                 servers[-1].start()
             for s in servers:
                 s.wait_healthy()
-            engine = cls([s.url for s in servers], weights_dir,
-                         base_model_dir=kwargs.pop("base_model_dir", model_path), **kwargs)
+            engine = cls(
+                [s.url for s in servers],
+                weights_dir,
+                base_model_dir=kwargs.pop("base_model_dir", model_path),
+                **kwargs,
+            )
         except BaseException:
             for s in servers:
                 s.stop()
@@ -329,8 +370,9 @@ class SGLangRolloutEngine:
     # ------------------------------------------------------------------ generation
 
     @staticmethod
-    def _payload(prompt: list[int], first_row: int, n: int,
-                 sampling: SamplingParams) -> dict[str, Any]:
+    def _payload(
+        prompt: list[int], first_row: int, n: int, sampling: SamplingParams
+    ) -> dict[str, Any]:
         """The ``/generate`` body for one prompt's group of ``n`` answers."""
         params: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,
@@ -343,15 +385,21 @@ class SGLangRolloutEngine:
         if sampling.seed is None:
             body.update(input_ids=[prompt], sampling_params={**params, "n": n})
         else:  # distinct seeds per row: one request-batch of n copies, n=1 each
-            body.update(input_ids=[prompt] * n, sampling_params=[
-                {**params, "n": 1, "sampling_seed": row_seed(sampling.seed, first_row + j)}
-                for j in range(n)])
+            body.update(
+                input_ids=[prompt] * n,
+                sampling_params=[
+                    {**params, "n": 1, "sampling_seed": row_seed(sampling.seed, first_row + j)}
+                    for j in range(n)
+                ],
+            )
         return body
 
-    def _generate_group(self, url: str, body: dict[str, Any], n: int,
-                        max_new_tokens: int) -> list[_Answer]:
-        answers = parse_generate_response(self._http.call("POST", url, "/generate", body), n, url,
-                                          self.vocab_size, max_new_tokens)
+    def _generate_group(
+        self, url: str, body: dict[str, Any], n: int, max_new_tokens: int
+    ) -> list[_Answer]:
+        answers = parse_generate_response(
+            self._http.call("POST", url, "/generate", body), n, url, self.vocab_size, max_new_tokens
+        )
         expected = str(self.weight_version)
         for a in answers:
             if a.weight_version != expected:
@@ -377,8 +425,9 @@ class SGLangRolloutEngine:
         for i, prompt in enumerate(prompt_ids):
             body = self._payload([int(t) for t in prompt], i * n, n, sampling)
             url = self.urls[i % len(self.urls)]
-            futures.append(self._pool.submit(self._generate_group, url, body, n,
-                                             sampling.max_new_tokens))
+            futures.append(
+                self._pool.submit(self._generate_group, url, body, n, sampling.max_new_tokens)
+            )
         try:
             # The first failure (deadline, bad reply, ...) ends the call at once, whichever
             # prompt it was; queued requests are cancelled, running ones end by their deadline.
@@ -403,8 +452,9 @@ class SGLangRolloutEngine:
 
     def _on_all(self, path: str, payload: dict[str, Any]) -> None:
         """POST ``payload`` to every server concurrently; raise naming each failing URL."""
-        results = {u: self._pool.submit(self._http.call, "POST", u, path, payload)
-                   for u in self.urls}
+        results = {
+            u: self._pool.submit(self._http.call, "POST", u, path, payload) for u in self.urls
+        }
         errors = []
         for url, fut in results.items():
             try:
@@ -446,33 +496,37 @@ class SGLangRolloutEngine:
         final = self.weights_dir / f"v{version}"
         tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.tmp-", dir=self.weights_dir))
         try:
-            write_hf_checkpoint(named_tensors, tmp, self.base_model_dir,
-                                self.shard_bytes, self.save_dtype)
+            write_hf_checkpoint(
+                named_tensors, tmp, self.base_model_dir, self.shard_bytes, self.save_dtype
+            )
             publish_atomically(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         t1 = time.perf_counter()
-        self._on_all("/update_weights_from_disk", {
-            "model_path": str(final.resolve()),
-            "weight_version": str(version),
-            "flush_cache": True,
-            "abort_all_requests": False,
-        })
+        self._on_all(
+            "/update_weights_from_disk",
+            {
+                "model_path": str(final.resolve()),
+                "weight_version": str(version),
+                "flush_cache": True,
+                "abort_all_requests": False,
+            },
+        )
         self.last_sync_breakdown = {"write_s": t1 - t0, "load_s": time.perf_counter() - t1}
         self._prune_versions(keep=final)
 
     def _prune_versions(self, keep: Path) -> None:
         """Delete ``v<k>`` directories beyond the newest ``keep_versions`` (never ``keep``)."""
         versions = sorted(
-            (int(p.name[1:]), p) for p in self.weights_dir.iterdir()
+            (int(p.name[1:]), p)
+            for p in self.weights_dir.iterdir()
             if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit()
         )
         for _, path in versions[: max(0, len(versions) - self.keep_versions)]:
             if path.resolve() != keep.resolve():
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _sync_tensor(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                     version: int) -> None:
+    def _sync_tensor(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         t0 = time.perf_counter()
         self._on_all("/begin_weight_update", {})
         try:
@@ -483,21 +537,27 @@ class SGLangRolloutEngine:
                     # One payload per TP rank, each pickled separately (SGLang deserialises
                     # only its own rank's copy). ``bucket`` stays referenced until loaded.
                     payload = {
-                        "serialized_named_tensors": [serialize_named_tensors(bucket)
-                                                     for _ in range(tp)],
+                        "serialized_named_tensors": [
+                            serialize_named_tensors(bucket) for _ in range(tp)
+                        ],
                         "flush_cache": True,
                         "abort_all_requests": False,
                     }
                     body = _expect_dict(
                         self._http.call("POST", url, "/update_weights_from_tensor", payload),
-                        url, "/update_weights_from_tensor", empty_ok=False)
+                        url,
+                        "/update_weights_from_tensor",
+                        empty_ok=False,
+                    )
                     if not body.get("success", False):
                         raise SGLangServerError(
-                            f"{url}/update_weights_from_tensor: {body.get('message')}")
+                            f"{url}/update_weights_from_tensor: {body.get('message')}"
+                        )
         finally:
             self._on_all("/end_weight_update", {})
-        self._on_all("/update_weight_version",
-                     {"new_version": str(version), "abort_all_requests": False})
+        self._on_all(
+            "/update_weight_version", {"new_version": str(version), "abort_all_requests": False}
+        )
         self.last_sync_breakdown = {"send_s": time.perf_counter() - t0}
 
     # ------------------------------------------------------------------ teardown

@@ -63,17 +63,25 @@ def build_sglang_rollout(
     base_dir = _local_model_dir(model_path) if is_main else model_path
     # Deadlines and retries (--sglang_timeout_s, ...), and the policy's vocabulary size: every
     # answer's token ids are checked against it before they reach the model.
-    options = {"sync_mode": cfg.sglang_sync, "timeout_s": cfg.sglang_timeout_s,
-               "max_retries": cfg.sglang_max_retries,
-               "max_concurrency": cfg.sglang_max_concurrency,
-               "vocab_size": vocab_size(model_path)}
+    options = {
+        "sync_mode": cfg.sglang_sync,
+        "timeout_s": cfg.sglang_timeout_s,
+        "max_retries": cfg.sglang_max_retries,
+        "max_concurrency": cfg.sglang_max_concurrency,
+        "vocab_size": vocab_size(model_path),
+    }
     engine = None
     urls = cfg.sglang_url
     if cfg.sglang_launch:
         if is_main:
-            engine = SGLangRolloutEngine.launch(cfg.sglang_launch, model_path, weights_dir,
-                                                device=_server_device(), base_model_dir=base_dir,
-                                                **options)
+            engine = SGLangRolloutEngine.launch(
+                cfg.sglang_launch,
+                model_path,
+                weights_dir,
+                device=_server_device(),
+                base_model_dir=base_dir,
+                **options,
+            )
             urls = ",".join(engine.urls)
         urls = dist_utils.broadcast_object(urls)
     if engine is None:
@@ -92,8 +100,9 @@ def _local_model_dir(model_path: str) -> str:
         return model_path
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(model_path, allow_patterns=[
-        "*.json", "*.txt", "*.model", "*.py", "*.jinja", "*.tiktoken"])
+    return snapshot_download(
+        model_path, allow_patterns=["*.json", "*.txt", "*.model", "*.py", "*.jinja", "*.tiktoken"]
+    )
 
 
 def _server_device() -> str:

@@ -39,7 +39,10 @@ def _is_number(value: Any) -> bool:
 
 
 def parse_generate_response(
-    body: Any, n_rows: int, url: str = "?", vocab_size: int | None = None,
+    body: Any,
+    n_rows: int,
+    url: str = "?",
+    vocab_size: int | None = None,
     max_new_tokens: int | None = None,
 ) -> list[_Answer]:
     """Answers of one ``/generate`` response (a dict, or a list for batches / ``n > 1``).
@@ -59,12 +62,12 @@ def parse_generate_response(
             f"{url}/generate returned {len(items)} answers, expected {n_rows} (one per sample "
             f"requested): {str(body)[:300]}"
         )
-    return [_parse_answer(item, k, url, vocab_size, max_new_tokens)
-            for k, item in enumerate(items)]
+    return [_parse_answer(item, k, url, vocab_size, max_new_tokens) for k, item in enumerate(items)]
 
 
-def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
-                  max_new_tokens: int | None) -> _Answer:
+def _parse_answer(
+    item: Any, k: int, url: str, vocab_size: int | None, max_new_tokens: int | None
+) -> _Answer:
     def bad(what: str) -> SGLangReplyError:
         return SGLangReplyError(f"{url}/generate answer {k}: {what}; answer: {str(item)[:300]}")
 
@@ -82,8 +85,10 @@ def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
         raise bad("meta_info.output_token_logprobs missing (was return_logprob sent?)")
     entries = meta["output_token_logprobs"]
     if not isinstance(entries, list):
-        raise bad("meta_info.output_token_logprobs must be a list of [logprob, token_id, text], "
-                  f"got {type(entries).__name__}")
+        raise bad(
+            "meta_info.output_token_logprobs must be a list of [logprob, token_id, text], "
+            f"got {type(entries).__name__}"
+        )
     version = meta.get("weight_version")
     if not (_is_int(version) or isinstance(version, str)):
         raise bad(f"meta_info.weight_version missing or not a string/integer: {version!r}")
@@ -91,20 +96,25 @@ def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
         raise bad("meta_info.finish_reason missing")
     reason = meta["finish_reason"]
     if not isinstance(reason, dict) or reason.get("type") not in FINISH_REASONS:
-        raise bad(f"meta_info.finish_reason {reason!r}: unknown finish_reason, expected "
-                  f"{{'type': one of {', '.join(FINISH_REASONS)}}}")
+        raise bad(
+            f"meta_info.finish_reason {reason!r}: unknown finish_reason, expected "
+            f"{{'type': one of {', '.join(FINISH_REASONS)}}}"
+        )
     if max_new_tokens is not None and len(ids) > max_new_tokens:
-        raise bad(f"output_ids has {len(ids)} tokens, more than max_new_tokens = "
-                  f"{max_new_tokens}")
+        raise bad(f"output_ids has {len(ids)} tokens, more than max_new_tokens = {max_new_tokens}")
     for j, t in enumerate(ids):
         if not _is_int(t):
             raise bad(f"output_ids[{j}] must be an integer token id, got {t!r}")
         if t < 0 or (vocab_size is not None and t >= vocab_size):
-            raise bad(f"output_ids[{j}] = {t} is not a token id of the vocabulary "
-                      f"(0 <= id < vocab_size = {vocab_size})")
+            raise bad(
+                f"output_ids[{j}] = {t} is not a token id of the vocabulary "
+                f"(0 <= id < vocab_size = {vocab_size})"
+            )
     if len(entries) != len(ids):
-        raise bad(f"meta_info.output_token_logprobs has {len(entries)} entries for {len(ids)} "
-                  "tokens in output_ids")
+        raise bad(
+            f"meta_info.output_token_logprobs has {len(entries)} entries for {len(ids)} "
+            "tokens in output_ids"
+        )
     logprobs = []
     for j, (entry, t) in enumerate(zip(entries, ids)):
         field = f"meta_info.output_token_logprobs[{j}]"
@@ -114,16 +124,20 @@ def _parse_answer(item: Any, k: int, url: str, vocab_size: int | None,
         if not _is_int(tid):
             raise bad(f"{field} token id must be an integer, got {tid!r}")
         if tid != t:
-            raise bad(f"output_token_logprobs token ids do not match output_ids ({field} has "
-                      f"{tid}, output_ids[{j}] = {t})")
+            raise bad(
+                f"output_token_logprobs token ids do not match output_ids ({field} has "
+                f"{tid}, output_ids[{j}] = {t})"
+            )
         if not _is_number(lp):
             raise bad(f"{field} log-prob must be a number, got {lp!r}")
         lp = float(lp)
         if not math.isfinite(lp):
             raise bad(f"{field} log-prob = {lp} is not finite")
         if lp > LOGPROB_TOLERANCE:
-            raise bad(f"{field} log-prob = {lp:g} > 0: a log-probability must be <= 0 "
-                      f"(float noise up to {LOGPROB_TOLERANCE:g} is accepted)")
+            raise bad(
+                f"{field} log-prob = {lp:g} > 0: a log-probability must be <= 0 "
+                f"(float noise up to {LOGPROB_TOLERANCE:g} is accepted)"
+            )
         logprobs.append(min(lp, 0.0))
     return _Answer(list(ids), logprobs, reason["type"], str(version))
 

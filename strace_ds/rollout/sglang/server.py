@@ -130,8 +130,10 @@ class SGLangServer:
         self.weight_version = weight_version
         self.startup_timeout_s = startup_timeout_s
         self.env = dict(env or {})
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix=f"sglang-{self.port}-", suffix=".log")[1]
+        self.log_path = (
+            Path(log_path)
+            if log_path
+            else Path(tempfile.mkstemp(prefix=f"sglang-{self.port}-", suffix=".log")[1])
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -145,11 +147,17 @@ class SGLangServer:
     def command(self) -> list[str]:
         """The full ``launch_server`` command line."""
         args = [
-            str(self.python), "-m", "sglang.launch_server",
-            "--model-path", self.model_path,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--device", self.device,
+            str(self.python),
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            self.model_path,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--device",
+            self.device,
             # The engine sends token ids and reads token ids: no tokenizer/detokenizer work.
             "--skip-tokenizer-init",
         ]
