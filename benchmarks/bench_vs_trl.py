@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {rnd} {side}: {len(run['steps'])} steps, {run['wall_s']:.0f} s, "
                   f"load {run['load']}", flush=True)
     s = args.shape
-    answers = ("every answer runs to the cap (the --long copy of the policy)" if s.long
+    answers = ("every answer runs to the cap: the --long copy of the policy" if s.long
                else "the policy stops when it is done")  # fmt: skip
     context = {
         "shape": f"{s.prompts} prompts x {s.group} answers, at most {s.max_new_tokens} new tokens "
