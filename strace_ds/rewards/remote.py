@@ -19,23 +19,17 @@ correct). At start-up the pool sends the empty batch (all lists empty) and needs
 Every POST has ONE wall-clock deadline (``timeout_s``), retries included: connection failures and
 HTTP 429/502/503/504 are retried with exponential backoff while the deadline allows; a watchdog
 shuts the socket down when it passes, so a hung or trickling server costs at most ``timeout_s``.
-(The same design as the SGLang client's ``_Http``, which lives in ``rollout/`` and cannot be
-imported from here: the rooms import downwards only.)
+(:class:`strace_ds.http_json.DeadlineHttp`, the SGLang client's too.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import socket
-import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
-RETRY_STATUS = (429, 502, 503, 504)
-"""HTTP statuses worth retrying (overload, gateway); any other error status fails at once."""
+from strace_ds.http_json import DeadlineHttp
+
 PROBE_TIMEOUT_S = 10.0
 """Deadline of the start-up probe (or the reward's ``timeout_s`` when shorter)."""
 
@@ -62,46 +56,6 @@ class RemoteRewardError(RuntimeError):
     """A remote reward's server could not be reached or did not answer well in time."""
 
 
-def _post(url: str, data: bytes, deadline: float) -> tuple[int, bytes]:
-    """One POST attempt: ``(status, body)``; raises OSError/HTTPException, or TimeoutError once
-    the deadline passes mid-request (a watchdog shuts the socket down)."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("no time left before the deadline")
-    parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "", parts.port, timeout=remaining)
-    fired: list[bool] = []
-
-    def abort() -> None:
-        fired.append(True)
-        sock = conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    watchdog = threading.Timer(remaining, abort)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request("POST", path, body=data, headers={
-            "Content-Type": "application/json", "Accept": "application/json",
-            "Connection": "close"})  # fmt: skip
-        response = conn.getresponse()
-        body, status = response.read(), response.status
-    except (OSError, http.client.HTTPException) as exc:
-        if fired:
-            raise TimeoutError(f"deadline passed mid-request ({type(exc).__name__})") from exc
-        raise
-    finally:
-        watchdog.cancel()
-        conn.close()
-    if fired:
-        raise TimeoutError("deadline passed mid-request")
-    return status, body
-
-
 class RemoteReward:
     """The reward a URL names: :meth:`score` grades a whole batch with one POST."""
 
@@ -119,39 +73,21 @@ class RemoteReward:
 
     def _call(self, payload: dict[str, Any], timeout_s: float) -> Any:
         data = json.dumps(payload, allow_nan=False).encode()
-        start = time.monotonic()
-        deadline = start + timeout_s
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                if time.monotonic() + delay >= deadline:
-                    break
-                time.sleep(delay)
-            try:
-                status, body = _post(self.url, data, deadline)
-            except TimeoutError as exc:
-                last = str(exc)
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            text = body.decode("utf-8", errors="replace")
-            if status in RETRY_STATUS:
-                last = f"HTTP {status}: {text[:200]}"
-                continue
-            if status >= 400:
-                raise RemoteRewardError(f"{self.url} answered HTTP {status}: {text[:200]}")
-            try:
-                return json.loads(body)
-            except ValueError as exc:
-                raise RemoteRewardError(
-                    f"{self.url} answered with non-JSON: {text[:200]!r}"
-                ) from exc
-        raise RemoteRewardError(
-            f"{self.url}: no reply within the {timeout_s:g} s deadline "
-            f"({time.monotonic() - start:.1f} s; last: {last or 'none'})"
-        )
+        client = DeadlineHttp(timeout_s, self.retries, self.backoff_s)
+        done = client.exchange("POST", self.url, data)
+        if done.status is None:
+            raise RemoteRewardError(
+                f"{self.url}: no reply within the {timeout_s:g} s deadline "
+                f"({done.elapsed:.1f} s, {done.attempts} attempt(s); last: {done.last or 'none'})"
+            )
+        if done.status >= 400:
+            raise RemoteRewardError(f"{self.url} answered HTTP {done.status}: {done.text[:200]}")
+        try:
+            return json.loads(done.body)
+        except ValueError as exc:
+            raise RemoteRewardError(
+                f"{self.url} answered with non-JSON: {done.text[:200]!r}"
+            ) from exc
 
     def probe(self) -> None:
         """Send the empty batch; raise :class:`RemoteRewardError` unless ``{"rewards": []}``."""
