@@ -11,6 +11,7 @@ relative differences here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -112,3 +113,41 @@ def test_selection_keeps_the_configured_share(probes: Path) -> None:
         frac = torch.load(probes / f"{preset}-m4-w2.pt")["select_frac"]
         assert frac == torch.load(probes / f"{preset}-m64-w1.pt")["select_frac"]
         assert 0.2 <= frac <= 0.23, frac  # top 20% of the entropies, ties kept
+
+
+@pytest.fixture(scope="module")
+def linear_probes(tmp_path_factory) -> Path:
+    """One-rank probes of GRPO and S-trace (micro 16) under two engine configs, each in its
+    own process (DeepSpeed's linear, once installed, stays for the process's life): the
+    shipped ZeRO-3 (torch's linear) and ZeRO-3 with ``memory_efficient_linear: true``
+    (DeepSpeed's autograd Function in every linear layer)."""
+    out = tmp_path_factory.mktemp("linear")
+    efficient = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    efficient["zero_optimization"]["memory_efficient_linear"] = True
+    (out / "zero3_efficient.json").write_text(json.dumps(efficient))
+    configs = {"z3": REPO / "ds_configs" / "zero3.json", "z3eff": out / "zero3_efficient.json"}
+    procs = {tag: subprocess.Popen(
+        [sys.executable, str(PROBE), str(out), "--presets", "grpo,s_trace", "--micro", "16",
+         "--epoch_presets", "", "--ds_config", str(path), f"--tag=-{tag}"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) for tag, path in configs.items()}  # fmt: skip
+    for tag, proc in procs.items():
+        log, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{tag}: {log[-4000:]}"
+    return out
+
+
+@pytest.mark.parametrize("preset", ["grpo", "s_trace"])
+def test_plain_linear_makes_the_same_update(linear_probes: Path, preset: str):
+    """ZeRO-3 runs with torch's own linear (the resolver sets ``memory_efficient_linear`` to
+    false: DeepSpeed's replacement slowed every linear in the process, generation included);
+    the update equals the one made with DeepSpeed's linear."""
+    runs = {tag: torch.load(linear_probes / f"{preset}-m16-w1-{tag}.pt", weights_only=False)
+            for tag in ("z3", "z3eff")}  # fmt: skip
+    assert "deepspeed" not in runs["z3"]["linear"], runs["z3"]["linear"]
+    assert "deepspeed" in runs["z3eff"]["linear"], runs["z3eff"]["linear"]  # the other path ran
+    assert len(runs["z3"]["grads"]) == 2
+    for update, (got, want) in enumerate(zip(runs["z3eff"]["grads"], runs["z3"]["grads"])):
+        assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
+        rel = float((got - want).norm() / want.norm())
+        assert rel <= RTOL, f"{preset} DeepSpeed's linear vs torch's, update {update}: {rel}"

@@ -77,6 +77,8 @@ def main() -> None:
                    help="--max_tokens_per_micro_batch values also probed (epoch presets)")
     p.add_argument("--epoch_micro", default="64",
                    help="micro-batch sizes of the --epochs 2 and budget probes")
+    p.add_argument("--ds_config", default=str(REPO / "ds_configs" / "zero3.json"))
+    p.add_argument("--tag", default="", help="appended to every output file's name")
     args, _ = p.parse_known_args()  # the launcher appends --local_rank
 
     from strace_ds.config import TrainConfig
@@ -102,9 +104,9 @@ def main() -> None:
             prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
             eval_every=-1,
             export=False, image_every=0, sample_every=0, reward_workers=1,
-            ds_config=str(REPO / "ds_configs" / "zero3.json"),
+            ds_config=args.ds_config,
             output_dir=str(args.out / "outputs"), log_dir=str(args.out / "runs"),
-            run_name=f"{preset}-m{micro}{suffix}",
+            run_name=f"{preset}-m{micro}{suffix}{args.tag}",
         )  # fmt: skip
         trainer = Trainer(cfg)
         try:
@@ -116,8 +118,10 @@ def main() -> None:
         if trainer.is_main:
             torch.save(
                 {"grads": grads, "select_frac": metrics.get("select/frac"),
-                 "reward": metrics["reward/mean"]},
-                args.out / f"{preset}-m{micro}-w{trainer.world}{suffix}.pt",
+                 "reward": metrics["reward/mean"],
+                 # which linear the process ran (DeepSpeed's ZeRO-3 one replaces torch's)
+                 "linear": torch.nn.functional.linear.__module__},
+                args.out / f"{preset}-m{micro}-w{trainer.world}{suffix}{args.tag}.pt",
             )  # fmt: skip
         del trainer
     print("probe done", os.environ.get("RANK", "0"), file=sys.stderr)

@@ -129,3 +129,18 @@ def test_ds_config_auto_fields_and_cpu_precision():
     fixed = {**raw, "train_micro_batch_size_per_gpu": 4}
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu"):
         resolve_ds_config(fixed, **run, on_cpu=True)
+
+
+def test_zero3_runs_torchs_own_linear_unless_the_config_says_otherwise():
+    """Stage 3 gets ``memory_efficient_linear: false`` (DeepSpeed's default replaces
+    ``torch.nn.functional.linear`` process-wide); an explicit value and other stages stay."""
+    run = {"micro_batch": 4, "grad_accum": 1, "world_size": 1, "lr": 1e-4, "weight_decay": 0.0,
+           "grad_clip": 1.0, "on_cpu": True}
+    z3, _ = resolve_ds_config({"zero_optimization": {"stage": 3}}, **run)
+    assert z3["zero_optimization"]["memory_efficient_linear"] is False
+    kept, _ = resolve_ds_config(
+        {"zero_optimization": {"stage": 3, "memory_efficient_linear": True}}, **run
+    )
+    assert kept["zero_optimization"]["memory_efficient_linear"] is True
+    z2, _ = resolve_ds_config({"zero_optimization": {"stage": 2}}, **run)
+    assert "memory_efficient_linear" not in z2["zero_optimization"]
