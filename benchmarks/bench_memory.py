@@ -1,4 +1,4 @@
-"""Peak memory and speed of one policy-gradient step: full logits vs fused vs fused + token budget.
+"""Peak memory and speed of one policy-gradient step: full logits, fused, token budget, packed.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_memory [--quick] [--threads 1]
 
@@ -14,7 +14,10 @@ rows (prompts of 64-256 tokens, answers of mixed lengths) with a PPO-style loss 
 (ii)  ``fused``: the same micro-batches through the fused head (:mod:`strace_ds.model.fused_head`);
 (iii) ``fused+budget``: fused, micro-batches from
       :func:`strace_ds.train.micro_batches.token_budget_micro_batches` (``--max_tokens``), each
-      trimmed to its own longest row (``RolloutBatch.trimmed``).
+      trimmed to its own longest row (``RolloutBatch.trimmed``);
+(iv)  ``fused+budget+packed``: fused, micro-batches under the same budget counted as packed
+      slots (``packed=True``), each run padding-free (:mod:`strace_ds.model.packing`: rows end
+      to end in bins as wide as the micro-batch's longest row, positions restarting per row).
 
 Every run of every variant is a fresh subprocess (``--repeats`` runs each, round robin;
 the fastest wall and CPU times and the highest peak are reported): after the model and
@@ -25,7 +28,8 @@ every variant). Tokens/s counts the
 real (non-padding) prompt+answer tokens of the batch over the step's wall time; CPU time
 (all threads) is reported too, since the machine's cores are shared. The variants' parameter
 gradients are compared with (i)'s (relative L2 difference: bf16 rounding only).
-Targets: peak memory of (iii) <= 1/4 of (i), tokens/s of (iii) >= 1.5x (i).
+Targets: peak memory of (iii) <= 1/4 of (i), tokens/s of (iii) >= 1.5x (i); (iv) against
+(iii) is the packing's own gain.
 Results go to ``benchmarks/results_memory.md``.
 """
 
@@ -45,7 +49,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).with_name("results_memory.md")
-VARIANTS = ("unfused", "fused", "fused+budget")
+VARIANTS = ("unfused", "fused", "fused+budget", "fused+budget+packed")
 MIXES = {
     # 8 answers from 1k to 2k tokens.
     "1k-2k": [1024, 1170, 1317, 1463, 1609, 1755, 1902, 2048],
@@ -87,13 +91,13 @@ def _batch(answer_lens: list[int], vocab: int):
 def _micro_batches(variant: str, lengths: list[int], max_tokens: int) -> list[list[int]]:
     from strace_ds.train.micro_batches import token_budget_micro_batches
 
-    if variant == "fused+budget":
-        return token_budget_micro_batches(lengths, max_tokens)
+    if variant.startswith("fused+budget"):
+        return token_budget_micro_batches(lengths, max_tokens, packed=variant.endswith("packed"))
     n = len(lengths)
     return [list(range(lo, min(n, lo + MICRO_ROWS))) for lo in range(0, n, MICRO_ROWS)]
 
 
-def _step(model, batch, micro_batches, fused: bool, trim: bool) -> None:
+def _step(model, batch, micro_batches, fused: bool, trim: bool, packed: bool = False) -> None:
     """One PPO-style update's forward+backward: ``-mean(ratio * A)`` over the answer tokens."""
     from strace_ds.model.logprobs import answer_logprobs
 
@@ -103,7 +107,7 @@ def _step(model, batch, micro_batches, fused: bool, trim: bool) -> None:
         index = torch.tensor(rows)
         part = batch.rows(index)
         part = part.trimmed() if trim else part
-        logp, _ = answer_logprobs(model, part, fused=fused)  # [n, R]
+        logp, _ = answer_logprobs(model, part, fused=fused, packed=packed)  # [n, R]
         ratio = torch.exp(logp - logp.detach())  # on-policy: 1, gradient d logp
         loss = -(ratio * adv[index] * part.response_mask).sum() / total
         loss.backward()
@@ -123,22 +127,29 @@ def worker(variant: str, mix: list[int], vocab: int, hidden: int, max_tokens: in
     batch, prompt_lens = _batch(mix, vocab)
     lengths = [p + a for p, a in zip(prompt_lens, mix)]
     micro = _micro_batches(variant, lengths, max_tokens)
-    fused, trim = variant != "unfused", variant == "fused+budget"
+    fused, trim = variant != "unfused", variant.startswith("fused+budget")
+    packed = variant.endswith("packed")
     warm, _ = _batch([4, 3], vocab)  # first-call costs (kernels, allocator) out of the timing
-    _step(model, warm, [[0, 1]], fused, trim)
+    _step(model, warm, [[0, 1]], fused, trim, packed)
     model.zero_grad(set_to_none=True)
     gc.collect()
     before = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     t0, cpu0 = time.perf_counter(), time.process_time()
-    _step(model, batch, micro, fused, trim)
+    _step(model, batch, micro, fused, trim, packed)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = (_status_kb("VmHWM") - before) * 1024
     grad = torch.cat([p.grad.float().flatten() for p in model.parameters()])
     torch.save(grad, grad_path)
+    from strace_ds.model.packing import first_fit_bins
     from strace_ds.train.micro_batches import pad_fraction
 
     slots = batch.input_ids.shape[1]
+    if packed:  # bins x the micro-batch's longest row
+        packed_slots = 0
+        for b in micro:
+            local = [lengths[i] for i in sorted(b)]
+            packed_slots += len(first_fit_bins(local, max(local))) * max(local)
     return {
         "variant": variant,
         "seconds": seconds,
@@ -147,7 +158,8 @@ def worker(variant: str, mix: list[int], vocab: int, hidden: int, max_tokens: in
         "tokens": sum(lengths),
         "micro_batches": [len(b) for b in micro],
         # Today's layout pads every row to max prompt + max answer, not to the longest row.
-        "pad_frac": (pad_fraction(lengths, micro) if trim
+        "pad_frac": (1 - sum(lengths) / packed_slots if packed
+                     else pad_fraction(lengths, micro) if trim
                      else 1 - sum(lengths) / (len(mix) * slots)),
     }  # fmt: skip
 
@@ -232,7 +244,7 @@ def main() -> None:
 
 def _report(rows, args, vocab: int, hidden: int, wall: float) -> str:
     head = [
-        "# Memory and speed of one policy-gradient step (full logits vs fused vs token budget)",
+        "# Memory and speed of one policy-gradient step (full logits, fused, token budget, packed)",
         "",
         f"`python -m benchmarks.bench_memory{' --quick' if args.quick else ''} --threads "
         f"{args.threads} --repeats {args.repeats}` (OMP_NUM_THREADS={args.threads}). "
@@ -244,7 +256,8 @@ def _report(rows, args, vocab: int, hidden: int, wall: float) -> str:
         f" Batch: 8 rows, prompts 64-256 tokens, answers as listed. One forward+backward per "
         f"micro-batch of a PPO-style loss on `answer_logprobs`; (i)/(ii) micro-batches of "
         f"{MICRO_ROWS} rows padded to the whole batch, (iii) token budget {args.max_tokens:,} "
-        f"padded tokens per micro-batch, each trimmed to its longest row. Peak = VmHWM - VmRSS "
+        f"padded tokens per micro-batch, each trimmed to its longest row, (iv) the same budget "
+        f"counted in packed slots, each micro-batch padding-free. Peak = VmHWM - VmRSS "
         f"before the step, every run of every variant in a fresh process, {args.repeats} runs "
         f"per variant in round robin: fastest wall and CPU time, highest peak; tokens/s = real "
         f"prompt+answer tokens / fastest wall time. grad diff = relative L2 difference of all "
@@ -275,7 +288,19 @@ def _report(rows, args, vocab: int, hidden: int, wall: float) -> str:
             f"{'met' if mem <= MEMORY_TARGET else '**not met**'}); tokens/s {speed:.2f}x (i) "
             f"(target >= {SPEED_TARGET}x: {'met' if speed >= SPEED_TARGET else '**not met**'})."
         )
-    return "\n".join(head + lines + ["", "Targets, (iii) against (i):", *verdicts, ""])
+    by = {(name, r["variant"]): r for name, r, _, _ in rows}
+    packing = []
+    for name, r, _, _ in rows:
+        if r["variant"] != "fused+budget+packed":
+            continue
+        b = by[(name, "fused+budget")]
+        packing.append(
+            f"- {name}: padding {b['pad_frac']:.0%} -> {r['pad_frac']:.0%}, wall "
+            f"{b['seconds'] / r['seconds']:.2f}x (CPU {b['cpu_seconds'] / r['cpu_seconds']:.2f}x)"
+            f" the speed of (iii), peak memory {r['peak_bytes'] / b['peak_bytes']:.2f}x."
+        )
+    return "\n".join(head + lines + ["", "Targets, (iii) against (i):", *verdicts, "",
+                                      "Packing, (iv) against (iii):", *packing, ""])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from strace_ds.train.trackers import TRACKERS
 
 # The allowed values of a field come from the module that implements them (one list each).
 ADVANTAGE_METHODS: tuple[str, ...] = tuple(ADVANTAGE_ESTIMATORS)
-OLD_LOGPROBS = ("trainer", "rollout")
+OLD_LOGPROBS = ("auto", "trainer", "rollout")
 
 
 # --------------------------------------------------------------------------------- sections
@@ -259,10 +259,12 @@ class ObjectiveConfig(_Section):
     )
 
     old_logprobs: str = _f(
-        "trainer",
+        "auto",
         "the ratio's denominator (proximal policy): 'trainer' recomputes it before the step's "
         "updates; 'rollout' takes the rollout engine's sampling log-probs and skips that forward "
-        "(still run for the entropies when the preset selects tokens)",
+        "(still run for the entropies when the preset selects tokens); 'auto' is 'rollout' "
+        "where those are the trainer's own to rounding (in-process engine, max_staleness 0, "
+        "float32 on both sides, no entropy selection, no behaviour correction), else 'trainer'",
     )
     behaviour_correction: str = _f(
         "none",
@@ -389,6 +391,12 @@ class OptimConfig(_Section):
         "token budget of a micro-batch: rows sorted by length and packed so that rows x longest "
         "(prompt + answer tokens) stays within it, padding trimmed per micro-batch; empty = "
         "auto (micro_batch_size x the step's longest row), 0 = fixed micro_batch_size rows",
+    )
+    pack_micro_batches: bool = _f(
+        False,
+        "padding-free micro-batches: each micro-batch's rows laid end to end in bins as wide "
+        "as its longest row, positions restarting per row (the same update to rounding; the "
+        "model is checked to attend within each row first; docs/PERFORMANCE.md, 'Packing')",
     )
     logprob_chunk_size: int = _f(
         0,

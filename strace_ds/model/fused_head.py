@@ -108,12 +108,13 @@ def _forward_redirected(module: torch.nn.Module, forward: Callable[..., Any]) ->
 def fused_answer_logprobs(
     model: torch.nn.Module,
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     position_ids: Tensor,
     response_ids: Tensor,
     temperature: float,
     chunk_size: int,
     with_entropy: bool,
+    predict_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[N, R]`` of ``response_ids`` and entropies ``[N, R]`` (or None), fused.
 
@@ -122,6 +123,10 @@ def fused_answer_logprobs(
     so columns ``P-1 .. P+R-2`` (``[-(R+1):-1]``) are scored. ``model`` is a DeepSpeed engine
     or a plain Hugging Face causal LM that :func:`fused_unsupported_reason` accepts. Both
     outputs carry gradients (to the decoder and to the head's weight).
+
+    Packed rows (:mod:`strace_ds.model.packing`): ``predict_index [M]`` names the flat
+    positions of ``input_ids [B, W]`` whose states predict ``response_ids [1, M]``, and the
+    outputs are ``[1, M]``.
     """
     hf = unwrap_model(model)
     decoder, head = hf.get_decoder(), hf.get_output_embeddings()
@@ -148,7 +153,11 @@ def fused_answer_logprobs(
             position_ids=position_ids,
             use_cache=False,
         )
-        hidden = out.last_hidden_state[:, -(R + 1) : -1]  # [N, R, H]
+        last = out.last_hidden_state
+        if predict_index is None:
+            hidden = last[:, -(R + 1) : -1]  # [N, R, H]
+        else:
+            hidden = last.reshape(-1, last.shape[-1])[predict_index].unsqueeze(0)  # [1, M, H]
         with _forward_redirected(head, head_forward):
             return head(hidden)
 

@@ -8,12 +8,18 @@ logits at column ``P + j - 1``.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import torch
 
-from strace_ds.model.batch import RolloutBatch
-from strace_ds.model.fused_head import fused_answer_logprobs, fused_unsupported_reason
+from strace_ds.model.batch import RolloutBatch, collate_rollouts
+from strace_ds.model.fused_head import (
+    fused_answer_logprobs,
+    fused_unsupported_reason,
+    unwrap_model,
+)
 from strace_ds.model.logprob_kernels import token_logprobs_and_entropy
+from strace_ds.model.packing import pack_rows
 from strace_ds.model.vocab import vocab_size
 
 
@@ -25,6 +31,7 @@ def answer_logprobs(
     with_entropy: bool = True,
     fused: bool = True,
     entropy_grad: bool = False,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
 
@@ -36,18 +43,29 @@ def answer_logprobs(
     ``R + 1`` last positions' logits are computed (``logits_to_keep``) and the
     log-softmax/entropy run in chunks over them (:mod:`strace_ds.model.logprob_kernels`). The two
     agree to rounding. Entropies are detached unless ``entropy_grad`` (an entropy bonus in the
-    loss).
+    loss). ``packed``: the rows run padding-free, laid end to end
+    (:func:`strace_ds.model.packing.pack_rows`); the outputs are the same ``[N, R]`` (0 on
+    padding) to rounding, for the price of the longest row per bin instead of per row.
     """
     device = next(model.parameters()).device
     R = batch.response_ids.shape[1]
     if chunk_size <= 0:  # auto: about 2**25 logits per chunk (220 tokens at V = 152k)
         chunk_size = max(16, (1 << 25) // vocab_size(model))
-    inputs = {
-        "input_ids": batch.input_ids.to(device),
-        "attention_mask": batch.attention_mask.to(device),
-        "position_ids": batch.position_ids.to(device),
-    }
-    response_ids = batch.response_ids.to(device)
+    pack = pack_rows(batch) if packed else None
+    if pack is None:
+        inputs = {
+            "input_ids": batch.input_ids.to(device),
+            "attention_mask": batch.attention_mask.to(device),
+            "position_ids": batch.position_ids.to(device),
+        }
+        response_ids = batch.response_ids.to(device)
+    else:  # attention_mask None: the decoder attends within each run of positions
+        inputs = {
+            "input_ids": pack.input_ids.to(device),
+            "attention_mask": None,
+            "position_ids": pack.position_ids.to(device),
+        }
+        response_ids = pack.targets.to(device).unsqueeze(0)  # [1, M]
     reason = fused_unsupported_reason(model) if fused else None
     if reason is not None:
         warnings.warn(f"answer_logprobs: unfused path, {reason}", stacklevel=2)
@@ -55,14 +73,58 @@ def answer_logprobs(
         logp, entropy = fused_answer_logprobs(
             model, **inputs, response_ids=response_ids, temperature=temperature,
             chunk_size=chunk_size, with_entropy=with_entropy,
+            predict_index=None if pack is None else pack.predict_index.to(device),
         )  # fmt: skip
     else:
-        out = model(**inputs, logits_to_keep=R + 1, use_cache=False)
+        if pack is None:
+            out = model(**inputs, logits_to_keep=R + 1, use_cache=False)
+            logits = out.logits[:, :-1]  # [N, R, V] predicts answer tokens 0..R-1
+        else:
+            logits = model(**inputs, use_cache=False).logits  # [B, W, V]
+            logits = logits.reshape(-1, logits.shape[-1])[pack.predict_index.to(device)][None]
         logp, entropy = token_logprobs_and_entropy(
-            out.logits[:, :-1],  # [N, R, V] predicts answer tokens 0..R-1
+            logits,
             response_ids,
             temperature=temperature,
             chunk_size=chunk_size,
             with_entropy=with_entropy,
         )
+    if pack is not None:
+        logp = pack.unpack(logp[0])
+        entropy = None if entropy is None else pack.unpack(entropy[0])
     return logp, (entropy.detach() if entropy is not None and not entropy_grad else entropy)
+
+
+@torch.no_grad()
+def packing_unsupported_reason(model: torch.nn.Module, atol: float = 1e-3) -> str | None:
+    """Why ``packed=True`` would not give ``model``'s padded log-probs, or None when it does.
+
+    Packing relies on the decoder attending only within each run of consecutive position ids
+    when it gets no attention mask (Hugging Face's ``masking_utils`` does, for eager, SDPA,
+    flex and flash attention); a model with its own masking would let packed rows see each
+    other. Checked, not assumed: three rows of 2 to 5 tokens are scored padded and packed (two
+    share a bin) and must agree within ``atol``. Every rank must call it (a forward of
+    ``model``), in eval mode; ``model``'s mode is restored.
+    """
+    training = model.training
+    model.eval()
+    vocab = vocab_size(model) or 13  # ids 1..12, kept inside any vocabulary
+    # rows of 5, 2 and 3 tokens: bins of 5, the last two rows share one
+    prompts = [[1 % vocab, 2 % vocab], [3 % vocab], [4 % vocab, 5 % vocab]]
+    answers = [[7 % vocab, 8 % vocab, 9 % vocab], [10 % vocab], [11 % vocab]]
+    generation = SimpleNamespace(  # the fields of a rollout Generation that collate reads
+        prompt_index=[0, 1, 2], token_ids=answers, logprobs=[[0.0] * len(a) for a in answers]
+    )
+    batch = collate_rollouts(prompts, generation, pad_token_id=0)
+    try:
+        padded = answer_logprobs(model, batch, with_entropy=False)[0]
+        packed = answer_logprobs(model, batch, with_entropy=False, packed=True)[0]
+    finally:
+        model.train(training)
+    gap = float((padded - packed).abs()[batch.response_mask].max())
+    if not gap <= atol:
+        return (
+            f"{type(unwrap_model(model)).__name__} gives other log-probs packed than padded "
+            f"(max difference {gap:.3g}): its attention does not stay within each row"
+        )
+    return None

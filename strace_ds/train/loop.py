@@ -22,6 +22,7 @@ update equals the single-process one. The components are built by :mod:`strace_d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ from strace_ds.train.experience import (
 from strace_ds.train.metrics import local_step_stats, reduce_step_metrics, timed
 from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 from strace_ds.train.step_log import log_step
-from strace_ds.train.updater import PolicyUpdater
+from strace_ds.train.updater import PolicyUpdater, resolve_old_logprobs
 
 INFLIGHT_FILE = "inflight-rank{rank}.pt"
 """Per-rank file of a checkpoint holding the answers generated but not yet trained on
@@ -135,9 +136,16 @@ class Trainer:
             reference = builders.build_reference_engine(
                 config.objective, self.model_path, policy, self._log
             )
+        old_logprobs, why = resolve_old_logprobs(
+            config.objective, config.rollouts, in_process=config.rollouts.rollout == "hf",
+            rollout_dtype=getattr(self.rollout, "dtype", None),
+            policy_dtype=next(self.engine.module.parameters()).dtype,
+        )  # fmt: skip
+        self._log(f"proximal log-probs: {why}")
         self.updater = PolicyUpdater(
-            self.engine, config.objective, config.optim, config.rollouts, self.layout,
-            config.seed, self.rank, reference=reference,
+            self.engine, dataclasses.replace(config.objective, old_logprobs=old_logprobs),
+            config.optim, config.rollouts, self.layout, config.seed, self.rank,
+            reference=reference,
         )  # fmt: skip
         self.experience: AsyncExperience | None = None  # the background producer (K >= 1)
         self.monitor = Monitor(Path(config.log_dir) / config.name, enabled=self.is_main,

@@ -12,17 +12,23 @@ from __future__ import annotations
 __all__ = ["pad_fraction", "token_budget_micro_batches"]
 
 
-def token_budget_micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Row indices per micro-batch, with ``len(batch) * max(lengths[batch]) <= max_tokens``.
+def token_budget_micro_batches(
+    lengths: list[int], max_tokens: int, packed: bool = False
+) -> list[list[int]]:
+    """Row indices per micro-batch whose forward computes at most ``max_tokens`` token slots.
 
     Rows are taken longest first (ties by index) and appended to the open micro-batch while
-    ``(rows + 1) * longest`` fits; the first row of a micro-batch is its longest, so a row
-    longer than ``max_tokens`` on its own gets a micro-batch to itself. Every row appears
-    exactly once.
+    its slots still fit; the first row of a micro-batch is its longest, so a row longer than
+    ``max_tokens`` on its own gets a micro-batch to itself. Every row appears exactly once.
+    Padded (default), a micro-batch of ``n`` rows costs ``n * longest`` slots. Packed
+    (:mod:`strace_ds.model.packing`), it costs ``bins * longest``: each row goes into the first
+    bin of ``longest`` tokens with room, in the same order as
+    :func:`strace_ds.model.packing.first_fit_bins` places them, so short rows ride along.
 
     Args:
         lengths: tokens per row (prompt + answer), each ``>= 0``.
-        max_tokens: the budget of padded token slots per micro-batch, ``>= 1``.
+        max_tokens: the budget of token slots per micro-batch, ``>= 1``.
+        packed: count slots as the packed layout computes them.
 
     Returns:
         Micro-batches of row indices, longest rows first, each in decreasing length.
@@ -33,11 +39,25 @@ def token_budget_micro_batches(lengths: list[int], max_tokens: int) -> list[list
         raise ValueError("lengths must be ints >= 0 (tokens per row)")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
+    free: list[int] = []  # packed: the room left in each bin of the open micro-batch
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
+        n = lengths[i]
+        if batches:
+            open_batch, width = batches[-1], lengths[batches[-1][0]]
+            if not packed and (len(open_batch) + 1) * width <= max_tokens:
+                open_batch.append(i)
+                continue
+            room = next((b for b, left in enumerate(free) if n <= left), None) if packed else None
+            if room is not None:  # fits into a bin: no new slot
+                open_batch.append(i)
+                free[room] -= n
+                continue
+            if packed and (len(free) + 1) * width <= max_tokens:  # one more bin
+                open_batch.append(i)
+                free.append(width - n)
+                continue
+        batches.append([i])
+        free = [0]  # its longest row fills the new micro-batch's first bin
     return batches
 
 

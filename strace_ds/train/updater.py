@@ -32,7 +32,8 @@ from strace_ds.losses import (
 )
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
-from strace_ds.model.logprobs import answer_logprobs
+from strace_ds.model.logprobs import answer_logprobs, packing_unsupported_reason
+from strace_ds.model.packing import first_fit_bins
 from strace_ds.seeding import step_seed
 from strace_ds.train.experience import Experience
 from strace_ds.train.layout import BatchLayout
@@ -41,7 +42,40 @@ from strace_ds.train.micro_batches import token_budget_micro_batches
 if TYPE_CHECKING:
     from strace_ds.config import ObjectiveConfig, OptimConfig, RolloutConfig
 
-__all__ = ["PolicyUpdater", "epoch_mini_batches"]
+__all__ = ["PolicyUpdater", "epoch_mini_batches", "resolve_old_logprobs"]
+
+
+def resolve_old_logprobs(
+    objective: ObjectiveConfig, rollouts: RolloutConfig, in_process: bool,
+    rollout_dtype: torch.dtype | None, policy_dtype: torch.dtype,
+) -> tuple[str, str]:  # fmt: skip
+    """``--old_logprobs`` as the run uses it (``trainer`` or ``rollout``) and why.
+
+    ``auto`` takes the rollout engine's log-probs as the proximal ones when they are the
+    trainer's to rounding: the in-process engine (its copy is synced after every step, so at
+    ``max_staleness`` 0 it samples with exactly the weights the step starts from, and it records
+    ``log_softmax(logits / T)`` before any top-p/top-k) in float32 on both sides (measured on the
+    tiny policy: at most 2e-5, mean 2e-7 apart per token; in bf16 the incremental decode and the
+    full forward round differently by far more). Nothing is saved, and so nothing is changed,
+    when the preset selects by entropy (the scoring forward runs for the entropies) or a
+    behaviour correction is asked for (it measures exactly this gap).
+    """
+    choice = objective.old_logprobs
+    if choice != "auto":
+        return choice, "--old_logprobs " + choice
+    trace = objective.trace_config()
+    reasons = [
+        (not in_process, "the rollout engine is not the in-process one"),
+        (rollouts.max_staleness != 0, "answers may be stale (max_staleness > 0)"),
+        (rollout_dtype != torch.float32 or policy_dtype != torch.float32,
+         f"not float32 on both sides (rollout {rollout_dtype}, trainer {policy_dtype})"),
+        (trace.uses_entropy, "the preset selects by entropy (the scoring forward runs anyway)"),
+        (objective.behaviour_correction != "none", "a behaviour correction is asked for"),
+    ]  # fmt: skip
+    against = [why for failed, why in reasons if failed]
+    if against:
+        return "trainer", "auto: trainer, " + "; ".join(against)
+    return "rollout", "auto: rollout (in-process engine, same weights, float32)"
 
 
 def epoch_mini_batches(
@@ -111,6 +145,11 @@ class PolicyUpdater:
         self.trace_cfg = objective.trace_config()
         self.rank, self.world = rank, layout.world
         self.reference = reference  # frozen engine for the KL penalty, or None
+        if optim.pack_micro_batches:
+            for model in (engine, reference):
+                reason = None if model is None else packing_unsupported_reason(model)
+                if reason is not None:
+                    raise ValueError(f"pack_micro_batches: {reason}; set it to false")
 
     @property
     def micro_batch_size(self) -> int:
@@ -151,6 +190,7 @@ class PolicyUpdater:
             logp, entropy = answer_logprobs(
                 model, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
                 with_entropy=with_entropy, fused=self.optim.fused_logprobs,
+                packed=self.optim.pack_micro_batches,
             )  # fmt: skip
             if r is None:
                 continue  # the zero pass every rank makes as often as the busiest one
@@ -169,7 +209,9 @@ class PolicyUpdater:
 
         ``--old_logprobs rollout`` takes the behaviour log-probs as the proximal ones (every
         behaviour correction is then 1); the scoring forward still runs when the preset
-        selects by entropy, for the entropies alone.
+        selects by entropy, for the entropies alone. ``auto`` is resolved by the trainer, which
+        knows the rollout engine (:func:`resolve_old_logprobs`); left unresolved it is
+        ``trainer``.
         """
         cfg, tc = self.objective, self.trace_cfg
         behaviour = exp.batch.rollout_logprobs
@@ -220,7 +262,7 @@ class PolicyUpdater:
         """
         cfg = self.objective
         return (
-            self.reuse_first_forward and cfg.old_logprobs == "trainer"
+            self.reuse_first_forward and cfg.old_logprobs != "rollout"
             and not self.trace_cfg.uses_entropy and cfg.behaviour_correction == "none"
             and not (self.reference is not None and cfg.kl_in == "reward")
         )  # fmt: skip
@@ -280,7 +322,7 @@ class PolicyUpdater:
                 parts.append(slice(int(r[0]), int(r[-1]) + 1) if contiguous else r)
             return parts
         lengths = row_lengths(batch)[rows].tolist()
-        groups = token_budget_micro_batches(lengths, budget)
+        groups = token_budget_micro_batches(lengths, budget, packed=self.optim.pack_micro_batches)
         parts = [rows[torch.tensor(sorted(g))] for g in groups]
         (most,) = dist_utils.all_reduce_max([float(len(parts))])
         return parts + [None] * (int(most) - len(parts))
@@ -300,7 +342,9 @@ class PolicyUpdater:
                 lr = float(self.engine.get_lr()[0])  # before engine.step advances the schedule
                 parts = self.micro_batches(exp.batch, rows, budget)
                 for r in parts:
-                    out, logp, entropy, mask, width = self._micro_step(exp, r, rows, normalizer)
+                    out, logp, entropy, mask, part_slots = self._micro_step(
+                        exp, r, rows, normalizer
+                    )
                     self.engine.backward(out.loss, scale_wrt_gas=False)
                     if r is None:
                         continue  # a zero-loss pass: nothing to report
@@ -308,7 +352,7 @@ class PolicyUpdater:
                         collected[k].append(v)
                     collected["policy/loss"].append(out.loss.item() / self.world)
                     used += int(exp.batch.attention_mask[r].sum())
-                    slots += mask.shape[0] * width
+                    slots += part_slots
                     last = {
                         "logp": logp.detach().cpu(),
                         "entropy": entropy.cpu(),
@@ -341,7 +385,8 @@ class PolicyUpdater:
         self, exp: Experience, r: torch.Tensor | slice | None, rows: torch.Tensor,
         normalizer: float,
     ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
-        """Forward and loss of one micro-batch, its padding trimmed; ``r=None``: the first row
+        """Forward and loss of one micro-batch (and its token slots), its padding trimmed or
+        packed away (``pack_micro_batches``); ``r=None``: the first row
         of the mini-batch with its loss multiplied by 0 (every parameter still gets its zero
         gradient, as ZeRO-3's collectives need)."""
         cfg, device = self.objective, self.engine.device
@@ -351,6 +396,7 @@ class PolicyUpdater:
         logp, entropy = answer_logprobs(
             self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
             with_entropy=True, fused=self.optim.fused_logprobs, entropy_grad=cfg.entropy_coef > 0,
+            packed=self.optim.pack_micro_batches,
         )  # fmt: skip
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -383,7 +429,15 @@ class PolicyUpdater:
         )
         if r is None:
             out.loss = out.loss * 0.0
-        return out, logp, entropy.detach(), mask, part.input_ids.shape[1]
+        return out, logp, entropy.detach(), mask, self._slots(part)
+
+    def _slots(self, part: RolloutBatch) -> int:
+        """Token slots the forward of ``part`` computes: rows x width padded, bins x width
+        packed (``perf/pad_frac``)."""
+        if not self.optim.pack_micro_batches:
+            return part.input_ids.numel()
+        lengths = row_lengths(part).tolist()
+        return len(first_fit_bins(lengths, max(lengths))) * max(lengths)
 
     def global_normalizer(self, exp: Experience, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.

@@ -151,3 +151,75 @@ def test_plain_linear_makes_the_same_update(linear_probes: Path, preset: str):
         assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
         rel = float((got - want).norm() / want.norm())
         assert rel <= RTOL, f"{preset} DeepSpeed's linear vs torch's, update {update}: {rel}"
+
+
+@pytest.fixture(scope="module")
+def packed_probes(probes: Path) -> Path:
+    """``--pack_micro_batches true`` probes next to the padded ones: GRPO and S-trace at
+    micro-batch 16 on one rank, S-trace at micro-batch 4 on two ranks, GRPO under the
+    160-slot token budget (bins of varying width)."""
+    one = subprocess.run(
+        [sys.executable, str(PROBE), str(probes), "--presets", "grpo,s_trace", "--micro", "16",
+         "--epoch_presets", "grpo", "--epoch_micro", "64", "--budgets", "160", "--pack",
+         "--tag=-pack"],
+        env=_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-4000:]
+    two = subprocess.run(
+        [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", "29519", str(PROBE),
+         str(probes), "--presets", "s_trace", "--micro", "4", "--epoch_presets", "", "--pack",
+         "--tag=-pack"],
+        env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-4000:]
+    return probes
+
+
+@pytest.mark.parametrize(
+    ("preset", "run"),
+    [("grpo", "m16-w1-pack"), ("s_trace", "m16-w1-pack"), ("s_trace", "m4-w2-pack"),
+     ("grpo", "m64-w1-e2-pack"), ("grpo", "m64-w1-t160-pack")],
+)  # fmt: skip
+def test_packed_micro_batches_make_the_same_update(packed_probes: Path, preset: str, run: str):
+    """Padding-free micro-batches (rows laid end to end, positions restarting per row) make
+    the padded update on 1 and 2 ranks, and compute fewer padded slots."""
+    packed = torch.load(packed_probes / f"{preset}-{run}.pt", weights_only=False)
+    reference_run = run.removesuffix("-pack").replace("m16-w1", "m64-w1").replace("m4-w2", "m64-w1")
+    padded = torch.load(packed_probes / f"{preset}-{reference_run}.pt", weights_only=False)
+    assert len(packed["grads"]) == len(padded["grads"]) >= 2
+    for update, (got, want) in enumerate(zip(packed["grads"], padded["grads"])):
+        assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
+        rel = float((got - want).norm() / want.norm())
+        assert rel <= RTOL, f"{preset} {run}, update {update}: {rel}"
+    assert packed["reward"] == padded["reward"]  # the same answers
+    assert packed["pad_frac"] <= padded["pad_frac"], (packed["pad_frac"], padded["pad_frac"])
+    if "m64-w1-e2" not in run:  # there every row is over half the longest: no bin holds two
+        assert packed["pad_frac"] < padded["pad_frac"], (packed["pad_frac"], padded["pad_frac"])
+
+
+@pytest.fixture(scope="module")
+def trainer_logprob_probes(probes: Path) -> Path:
+    """GRPO and P-trace at micro-batch 16 with ``--old_logprobs trainer`` (the probes above
+    run the default, ``auto``: the in-process engine's log-probs for these presets)."""
+    run = subprocess.run(
+        [sys.executable, str(PROBE), str(probes), "--presets", "grpo,p_trace", "--micro", "16",
+         "--epoch_presets", "", "--old_logprobs", "trainer", "--tag=-trainer"],
+        env=_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    return probes
+
+
+@pytest.mark.parametrize("preset", ["grpo", "p_trace"])
+def test_rollout_logprobs_as_proximal_make_the_trainers_update(trainer_logprob_probes, preset):
+    """``--old_logprobs auto`` on the main command (in-process engine, float32, K = 0): the
+    proximal log-probs are the rollout's, and the update is the one the trainer's scoring
+    pass gives, to 1e-5 (the two differ by rounding: incremental decode vs full forward)."""
+    auto = torch.load(trainer_logprob_probes / f"{preset}-m16-w1.pt", weights_only=False)
+    scored = torch.load(trainer_logprob_probes / f"{preset}-m16-w1-trainer.pt", weights_only=False)
+    assert (auto["old_logprobs"], scored["old_logprobs"]) == ("rollout", "trainer")
+    assert auto["reward"] == scored["reward"]  # the same answers
+    for update, (got, want) in enumerate(zip(auto["grads"], scored["grads"])):
+        assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
+        rel = float((got - want).norm() / want.norm())
+        assert rel <= RTOL, f"{preset} rollout vs trainer log-probs, update {update}: {rel}"

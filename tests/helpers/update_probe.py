@@ -79,6 +79,8 @@ def main() -> None:
                    help="micro-batch sizes of the --epochs 2 and budget probes")
     p.add_argument("--ds_config", default=str(REPO / "ds_configs" / "zero3.json"))
     p.add_argument("--tag", default="", help="appended to every output file's name")
+    p.add_argument("--pack", action="store_true", help="--pack_micro_batches true in every run")
+    p.add_argument("--old_logprobs", default="auto", help="--old_logprobs of every run")
     args, _ = p.parse_known_args()  # the launcher appends --local_rank
 
     from strace_ds.config import TrainConfig
@@ -100,7 +102,8 @@ def main() -> None:
         cfg = TrainConfig(
             loss=loss, form=form or None, entropy_coef=0.05 if bonus else 0.0,
             micro_batch_size=micro, mini_batches=args.mini_batches,
-            epochs=epochs, max_tokens_per_micro_batch=budget,
+            epochs=epochs, max_tokens_per_micro_batch=budget, pack_micro_batches=args.pack,
+            old_logprobs=args.old_logprobs,
             prompts_per_step=args.prompts_per_step, group_size=4, max_new_tokens=24, steps=1,
             eval_every=-1,
             export=False, image_every=0, sample_every=0, reward_workers=1,
@@ -118,7 +121,8 @@ def main() -> None:
         if trainer.is_main:
             torch.save(
                 {"grads": grads, "select_frac": metrics.get("select/frac"),
-                 "reward": metrics["reward/mean"],
+                 "reward": metrics["reward/mean"], "pad_frac": metrics["perf/pad_frac"],
+                 "old_logprobs": trainer.updater.objective.old_logprobs,
                  # which linear the process ran (DeepSpeed's ZeRO-3 one replaces torch's)
                  "linear": torch.nn.functional.linear.__module__},
                 args.out / f"{preset}-m{micro}-w{trainer.world}{suffix}{args.tag}.pt",

@@ -167,3 +167,28 @@ def test_entropy_selection_and_corrections_still_score_every_row(tiny_policy) ->
     assert not _updater(tiny_policy, loss="grpo",
                         behaviour_correction="token").proximal_from_update()
     assert not _updater(tiny_policy, loss="grpo", old_logprobs="rollout").proximal_from_update()
+
+
+@pytest.mark.parametrize(("loss", "budget"), [("s_trace", 0), ("grpo", 40)])
+def test_packed_micro_batches_make_the_padded_update(tiny_policy, loss, budget) -> None:
+    """``--pack_micro_batches``: the same proximal log-probs and updates as padded micro-batches
+    (scoring and training forwards both packed), with less padding computed."""
+    from update_probe import capture_update_gradients
+
+    results = []
+    for packed in (False, True):
+        updater = _updater(tiny_policy, loss=loss, micro_batch_size=8, lr=1e-5,
+                           max_tokens_per_micro_batch=budget, pack_micro_batches=packed)
+        grads = capture_update_gradients(updater.engine)
+        exp = updater.prepare(_experience(seed=4))
+        collected, _ = updater.update(exp, step=1)
+        assert len(grads) == 2
+        old = exp.old_logprobs[exp.batch.response_mask]  # padding: 0 packed, unused padded
+        results.append((grads, old, collected["perf/pad_frac"][0]))
+    (want_grads, want_old, padded_frac), (got_grads, got_old, packed_frac) = results
+    torch.testing.assert_close(got_old, want_old, rtol=0, atol=1e-5)
+    for got, want in zip(got_grads, want_grads):
+        assert float(want.norm()) > 1e-4
+        rel = float((got - want).norm() / want.norm())
+        assert rel < 1e-5, rel
+    assert packed_frac < padded_frac, (packed_frac, padded_frac)

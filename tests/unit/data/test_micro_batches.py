@@ -61,3 +61,32 @@ def test_invariants_on_random_lengths(seed: int) -> None:
         if k + 1 < len(batches):  # greedy: the next row did not fit
             assert (len(b) + 1) * longest > budget
     assert 0.0 <= pad_fraction(lengths, batches) <= pad_fraction(lengths, [flat]) + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packed_budget_counts_the_bins_the_packing_makes(seed: int) -> None:
+    """``packed=True``: a micro-batch's slots are its first-fit bins x its longest row, the
+    layout :func:`strace_ds.model.packing.first_fit_bins` makes; the budget holds and short
+    rows ride along, so no more micro-batches than padded."""
+    from strace_ds.model.packing import first_fit_bins
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 64))]
+    budget = rng.randint(300, 3000)
+    batches = token_budget_micro_batches(lengths, budget, packed=True)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    for b in batches:
+        local = [lengths[i] for i in sorted(b)]  # as the updater hands them to the packing
+        slots = len(first_fit_bins(local, max(local))) * max(local)
+        assert slots <= budget
+    assert len(batches) <= len(token_budget_micro_batches(lengths, budget))
+
+
+def test_packed_budget_example() -> None:
+    # width 10: [10], then 6+4 share a bin, 3+3+3 another: 3 bins = 30 slots
+    assert token_budget_micro_batches([10, 6, 4, 3, 3, 3], 30, packed=True) == [[0, 1, 2, 3, 4, 5]]
+    assert token_budget_micro_batches([10, 6, 4, 3, 3, 3], 30) == [[0, 1, 2], [3, 4, 5]]
+    assert token_budget_micro_batches([10, 6, 4, 3, 3, 3], 20, packed=True) == [[0, 1, 2],
+                                                                                 [3, 4, 5]]
