@@ -28,9 +28,13 @@ of the machine's load falls on both):
   4, ``gradient_accumulation_steps`` 2, ``num_iterations`` 1: one generation every 2 TRL
   steps, each TRL step one update on 128 answers in 2 micro-batches of 64, as ours). Both
   score the old log-probs once per generation (TRL does because its generation spans more than
-  one update), AdamW lr 2e-4 constant, no warm-up, weight decay 0, gradient clip 1, no KL,
-  group-normalised advantages, clip 0.2/0.2, token-mean loss over the update's answers
-  (TRL ``loss_type="dapo"``), no gradient checkpointing (TRL's default would turn it on).
+  one update; ours, under the default ``--old_logprobs auto``, takes them from the in-process
+  engine's sampling pass, the same weights in float32, and from the first update's own
+  forward, so its scoring pass is skipped; ``tests/e2e/test_update_invariance.py`` shows the
+  update equal to the scored one to 1e-5), AdamW lr 2e-4 constant, no warm-up, weight
+  decay 0, gradient clip 1, no KL, group-normalised advantages, clip 0.2/0.2, token-mean loss
+  over the update's answers (TRL ``loss_type="dapo"``), no gradient checkpointing (TRL's
+  default would turn it on).
 * ours: ``scripts/train.py --ds_config ds_configs/zero3.json --loss grpo --rollout hf``
   (DeepSpeed ZeRO-3 on one process; on the CPU our config resolver turns bf16 off), no
   evaluation, no export. TRL: its own default set-up (accelerate, no DeepSpeed).
