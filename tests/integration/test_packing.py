@@ -8,10 +8,44 @@ import warnings
 
 import pytest
 import torch
-from test_fused_logprobs import _batch, _load, _loss
 
+from strace_ds.model.batch import RolloutBatch, collate_rollouts
 from strace_ds.model.logprobs import answer_logprobs, packing_unsupported_reason
 from strace_ds.model.packing import pack_rows
+from strace_ds.rollout.base import Generation
+
+
+def _load(policy_dir, tied: bool, dtype: torch.dtype) -> torch.nn.Module:
+    """The tiny policy, with its head tied to the embedding or an untied copy of it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(policy_dir)
+    config.tie_word_embeddings = tied
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, config=config, dtype=dtype)
+    if not tied:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(model.get_input_embeddings().weight * 1.1)
+    return model.eval()
+
+
+def _batch(vocab: int, seed: int) -> RolloutBatch:
+    """Six rows of mixed prompt and answer lengths (one empty answer): short rows share bins."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lens, answer_lens = [5, 9, 3, 7, 2, 4], [23, 0, 40, 11, 6, 3]
+    prompts = [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in prompt_lens]
+    answers = [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in answer_lens]
+    generation = Generation(
+        prompt_index=list(range(6)), token_ids=answers,
+        logprobs=[[0.0] * len(a) for a in answers], finish_reasons=["length"] * 6,
+    )  # fmt: skip
+    return collate_rollouts(prompts, generation, pad_token_id=0)
+
+
+def _loss(logp: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
+    """Advantage-weighted log-probs over the answer tokens (a policy-gradient shape)."""
+    adv = torch.linspace(-1.0, 2.0, len(batch), dtype=logp.dtype)[:, None]
+    return -(logp * adv * batch.response_mask).sum() / batch.response_mask.sum()
+
 
 TEMPERATURE = 0.7
 
@@ -20,7 +54,7 @@ TEMPERATURE = 0.7
 @pytest.mark.parametrize("fused", [True, False])
 def test_packed_rows_give_the_padded_logprobs_and_gradients(tiny_policy, tied, fused) -> None:
     model = _load(tiny_policy, tied, torch.float64)
-    batch = _batch(model.config.vocab_size, rows=4, seed=3)
+    batch = _batch(model.config.vocab_size, seed=3)
     pack = pack_rows(batch)
     assert pack.input_ids.shape[0] < len(batch) and pack.slots < batch.input_ids.numel()
     results = []
