@@ -184,6 +184,17 @@ def test_no_test_module_imports_another() -> None:
     assert not found, "import from tests/helpers instead:\n" + "\n".join(found)
 
 
+def test_test_module_names_are_unique() -> None:
+    """pytest imports test files by basename (``rootdir`` mode, no ``__init__.py``): two
+    ``test_x.py`` in different folders fail the whole run's collection ("import file
+    mismatch"), which a run of one folder alone does not show."""
+    seen: dict[str, list[str]] = {}
+    for p in TESTS.rglob("test_*.py"):
+        seen.setdefault(p.name, []).append(str(p.relative_to(REPO)))
+    twins = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not twins, f"rename one of each: {twins}"
+
+
 def test_every_test_module_is_in_a_tier() -> None:
     """``tests/conftest.py`` gives each test its folder's tier marker: a test file outside the
     tier folders would get none and run in no tier's selection."""
