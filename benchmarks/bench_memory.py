@@ -141,15 +141,12 @@ def worker(variant: str, mix: list[int], vocab: int, hidden: int, max_tokens: in
     peak = (_status_kb("VmHWM") - before) * 1024
     grad = torch.cat([p.grad.float().flatten() for p in model.parameters()])
     torch.save(grad, grad_path)
-    from strace_ds.model.packing import first_fit_bins
+    from strace_ds.model.packing import packed_slots
     from strace_ds.train.micro_batches import pad_fraction
 
     slots = batch.input_ids.shape[1]
-    if packed:  # bins x the micro-batch's longest row
-        packed_slots = 0
-        for b in micro:
-            local = [lengths[i] for i in sorted(b)]
-            packed_slots += len(first_fit_bins(local, max(local))) * max(local)
+    if packed:  # bins x each micro-batch's longest row, its rows in batch order
+        packed_total = sum(packed_slots([lengths[i] for i in sorted(b)]) for b in micro)
     return {
         "variant": variant,
         "seconds": seconds,
@@ -158,7 +155,7 @@ def worker(variant: str, mix: list[int], vocab: int, hidden: int, max_tokens: in
         "tokens": sum(lengths),
         "micro_batches": [len(b) for b in micro],
         # Today's layout pads every row to max prompt + max answer, not to the longest row.
-        "pad_frac": (1 - sum(lengths) / packed_slots if packed
+        "pad_frac": (1 - sum(lengths) / packed_total if packed
                      else pad_fraction(lengths, micro) if trim
                      else 1 - sum(lengths) / (len(mix) * slots)),
     }  # fmt: skip

@@ -32,7 +32,7 @@ import torch
 
 from strace_ds.model.batch import RolloutBatch
 
-__all__ = ["PackedRows", "first_fit_bins", "pack_rows"]
+__all__ = ["PackedRows", "first_fit_bins", "pack_rows", "packed_slots"]
 
 
 @dataclass
@@ -74,6 +74,13 @@ def first_fit_bins(lengths: list[int], width: int) -> list[list[int]]:
             bins.append([i])
             free.append(width - lengths[i])
     return bins
+
+
+def packed_slots(lengths: list[int]) -> int:
+    """Token slots the packed forward of rows of ``lengths`` computes: bins x the longest row
+    (:func:`pack_rows`'s layout)."""
+    width = max(lengths, default=0)
+    return len(first_fit_bins(lengths, width)) * width
 
 
 def pack_rows(batch: RolloutBatch, filler_id: int = 0) -> PackedRows:

@@ -44,17 +44,18 @@ def token_budget_micro_batches(
         n = lengths[i]
         if batches:
             open_batch, width = batches[-1], lengths[batches[-1][0]]
-            if not packed and (len(open_batch) + 1) * width <= max_tokens:
+            if packed:
+                room = next((b for b, left in enumerate(free) if n <= left), None)
+                if room is not None:  # fits into a bin: no new slot
+                    free[room] -= n
+                    open_batch.append(i)
+                    continue
+                if (len(free) + 1) * width <= max_tokens:  # one more bin
+                    free.append(width - n)
+                    open_batch.append(i)
+                    continue
+            elif (len(open_batch) + 1) * width <= max_tokens:
                 open_batch.append(i)
-                continue
-            room = next((b for b, left in enumerate(free) if n <= left), None) if packed else None
-            if room is not None:  # fits into a bin: no new slot
-                open_batch.append(i)
-                free[room] -= n
-                continue
-            if packed and (len(free) + 1) * width <= max_tokens:  # one more bin
-                open_batch.append(i)
-                free.append(width - n)
                 continue
         batches.append([i])
         free = [0]  # its longest row fills the new micro-batch's first bin

@@ -33,7 +33,7 @@ from strace_ds.losses import (
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
 from strace_ds.model.logprobs import answer_logprobs, packing_unsupported_reason
-from strace_ds.model.packing import first_fit_bins
+from strace_ds.model.packing import packed_slots
 from strace_ds.seeding import step_seed
 from strace_ds.train.experience import Experience
 from strace_ds.train.layout import BatchLayout
@@ -436,8 +436,7 @@ class PolicyUpdater:
         packed (``perf/pad_frac``)."""
         if not self.optim.pack_micro_batches:
             return part.input_ids.numel()
-        lengths = row_lengths(part).tolist()
-        return len(first_fit_bins(lengths, max(lengths))) * max(lengths)
+        return packed_slots(row_lengths(part).tolist())
 
     def global_normalizer(self, exp: Experience, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.
