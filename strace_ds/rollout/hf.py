@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor
 
 from strace_ds.rollout.base import Generation, SamplingParams, check_generate_request
+from strace_ds.rollout.kv_cache import reserved_cache
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -222,6 +223,8 @@ class HFRolloutEngine:
                 "top_p": sampling.top_p,
             }
         )
+        # Keys and values written in place, not re-concatenated every step: bit-identical.
+        cache = reserved_cache(self.model, width + sampling.max_new_tokens)
         sequences = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
@@ -233,6 +236,7 @@ class HFRolloutEngine:
             eos_token_id=stop_ids,
             pad_token_id=self.pad_token_id,
             use_cache=True,
+            **({} if cache is None else {"cache": cache}),
             # Each rank generates on its own copy: with ZeRO-3 configured transformers would
             # otherwise turn on synced_gpus and wait for the other ranks inside generate.
             synced_gpus=False,
