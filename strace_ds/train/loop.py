@@ -50,6 +50,7 @@ from strace_ds.train.experience import (
     check_staleness,
     step_seed,
 )
+from strace_ds.train.host_memory import reuse_freed_host_memory
 from strace_ds.train.metrics import local_step_stats, reduce_step_metrics, timed
 from strace_ds.train.monitor import METRICS_FILE, MetricsLog, Monitor
 from strace_ds.train.step_log import log_step
@@ -99,6 +100,8 @@ class Trainer:
         self.trace_cfg = config.trace_config()
         seed_everything(config.seed)
         self._log(f"strace_ds: {self.world} rank(s), loss={config.loss} {self.trace_cfg}")
+        if config.host_memory_reuse:  # before the model and the first batch are allocated
+            self._log(reuse_freed_host_memory())
         self.layout = config.layout(self.world)
         self.model_path = builders.resolve_model(config.data, self._log)
         self.tokenizer = builders.load_tokenizer(self.model_path)
