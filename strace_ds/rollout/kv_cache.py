@@ -79,9 +79,11 @@ class ReservedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = self.keys.shape[-2]
         end = n + key_states.shape[-2]
-        if end > self._key_buffer.shape[-2] or not self._holds_views():
-            # Doubling keeps the copies linear in the answer length if the reservation was short.
-            self._reallocate(max(end, 2 * self._key_buffer.shape[-2]))
+        capacity = self._key_buffer.shape[-2]
+        if end > capacity:  # doubling keeps the copies linear in the length if it was short
+            self._reallocate(max(end, 2 * capacity))
+        elif not self._holds_views():  # the caller replaced them: take them in, same room
+            self._reallocate(capacity)
         self._key_buffer[..., n:end, :] = key_states
         self._value_buffer[..., n:end, :] = value_states
         self.keys = self._key_buffer[..., :end, :]
@@ -91,6 +93,7 @@ class ReservedLayer(DynamicLayer):
 
     def reset(self) -> None:
         self._key_buffer = self._value_buffer = None
+        self._handed_out = (None, None)
         super().reset()
 
 

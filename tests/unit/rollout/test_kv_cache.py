@@ -122,6 +122,10 @@ def test_layer_follows_keys_the_caller_replaced() -> None:
         layer.update(*kv(3, 2, 2))
     assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
     assert ours.get_seq_length() == theirs.get_seq_length() == 5
+    for step in range(40):  # replaced at every step, as beam search does: the room stays put
+        ours.reorder_cache(torch.tensor([1, 2, 0]))
+        ours.update(*kv(3, 1, 10 + step))
+    assert ours._key_buffer.shape[-2] == 64
 
 
 def test_reserve_must_be_positive() -> None:
