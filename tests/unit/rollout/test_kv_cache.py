@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from helpers.tiny_qwen3 import tiny_qwen3
+from transformers import Qwen3ForCausalLM
 from transformers.cache_utils import DynamicLayer
 
 import strace_ds.rollout.hf as hf_module
@@ -29,23 +30,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model() -> Qwen3ForCausalLM:
-    """2 layers, grouped-query attention; EOS likely enough that some rows stop early."""
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=40,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        bos_token_id=None,
-    )
-    return Qwen3ForCausalLM(config).eval()
+    """A vocabulary of 40: EOS likely enough that some rows stop early."""
+    return tiny_qwen3(vocab_size=40, tie=False, eos=EOS, pad=PAD)
 
 
 def generate(model, monkeypatch, reserved: bool, sampling: SamplingParams, spy=None):

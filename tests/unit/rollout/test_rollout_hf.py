@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from helpers.tiny_qwen3 import tiny_qwen3
+from transformers import Qwen3ForCausalLM
 
 from strace_ds.rollout import RolloutEngine, build_rollout_engine
 from strace_ds.rollout.base import Generation, SamplingParams
@@ -18,25 +19,7 @@ PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]  # different lengths: left paddi
 
 
 def tiny_model(seed: int = 0, tie: bool = True) -> Qwen3ForCausalLM:
-    """A 2-layer, 64-wide Qwen3 with random weights; initializer_range 0.2 makes the
-    next-token distribution peaked enough that top-k/top-p and greedy differ from uniform."""
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-        initializer_range=0.2,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        bos_token_id=None,
-    )
-    return Qwen3ForCausalLM(config).eval()
+    return tiny_qwen3(seed=seed, tie=tie, eos=EOS, pad=PAD)
 
 
 @pytest.fixture(scope="module", autouse=True)
