@@ -195,6 +195,26 @@ def policy_dir(long: bool, work: Path) -> Path:
     return out
 
 
+PLACEHOLDERS = {"--python": "PY", "--trl-python": "TRL_PY"}  # this machine's interpreters
+DROPPED = ("--work",)  # where this machine kept the runs
+
+
+def portable_cmdline(argv: list[str]) -> str:
+    """The command that made a report, as committed: the interpreters' paths replaced by
+    ``PY``/``TRL_PY`` and ``--work`` left out, so results name no path of the machine."""
+    out, i = ["python", "-m", "benchmarks.bench_vs_trl"], 0
+    while i < len(argv):
+        flag, _, value = argv[i].partition("=")
+        takes_next = not value and i + 1 < len(argv) and flag in (*PLACEHOLDERS, *DROPPED)
+        value = argv[i + 1] if takes_next else value
+        if flag in PLACEHOLDERS:
+            out += [flag, PLACEHOLDERS[flag]]
+        elif flag not in DROPPED:
+            out.append(argv[i])
+        i += 2 if takes_next else 1
+    return " ".join(out)
+
+
 # ---------------------------------------------------------------------------------- running
 def _env(threads: int) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -567,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
                    f"{_versions(args.trl_python)}.",
     }  # fmt: skip
     text = report(runs, args.warmup, context, args.bootstrap_draws)
-    cmdline = " ".join(["python", "-m", "benchmarks.bench_vs_trl", *sys.argv[1:]])
+    cmdline = portable_cmdline(sys.argv[1:])
     title = "Long answers" if s.long else "Default shape"
     body = f"Made by `{cmdline}`; method in the script's docstring.\n\n{text}"
     doc = merge_section(None, title, body)

@@ -124,3 +124,12 @@ def test_write_replaces_only_its_own_section():
     doc = m.merge_section(doc, "Default shape", "new table\n")
     assert doc == (f"{m.TITLE}\n\n## Default shape\n\nnew table\n\n## Long answers\n\n"
                    "long table\n")  # fmt: skip
+
+
+def test_the_committed_command_names_no_path_of_the_machine():
+    argv = ["--python", "/tmp/a/.venv/bin/python", "--trl-python=/opt/trl/bin/python", "--long",
+            "--rounds", "2", "--work", "/tmp/bl/work", "--write"]
+    assert _module().portable_cmdline(argv) == (
+        "python -m benchmarks.bench_vs_trl --python PY --trl-python TRL_PY --long --rounds 2 "
+        "--write"
+    )
