@@ -32,7 +32,7 @@ import torch
 
 from strace_ds.model.batch import RolloutBatch
 
-__all__ = ["PackedRows", "first_fit_bins", "pack_rows", "packed_slots"]
+__all__ = ["PackedRows", "first_bin_with_room", "first_fit_bins", "pack_rows", "packed_slots"]
 
 
 @dataclass
@@ -58,6 +58,15 @@ class PackedRows:
         return values.new_zeros(self.shape).index_put(index, values)
 
 
+def first_bin_with_room(free: list[int], n: int) -> int | None:
+    """The first-fit rule, the one place it is written: the index of the first bin whose
+    ``free`` room holds ``n`` tokens, or None (the caller opens a bin). Used by
+    :func:`first_fit_bins` and by the packed token budget
+    (:func:`strace_ds.train.micro_batches.token_budget_micro_batches`), so the budget counts
+    exactly the bins the forward will build."""
+    return next((b for b, room in enumerate(free) if n <= room), None)
+
+
 def first_fit_bins(lengths: list[int], width: int) -> list[list[int]]:
     """Rows into bins of ``width`` tokens: longest first (ties by index), each into the first
     bin with room, else a new bin. Every row appears once; a row longer than ``width`` gets a
@@ -65,14 +74,13 @@ def first_fit_bins(lengths: list[int], width: int) -> list[list[int]]:
     bins: list[list[int]] = []
     free: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for b, room in enumerate(free):
-            if lengths[i] <= room:
-                bins[b].append(i)
-                free[b] -= lengths[i]
-                break
-        else:
+        b = first_bin_with_room(free, lengths[i])
+        if b is None:
             bins.append([i])
             free.append(width - lengths[i])
+        else:
+            bins[b].append(i)
+            free[b] -= lengths[i]
     return bins
 
 

@@ -9,6 +9,8 @@ short, and the budget bounds every micro-batch's memory whatever the lengths.
 
 from __future__ import annotations
 
+from strace_ds.model.packing import first_bin_with_room
+
 __all__ = ["pad_fraction", "token_budget_micro_batches"]
 
 
@@ -22,8 +24,9 @@ def token_budget_micro_batches(
     ``max_tokens`` on its own gets a micro-batch to itself. Every row appears exactly once.
     Padded (default), a micro-batch of ``n`` rows costs ``n * longest`` slots. Packed
     (:mod:`strace_ds.model.packing`), it costs ``bins * longest``: each row goes into the first
-    bin of ``longest`` tokens with room, in the same order as
-    :func:`strace_ds.model.packing.first_fit_bins` places them, so short rows ride along.
+    bin of ``longest`` tokens with room (:func:`strace_ds.model.packing.first_bin_with_room`, the
+    rule :func:`strace_ds.model.packing.first_fit_bins` places them by), so short rows ride
+    along.
 
     Args:
         lengths: tokens per row (prompt + answer), each ``>= 0``.
@@ -45,7 +48,7 @@ def token_budget_micro_batches(
         if batches:
             open_batch, width = batches[-1], lengths[batches[-1][0]]
             if packed:
-                room = next((b for b, left in enumerate(free) if n <= left), None)
+                room = first_bin_with_room(free, n)
                 if room is not None:  # fits into a bin: no new slot
                     free[room] -= n
                     open_batch.append(i)
