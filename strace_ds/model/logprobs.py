@@ -19,7 +19,7 @@ from strace_ds.model.fused_head import (
     unwrap_model,
 )
 from strace_ds.model.logprob_kernels import token_logprobs_and_entropy
-from strace_ds.model.packing import pack_rows
+from strace_ds.model.packing import PackedRows, pack_rows
 from strace_ds.model.vocab import vocab_size
 
 
@@ -31,7 +31,7 @@ def answer_logprobs(
     with_entropy: bool = True,
     fused: bool = True,
     entropy_grad: bool = False,
-    packed: bool = False,
+    packed: bool | PackedRows = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
 
@@ -44,14 +44,15 @@ def answer_logprobs(
     log-softmax/entropy run in chunks over them (:mod:`strace_ds.model.logprob_kernels`). The two
     agree to rounding. Entropies are detached unless ``entropy_grad`` (an entropy bonus in the
     loss). ``packed``: the rows run padding-free, laid end to end
-    (:func:`strace_ds.model.packing.pack_rows`); the outputs are the same ``[N, R]`` (0 on
-    padding) to rounding, for the price of the longest row per bin instead of per row.
+    (:func:`strace_ds.model.packing.pack_rows`, or the caller's own packing of ``batch``); the
+    outputs are the same ``[N, R]`` (0 on padding) to rounding, for the price of the longest
+    row per bin instead of per row.
     """
     device = next(model.parameters()).device
     R = batch.response_ids.shape[1]
     if chunk_size <= 0:  # auto: about 2**25 logits per chunk (220 tokens at V = 152k)
         chunk_size = max(16, (1 << 25) // vocab_size(model))
-    pack = pack_rows(batch) if packed else None
+    pack = packed if isinstance(packed, PackedRows) else (pack_rows(batch) if packed else None)
     if pack is None:
         inputs = {
             "input_ids": batch.input_ids.to(device),

@@ -33,7 +33,7 @@ from strace_ds.losses import (
 from strace_ds.losses.advantages import group_advantages
 from strace_ds.model.batch import RolloutBatch, row_lengths
 from strace_ds.model.logprobs import answer_logprobs, packing_unsupported_reason
-from strace_ds.model.packing import packed_slots
+from strace_ds.model.packing import pack_rows
 from strace_ds.seeding import step_seed
 from strace_ds.train.experience import Experience
 from strace_ds.train.layout import BatchLayout
@@ -393,10 +393,12 @@ class PolicyUpdater:
         index = rows[:1] if r is None else r
         part = exp.batch.rows(index).trimmed()
         R = part.response_ids.shape[1]
+        # Packed once: the forward's layout is also the slot count of perf/pad_frac.
+        pack = pack_rows(part) if self.optim.pack_micro_batches else None
         logp, entropy = answer_logprobs(
             self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
             with_entropy=True, fused=self.optim.fused_logprobs, entropy_grad=cfg.entropy_coef > 0,
-            packed=self.optim.pack_micro_batches,
+            packed=pack if pack is not None else False,
         )  # fmt: skip
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -429,14 +431,8 @@ class PolicyUpdater:
         )
         if r is None:
             out.loss = out.loss * 0.0
-        return out, logp, entropy.detach(), mask, self._slots(part)
-
-    def _slots(self, part: RolloutBatch) -> int:
-        """Token slots the forward of ``part`` computes: rows x width padded, bins x width
-        packed (``perf/pad_frac``)."""
-        if not self.optim.pack_micro_batches:
-            return part.input_ids.numel()
-        return packed_slots(row_lengths(part).tolist())
+        slots = part.input_ids.numel() if pack is None else pack.slots
+        return out, logp, entropy.detach(), mask, slots
 
     def global_normalizer(self, exp: Experience, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.
