@@ -28,6 +28,18 @@ PROBE = REPO / "tests" / "helpers" / "update_probe.py"
 # One fixture runs every probe (about 40 one-step runs): minutes on a quiet machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 RTOL = 1e-5
+# Updates after the first are taken at parameters one AdamW step on from gradients that differ
+# by rounding; AdamW's step is m / sqrt(v) per parameter, so a rounding-level difference in a
+# near-zero gradient moves its parameter by a fraction of lr. Measured (every preset, micro-batch
+# 4/16 x 1 rank, 4/32 x 2 ranks): first update <= 6e-7, second 1e-6 to 1.6e-5 (s_trace+entropy,
+# micro-batch 4; another machine of the same kind kept it under 1e-5). A real error is orders
+# above both (a per-micro-batch selection measured 6-18%).
+RTOL_AFTER_STEP = 1e-4
+
+
+def rtol(update: int) -> float:
+    """The tolerance of the ``update``-th optimizer update of a run (0-based)."""
+    return RTOL if update == 0 else RTOL_AFTER_STEP
 # S-trace in its other trace forms (the gate, the weight): the second update of the step is
 # off-policy, where the forms differ
 METHODS = [*PRESETS, *(f"s_trace@{f}" for f in FORMS if f != PRESETS["s_trace"].form),
@@ -76,7 +88,7 @@ def test_update_is_independent_of_micro_batch_and_ranks(probes: Path, preset: st
         for update, (got, want) in enumerate(zip(_grads(probes, preset, micro, world), reference)):
             assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
             rel = float((got - want).norm() / want.norm())
-            assert rel <= RTOL, f"{preset} micro {micro} x {world} rank(s), update {update}: {rel}"
+            assert rel <= rtol(update), f"{preset} micro {micro} x {world} ranks #{update}: {rel}"
 
 
 @pytest.mark.parametrize("preset", ["grpo", "s_trace"])
@@ -90,7 +102,7 @@ def test_epochs_reshuffle_the_same_way_for_any_rank_count(probes: Path, preset: 
         got_all = _grads(probes, preset, micro, world, epochs=2)
         for update, (got, want) in enumerate(zip(got_all, reference)):
             rel = float((got - want).norm() / want.norm())
-            assert rel <= RTOL, f"{preset} epochs 2, micro {micro} x {world}, #{update}: {rel}"
+            assert rel <= rtol(update), f"{preset} epochs 2, {micro} x {world} #{update}: {rel}"
     for later in reference[2:]:
         assert float((later - reference[0]).norm() / reference[0].norm()) > 1e-3
 
@@ -105,7 +117,7 @@ def test_token_budget_micro_batches_make_the_same_update(probes: Path, preset: s
         got_all = _grads(probes, preset, micro, world, budget=budget)
         for update, (got, want) in enumerate(zip(got_all, reference)):
             rel = float((got - want).norm() / want.norm())
-            assert rel <= RTOL, f"{preset} budget {budget} x {world}, #{update}: {rel}"
+            assert rel <= rtol(update), f"{preset} budget {budget} x {world}, #{update}: {rel}"
 
 
 def test_selection_keeps_the_configured_share(probes: Path) -> None:
@@ -150,7 +162,7 @@ def test_plain_linear_makes_the_same_update(linear_probes: Path, preset: str):
     for update, (got, want) in enumerate(zip(runs["z3eff"]["grads"], runs["z3"]["grads"])):
         assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
         rel = float((got - want).norm() / want.norm())
-        assert rel <= RTOL, f"{preset} DeepSpeed's linear vs torch's, update {update}: {rel}"
+        assert rel <= rtol(update), f"{preset} DeepSpeed's linear vs torch's, #{update}: {rel}"
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +202,7 @@ def test_packed_micro_batches_make_the_same_update(packed_probes: Path, preset: 
     for update, (got, want) in enumerate(zip(packed["grads"], padded["grads"])):
         assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
         rel = float((got - want).norm() / want.norm())
-        assert rel <= RTOL, f"{preset} {run}, update {update}: {rel}"
+        assert rel <= rtol(update), f"{preset} {run}, update {update}: {rel}"
     assert packed["reward"] == padded["reward"]  # the same answers
     assert packed["pad_frac"] <= padded["pad_frac"], (packed["pad_frac"], padded["pad_frac"])
     if "m64-w1-e2" not in run:  # there every row is over half the longest: no bin holds two
@@ -222,4 +234,4 @@ def test_rollout_logprobs_as_proximal_make_the_trainers_update(trainer_logprob_p
     for update, (got, want) in enumerate(zip(auto["grads"], scored["grads"])):
         assert float(want.norm()) > 1e-3, "a zero gradient proves nothing"
         rel = float((got - want).norm() / want.norm())
-        assert rel <= RTOL, f"{preset} rollout vs trainer log-probs, update {update}: {rel}"
+        assert rel <= rtol(update), f"{preset} rollout vs trainer log-probs, update {update}: {rel}"
