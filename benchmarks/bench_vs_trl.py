@@ -206,7 +206,6 @@ def portable_cmdline(argv: list[str]) -> str:
     while i < len(argv):
         flag, _, value = argv[i].partition("=")
         takes_next = not value and i + 1 < len(argv) and flag in (*PLACEHOLDERS, *DROPPED)
-        value = argv[i + 1] if takes_next else value
         if flag in PLACEHOLDERS:
             out += [flag, PLACEHOLDERS[flag]]
         elif flag not in DROPPED:

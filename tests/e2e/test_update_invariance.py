@@ -36,14 +36,15 @@ RTOL = 1e-5
 # above both (a per-micro-batch selection measured 6-18%).
 RTOL_AFTER_STEP = 1e-4
 
-
-def rtol(update: int) -> float:
-    """The tolerance of the ``update``-th optimizer update of a run (0-based)."""
-    return RTOL if update == 0 else RTOL_AFTER_STEP
 # S-trace in its other trace forms (the gate, the weight): the second update of the step is
 # off-policy, where the forms differ
 METHODS = [*PRESETS, *(f"s_trace@{f}" for f in FORMS if f != PRESETS["s_trace"].form),
            "s_trace+entropy"]  # with --entropy_coef 0.05: the bonus's gradient too
+
+
+def rtol(update: int) -> float:
+    """The tolerance of the ``update``-th optimizer update of a run (0-based)."""
+    return RTOL if update == 0 else RTOL_AFTER_STEP
 
 
 def _env() -> dict[str, str]:
