@@ -1,11 +1,11 @@
 """Answer log-probs from the decoder's hidden states and the output embedding, never the logits.
 
 The unfused path of :func:`strace_ds.model.logprobs.answer_logprobs` asks the model for the
-logits of the ``R + 1`` last positions: ``[N, R+1, V]`` in the model dtype, kept by autograd
-for the backward pass, which then returns a gradient of the same size. At ``V = 151,936``
-that is 0.6 GB per 2,048 answer tokens in bf16, twice over, more than the rest of a small
-model's step. Here the decoder runs without its head, only the hidden states of the ``R``
-answer-predicting positions are kept (``[N, R, H]``), and
+logits of the answer-predicting columns: about ``[N, R, V]`` in the model dtype, kept by
+autograd for the backward pass, which then returns a gradient of the same size. At
+``V = 151,936`` that is 0.6 GB per 2,048 answer tokens in bf16, twice over, more than the rest
+of a small model's step. Here the decoder runs without its head, only the hidden states of the
+``M`` answer-predicting positions are kept (``[1, M, H]``), and
 :func:`strace_ds.model.logprob_kernels.token_logprobs_and_entropy_from_hidden` scores them against
 the head's weight ``[V, H]`` in chunks, in the forward and in the backward pass.
 
@@ -114,31 +114,26 @@ def fused_answer_logprobs(
     temperature: float,
     chunk_size: int,
     with_entropy: bool,
-    predict_index: Tensor | None = None,
+    predict_index: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probs ``[N, R]`` of ``response_ids`` and entropies ``[N, R]`` (or None), fused.
+    """Log-probs ``[1, M]`` of ``response_ids [1, M]`` and entropies ``[1, M]`` (or None), fused.
 
-    Rows are ``[prompt | answer]`` of length ``P + R`` (``input_ids [N, P+R]``, answer at the
-    last ``R`` columns); the hidden state at column ``P + j - 1`` predicts answer token ``j``,
-    so columns ``P-1 .. P+R-2`` (``[-(R+1):-1]``) are scored. ``model`` is a DeepSpeed engine
-    or a plain Hugging Face causal LM that :func:`fused_unsupported_reason` accepts. Both
-    outputs carry gradients (to the decoder and to the head's weight).
-
-    Packed rows (:mod:`strace_ds.model.packing`): ``predict_index [M]`` names the flat
-    positions of ``input_ids [B, W]`` whose states predict ``response_ids [1, M]``, and the
-    outputs are ``[1, M]``.
+    ``input_ids [B, W]`` are rows laid out by :func:`strace_ds.model.packing.pack_rows` and
+    ``predict_index [M]`` names the flat positions (into ``B * W``) of the hidden states that
+    predict the ``M`` answer tokens; only those states are scored. ``model`` is a DeepSpeed
+    engine or a plain Hugging Face causal LM that :func:`fused_unsupported_reason` accepts.
+    Both outputs carry gradients (to the decoder and to the head's weight).
     """
     hf = unwrap_model(model)
     decoder, head = hf.get_decoder(), hf.get_output_embeddings()
-    R = response_ids.shape[1]
 
     def head_forward(hidden: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``head``'s forward for one call: scores ``hidden [N, R, H]`` without logits."""
+        """``head``'s forward for one call: scores ``hidden [1, M, H]`` without logits."""
         if hidden.dtype != head.weight.dtype or torch.is_autocast_enabled(hidden.device.type):
             # Autocast: its casts are F.linear's, not the chunked matmuls' (which write into
-            # buffers of one dtype); the price is the [N, R, V] logits of the unfused path.
+            # buffers of one dtype); the price is the [1, M, V] logits of the unfused path.
             warnings.warn("answer_logprobs: autocast or mixed dtypes, full logits", stacklevel=2)
-            logits = torch.nn.functional.linear(hidden, head.weight)  # [N, R, V]
+            logits = torch.nn.functional.linear(hidden, head.weight)  # [1, M, V]
             return token_logprobs_and_entropy(
                 logits, response_ids, temperature, chunk_size, with_entropy
             )
@@ -154,10 +149,7 @@ def fused_answer_logprobs(
             use_cache=False,
         )
         last = out.last_hidden_state
-        if predict_index is None:
-            hidden = last[:, -(R + 1) : -1]  # [N, R, H]
-        else:
-            hidden = last.reshape(-1, last.shape[-1])[predict_index].unsqueeze(0)  # [1, M, H]
+        hidden = last.reshape(-1, last.shape[-1])[predict_index].unsqueeze(0)  # [1, M, H]
         with _forward_redirected(head, head_forward):
             return head(hidden)
 

@@ -1,8 +1,9 @@
 """The policy forward that scores a :class:`~strace_ds.model.batch.RolloutBatch`.
 
-Layout of one batch of ``N`` rows: ``[left-padded prompt (P) | right-padded answer (R)]``, so
-every answer starts at column ``P`` and the log-prob of answer token ``j`` comes from the
-logits at column ``P + j - 1``.
+The batch holds ``[left-padded prompt (P) | right-padded answer (R)]`` rows; the forward does
+not run that layout (its mask would make attention pay for every padded score) but the rows
+re-laid by :func:`strace_ds.model.packing.pack_rows`, one per bin or packed, without a mask,
+and the ``[N, R]`` outputs go back to the batch's answer layout.
 """
 
 from __future__ import annotations
@@ -35,54 +36,48 @@ def answer_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, R]`` of the answer tokens (and entropies ``[N, R]``) under ``model``.
 
-    ``model`` is a DeepSpeed engine (ZeRO-3 included) or a plain Hugging Face causal LM.
-    Fused (the default, :mod:`strace_ds.model.fused_head`): the decoder's hidden states of the
-    ``R`` answer-predicting positions are scored against the output embedding in chunks, so
-    no ``[N, R, V]`` logits exist in the forward or the backward pass. Unfused (``fused=False``,
-    or a model whose logits are not ``hidden @ weight.T``, with a warning naming why): the
-    ``R + 1`` last positions' logits are computed (``logits_to_keep``) and the
-    log-softmax/entropy run in chunks over them (:mod:`strace_ds.model.logprob_kernels`). The two
-    agree to rounding. Entropies are detached unless ``entropy_grad`` (an entropy bonus in the
-    loss). ``packed``: the rows run padding-free, laid end to end
-    (:func:`strace_ds.model.packing.pack_rows`, or the caller's own packing of ``batch``); the
-    outputs are the same ``[N, R]`` (0 on padding) to rounding, for the price of the longest
-    row per bin instead of per row.
+    ``model`` is a DeepSpeed engine (ZeRO-3 included) or a plain Hugging Face causal LM. The
+    rows run without an attention mask, laid out by :func:`strace_ds.model.packing.pack_rows`:
+    one row per bin by default (each row from column 0, its padding after it, so the decoder's
+    attention is plain causal attention), or, ``packed``, several rows per bin, padding-free
+    (``True``, or the caller's own packing of ``batch``) for the price of the longest row per
+    bin instead of per row. Either way the outputs are the masked padded layout's to rounding,
+    ``[N, R]``, 0 on padding. Fused (the default, :mod:`strace_ds.model.fused_head`): the
+    decoder's hidden states of the answer-predicting positions are scored against the output
+    embedding in chunks, so no ``[N, R, V]`` logits exist in the forward or the backward pass.
+    Unfused (``fused=False``, or a model whose logits are not ``hidden @ weight.T``, with a
+    warning naming why): the logits of the columns from the first answer-predicting one on are
+    computed (``logits_to_keep``) and the log-softmax/entropy run in chunks over the predicting
+    ones (:mod:`strace_ds.model.logprob_kernels`). The two agree to rounding. Entropies are
+    detached unless ``entropy_grad`` (an entropy bonus in the loss).
     """
     device = next(model.parameters()).device
-    R = batch.response_ids.shape[1]
     if chunk_size <= 0:  # auto: about 2**25 logits per chunk (220 tokens at V = 152k)
         chunk_size = max(16, (1 << 25) // vocab_size(model))
-    pack = packed if isinstance(packed, PackedRows) else (pack_rows(batch) if packed else None)
-    if pack is None:
-        inputs = {
-            "input_ids": batch.input_ids.to(device),
-            "attention_mask": batch.attention_mask.to(device),
-            "position_ids": batch.position_ids.to(device),
-        }
-        response_ids = batch.response_ids.to(device)
-    else:  # attention_mask None: the decoder attends within each run of positions
-        inputs = {
-            "input_ids": pack.input_ids.to(device),
-            "attention_mask": None,
-            "position_ids": pack.position_ids.to(device),
-        }
-        response_ids = pack.targets.to(device).unsqueeze(0)  # [1, M]
+    pack = packed if isinstance(packed, PackedRows) else pack_rows(batch, share_bins=packed)
+    inputs = {  # attention_mask None: the decoder attends within each run of positions
+        "input_ids": pack.input_ids.to(device),
+        "attention_mask": None,
+        "position_ids": pack.position_ids.to(device),
+    }
+    response_ids = pack.targets.to(device).unsqueeze(0)  # [1, M]
+    predict_index = pack.predict_index.to(device)
     reason = fused_unsupported_reason(model) if fused else None
     if reason is not None:
         warnings.warn(f"answer_logprobs: unfused path, {reason}", stacklevel=2)
     if fused and reason is None:
         logp, entropy = fused_answer_logprobs(
             model, **inputs, response_ids=response_ids, temperature=temperature,
-            chunk_size=chunk_size, with_entropy=with_entropy,
-            predict_index=None if pack is None else pack.predict_index.to(device),
+            chunk_size=chunk_size, with_entropy=with_entropy, predict_index=predict_index,
         )  # fmt: skip
     else:
-        if pack is None:
-            out = model(**inputs, logits_to_keep=R + 1, use_cache=False)
-            logits = out.logits[:, :-1]  # [N, R, V] predicts answer tokens 0..R-1
-        else:
-            logits = model(**inputs, use_cache=False).logits  # [B, W, V]
-            logits = logits.reshape(-1, logits.shape[-1])[pack.predict_index.to(device)][None]
+        B, W = pack.input_ids.shape
+        columns = predict_index % W
+        first = int(columns.min()) if len(columns) else W - 1
+        keep = W - first  # the columns from the first predicting one on
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # [B, keep, V]
+        index = predict_index // W * keep + columns - first
+        logits = logits.reshape(-1, logits.shape[-1])[index][None]  # [1, M, V]
         logp, entropy = token_logprobs_and_entropy(
             logits,
             response_ids,
@@ -90,9 +85,8 @@ def answer_logprobs(
             chunk_size=chunk_size,
             with_entropy=with_entropy,
         )
-    if pack is not None:
-        logp = pack.unpack(logp[0])
-        entropy = None if entropy is None else pack.unpack(entropy[0])
+    logp = pack.unpack(logp[0])
+    entropy = None if entropy is None else pack.unpack(entropy[0])
     return logp, (entropy.detach() if entropy is not None and not entropy_grad else entropy)
 
 

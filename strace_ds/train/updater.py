@@ -393,12 +393,12 @@ class PolicyUpdater:
         index = rows[:1] if r is None else r
         part = exp.batch.rows(index).trimmed()
         R = part.response_ids.shape[1]
-        # Packed once: the forward's layout is also the slot count of perf/pad_frac.
-        pack = pack_rows(part) if self.optim.pack_micro_batches else None
+        # Laid out once: the forward's layout is also the slot count of perf/pad_frac.
+        pack = pack_rows(part, share_bins=self.optim.pack_micro_batches)
         logp, entropy = answer_logprobs(
             self.engine, part, self.rollouts.temperature, self.optim.logprob_chunk_size,
             with_entropy=True, fused=self.optim.fused_logprobs, entropy_grad=cfg.entropy_coef > 0,
-            packed=pack if pack is not None else False,
+            packed=pack,
         )  # fmt: skip
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -431,8 +431,7 @@ class PolicyUpdater:
         )
         if r is None:
             out.loss = out.loss * 0.0
-        slots = part.input_ids.numel() if pack is None else pack.slots
-        return out, logp, entropy.detach(), mask, slots
+        return out, logp, entropy.detach(), mask, pack.slots
 
     def global_normalizer(self, exp: Experience, rows: torch.Tensor | slice) -> float:
         """Denominator of the mini-batch's loss over all ranks, divided by the world size.

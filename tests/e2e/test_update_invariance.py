@@ -206,7 +206,10 @@ def test_packed_micro_batches_make_the_same_update(packed_probes: Path, preset: 
         assert rel <= rtol(update), f"{preset} {run}, update {update}: {rel}"
     assert packed["reward"] == padded["reward"]  # the same answers
     assert packed["pad_frac"] <= padded["pad_frac"], (packed["pad_frac"], padded["pad_frac"])
-    if "m64-w1-e2" not in run:  # there every row is over half the longest: no bin holds two
+    # Packing computes fewer slots where rows share bins. Not in m64-w1-e2, where every row is
+    # over half the longest, nor under the 160-token budget, whose micro-batches of near-equal
+    # rows get a bin per row: the unpacked layout (one row per bin, no padding before a row).
+    if "m64-w1-e2" not in run and "t160" not in run:
         assert packed["pad_frac"] < padded["pad_frac"], (packed["pad_frac"], padded["pad_frac"])
 
 

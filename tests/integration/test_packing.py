@@ -1,6 +1,7 @@
-"""Packed rows through the tiny Qwen3 policy: the same log-probs, entropies and parameter
-gradients as the padded layout (float64, fused and full-logits heads, tied and untied), and
-the check that refuses packing for a model whose attention crosses rows."""
+"""The layouts of ``answer_logprobs`` through the tiny Qwen3 policy: one row per bin and packed
+rows give the masked padded layout's log-probs, entropies and parameter gradients (float64,
+fused and full-logits heads, tied and untied); the check that refuses packing for a model whose
+attention crosses rows."""
 
 from __future__ import annotations
 
@@ -50,30 +51,73 @@ def _loss(logp: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
 TEMPERATURE = 0.7
 
 
+def _masked_padded(model, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: log-probs and entropies ``[N, R]`` from the masked padded layout
+    (``[left-padded prompt | right-padded answer]`` with its attention mask and positions),
+    the full logits and a plain log-softmax, written here independently of the package."""
+    P, R = batch.prompt_len, batch.response_ids.shape[1]
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids, use_cache=False).logits  # fmt: skip
+    logprobs = torch.log_softmax(logits[:, P - 1 : P + R - 1] / TEMPERATURE, dim=-1)
+    logp = logprobs.gather(-1, batch.response_ids[..., None])[..., 0]
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return logp, entropy
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("fused", [True, False])
-def test_packed_rows_give_the_padded_logprobs_and_gradients(tiny_policy, tied, fused) -> None:
+def test_both_layouts_give_the_masked_padded_logprobs_and_gradients(tiny_policy, tied, fused):
+    """One row per bin (every unpacked forward: no mask, plain causal attention) and packed
+    rows (several per bin) against the masked padded layout, float64."""
     model = _load(tiny_policy, tied, torch.float64)
     batch = _batch(model.config.vocab_size, seed=3)
     pack = pack_rows(batch)
     assert pack.input_ids.shape[0] < len(batch) and pack.slots < batch.input_ids.numel()
     results = []
-    for packed in (False, True):
+    for packed in (None, False, True):
         model.zero_grad()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the unfused path says so
-            logp, entropy = answer_logprobs(model, batch, TEMPERATURE, chunk_size=16,
-                                            fused=fused, entropy_grad=True, packed=packed)
+            if packed is None:
+                logp, entropy = _masked_padded(model, batch)
+            else:
+                logp, entropy = answer_logprobs(model, batch, TEMPERATURE, chunk_size=16,
+                                                fused=fused, entropy_grad=True, packed=packed)
         (_loss(logp, batch) + 0.1 * (entropy * batch.response_mask).sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results.append((logp.detach(), entropy.detach(), grads))
-    (logp0, ent0, g0), (logp1, ent1, g1) = results
+    (logp0, ent0, g0), *layouts = results
     mask = batch.response_mask
-    torch.testing.assert_close(logp1[mask], logp0[mask], rtol=0, atol=1e-10)
-    torch.testing.assert_close(ent1[mask], ent0[mask], rtol=0, atol=1e-10)
-    assert float(logp1[~mask].abs().sum()) == 0.0  # padding is 0, nothing computed there
     assert float(g0.norm()) > 1e-3
-    assert float((g1 - g0).norm() / g0.norm()) < 1e-10
+    for logp1, ent1, g1 in layouts:
+        torch.testing.assert_close(logp1[mask], logp0[mask], rtol=0, atol=1e-10)
+        torch.testing.assert_close(ent1[mask], ent0[mask], rtol=0, atol=1e-10)
+        assert float(logp1[~mask].abs().sum()) == 0.0  # padding is 0, nothing computed there
+        assert float((g1 - g0).norm() / g0.norm()) < 1e-10
+
+
+def test_one_row_per_bin_runs_the_decoder_without_a_mask(tiny_policy) -> None:
+    """The unpacked forward hands the decoder no mask and positions 0..W-1 in every row, so
+    transformers' SDPA path takes the kernel's own causal mode (``is_causal``)."""
+    model = _load(tiny_policy, True, torch.float32)
+    batch = _batch(model.config.vocab_size, seed=4)
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return original(*args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        answer_logprobs(model, batch, TEMPERATURE)
+        n_plain = len(seen)
+        answer_logprobs(model, batch, TEMPERATURE, packed=True)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert n_plain == model.config.num_hidden_layers
+    assert all(mask is None and causal for mask, causal in seen[:n_plain])
+    assert all(mask is not None for mask, _ in seen[n_plain:])  # packed: block-diagonal mask
 
 
 def test_the_tiny_policy_attends_within_each_packed_row(tiny_policy) -> None:

@@ -37,16 +37,30 @@ def test_rows_are_laid_end_to_end_with_positions_per_row() -> None:
     pack = pack_rows(batch, filler_id=99)  # rows of 5, 6, 5, 1 tokens: the width is 6
     assert pack.input_ids.shape == (3, 6) and pack.slots == 18
     assert pack.position_ids.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 0],
-                                          [0, 1, 2, 3, 4, 0]]  # fmt: skip
+                                          [0, 1, 2, 3, 4, 5]]  # fmt: skip
     assert pack.input_ids[0].tolist() == prompts[1] + answers[1]
     assert pack.input_ids[1].tolist() == prompts[0] + answers[0] + prompts[3]
-    assert pack.input_ids[2].tolist() == prompts[2] + answers[2] + [99]  # filler, its own run
+    assert pack.input_ids[2].tolist() == prompts[2] + answers[2] + [99]  # filler: row 2's run
     flat = pack.input_ids.flatten()
     # the state at predict_index predicts the token right after it: the answer token
     assert torch.equal(flat[pack.predict_index + 1], pack.targets)
     assert pack.targets.tolist() == answers[1] + answers[0] + answers[2]
     assert pack.answer_rows.tolist() == [1, 0, 0, 0, 2, 2, 2, 2]
     assert pack.answer_cols.tolist() == [0, 0, 1, 2, 0, 1, 2, 3]
+    assert torch.equal(batch.response_ids[pack.answer_rows, pack.answer_cols], pack.targets)
+
+
+def test_one_row_per_bin_starts_each_row_at_column_0_with_plain_positions() -> None:
+    batch, prompts, answers = _batch([2, 5, 1, 1], [3, 1, 4, 0])
+    pack = pack_rows(batch, filler_id=99, share_bins=False)  # rows of 5, 6, 5, 2 tokens
+    assert pack.input_ids.shape == (4, 6) and pack.slots == 24
+    # one run per row, padding after it: the decoder needs no mask (plain causal attention)
+    assert pack.position_ids.tolist() == [list(range(6))] * 4
+    for i in range(4):
+        row = prompts[i] + answers[i]
+        assert pack.input_ids[i].tolist() == row + [99] * (6 - len(row))
+    assert torch.equal(pack.input_ids.flatten()[pack.predict_index + 1], pack.targets)
+    assert pack.answer_rows.tolist() == [0, 0, 0, 1, 2, 2, 2, 2]  # in the batch's order
     assert torch.equal(batch.response_ids[pack.answer_rows, pack.answer_cols], pack.targets)
 
 
