@@ -26,9 +26,10 @@ padding follows it, so the position ids are ``0 .. W-1`` in every row, no run re
 the decoder needs no mask at all: its attention is plain causal attention, which attention
 kernels run without reading a mask and without computing the blocks above the diagonal
 (PyTorch's SDPA ``is_causal`` path). The masked ``[left-padded prompt | right-padded answer]``
-layout computes the same states to rounding but pays for every masked score; on the tiny
-policy at 64 rows x 524 tokens, float32, one CPU thread, its forward + backward took 1.2-1.5x
-as long. This needs nothing of the model beyond being causal, so no check is made.
+layout computes the same states to rounding but pays for every masked score: on the tiny
+policy at 64 rows x ~524 tokens, float32, one CPU thread, its decoder forward + backward took
+1.13-1.18x as long (five interleaved pairs). This needs nothing of the model beyond being
+causal, so no check is made.
 
 The answer token ``j`` of row ``i`` is predicted by the hidden state at flat index
 ``bin_i * W + offset_i + prompt_i + j - 1`` (``predict_index``); its log-prob goes back to
