@@ -7,7 +7,7 @@ row's real tokens (``[prompt | answer]``, no padding) one after the other into `
 ``W`` columns, ``W`` the micro-batch's longest row (first fit, longest rows first), and gives
 each token its position within its own row::
 
-    bin 0:  p0 p0 a0 a0 a0 | p3 a3 a3 | f f        positions 0 1 2 3 4 | 0 1 2 | 0 1
+    bin 0:  p0 p0 a0 a0 a0 | p3 a3 a3 | f f        positions 0 1 2 3 4 | 0 1 2 | 3 4
     bin 1:  p1 p1 p1 a1 a1 a1 | p2 a2 a2 a2        positions 0 1 2 3 4 5 | 0 1 2 3
 
 The tail of a bin that no row fills holds filler tokens (``f``) that continue the positions of
